@@ -1,0 +1,3 @@
+from eraselab.cli import main
+
+main()

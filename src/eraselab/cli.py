@@ -1,0 +1,197 @@
+"""The ``eraselab`` command line: thin verbs over the Python API.
+
+Errors in the user's input end with one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from eraselab.errors import EraselabError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="eraselab: erase concepts from text-to-image models, attack the erasure, judge the result.")
+tiny_app = typer.Typer(no_args_is_help=True, help="The built-in tiny text-to-image model: train, check, locate.")
+app.add_typer(tiny_app, name="tiny")
+
+
+def _quiet_libraries() -> None:
+    """diffusers/transformers chatter (deprecations, optional backends) is not the user's business."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    import logging
+
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+
+
+def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn :class:`EraselabError` into one line on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _quiet_libraries()
+        try:
+            return command(*args, **kwargs)
+        except EraselabError as error:
+            typer.echo(f"eraselab: error: {error}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def read_prompts(path: Path) -> list[str]:
+    """Prompts from a text file (one a line) or a CSV file with a ``prompt`` column."""
+    if not path.is_file():
+        raise EraselabError(f"prompts file {path} does not exist")
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if "prompt" not in (reader.fieldnames or []):
+                raise EraselabError(f"{path} has no 'prompt' column (columns: {', '.join(reader.fieldnames or [])})")
+            return [row["prompt"] for row in reader]
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@app.command()
+@user_errors
+def generate(
+    out: Annotated[Path, typer.Option(help="Output directory for PNGs and requests.jsonl.")],
+    prompt: Annotated[list[str] | None, typer.Option(help="A prompt; repeat for several.")] = None,
+    prompts_file: Annotated[Path | None, typer.Option(help="Text file, one prompt a line, or CSV.")] = None,
+    model: Annotated[str, typer.Option(help="'tiny', a local diffusers directory, or a hub id.")] = "tiny",
+    num_images: Annotated[int, typer.Option(help="Images per prompt; image i has seed SEED + i.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of the first image of each prompt.")] = 0,
+    steps: Annotated[int | None, typer.Option(help="Sampler steps (default: 25 for tiny, 50 otherwise).")] = None,
+    guidance: Annotated[float | None, typer.Option(help="CFG scale (default: 5.0 for tiny, 7.5 otherwise).")] = None,
+    negative_prompt: Annotated[str, typer.Option(help="Negative prompt for every image.")] = "",
+    batch_size: Annotated[int, typer.Option(help="Images per pipeline call (results do not depend on it).")] = 32,
+    device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+) -> None:
+    """Generate images, deterministically per (prompt, seed, settings).
+
+    Example: eraselab generate --prompt "a red star" --num-images 8 --seed 0 --out out/stars
+    """
+    prompts = list(prompt or []) + (read_prompts(prompts_file) if prompts_file else [])
+    if not prompts:
+        raise EraselabError("give at least one --prompt or a --prompts-file")
+    if num_images < 1:
+        raise EraselabError(f"--num-images must be at least 1, got {num_images}")
+    from eraselab.outputs import staged_directory, writable_directory
+
+    writable_directory(out)  # fail before loading anything
+    from eraselab.generate import GenerationRequest, check_requests, iter_generate
+    from eraselab.models import load_pipeline
+    from eraselab.outputs import write_jsonl
+
+    is_tiny = model == "tiny"
+    steps = steps if steps is not None else (25 if is_tiny else 50)
+    guidance = guidance if guidance is not None else (5.0 if is_tiny else 7.5)
+    pipe = load_pipeline(model, device=device)
+    requests = [GenerationRequest(p, seed + j, steps, guidance, negative_prompt=negative_prompt)
+                for p in prompts for j in range(num_images)]
+    check_requests(pipe, requests)
+    records: list[dict] = [{} for _ in requests]
+    with staged_directory(out) as staging:
+        for index, image in iter_generate(pipe, requests, batch_size=batch_size, progress=not as_json):
+            name = f"{index:05d}.png"
+            image.save(staging / name)
+            records[index] = {**requests[index].to_record(), "file": name, "model": model}
+        write_jsonl(staging / "requests.jsonl", records)
+    summary = {"out": str(out), "images": len(requests), "prompts": len(prompts), "model": model}
+    typer.echo(json.dumps(summary) if as_json else f"wrote {len(requests)} images to {out}")
+
+
+@app.command()
+@user_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="Output directory for report.html and images.")] = Path("eraselab-demo"),
+    seed: Annotated[int, typer.Option(help="Seed of the first image of each prompt.")] = 0,
+) -> None:
+    """Run the end-to-end demo on the built-in tiny model and write an HTML report.
+
+    Example: eraselab demo --out eraselab-demo
+    """
+    from eraselab.demo import run_demo
+
+    report = run_demo(out, seed=seed)
+    typer.echo(f"wrote {report}")
+
+
+@tiny_app.command("train")
+@user_errors
+def tiny_train(
+    out: Annotated[Path, typer.Option(help="Run directory; an interrupted run resumes from it.")],
+    seed: Annotated[int, typer.Option(help="Seed of every random choice of the run.")] = 0,
+) -> None:
+    """Train the tiny model (VAE, tiny CLIP, UNet, classifier); resumable from checkpoints.
+
+    Example: eraselab tiny train --out tiny-run --seed 0
+    """
+    from eraselab.models.tiny.train import train_tiny
+    from eraselab.outputs import writable_directory
+
+    log = train_tiny(writable_directory(out), seed=seed)
+    typer.echo(f"trained in {log['total_seconds']:.0f} s; pipeline in {out / 'pipeline'}")
+
+
+@tiny_app.command("check")
+@user_errors
+def tiny_check(
+    seed: Annotated[int, typer.Option(help="Seed of the drawn images and of the generated images.")] = 0,
+    model: Annotated[str, typer.Option(help="'tiny' or a pipeline directory made by `tiny train`.")] = "tiny",
+    classifier: Annotated[Path | None, typer.Option(help="Classifier directory (default: the shipped one).")] = None,
+    per_prompt: Annotated[int, typer.Option(help="Images per (shape, colour) prompt.")] = 32,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the numbers as one JSON object.")] = False,
+) -> None:
+    """Measure the tiny model against its quality bars.
+
+    Example: eraselab tiny check --json
+    """
+    from eraselab.models.tiny.check import run_check
+
+    if per_prompt < 1:
+        raise EraselabError(f"--per-prompt must be at least 1, got {per_prompt}")
+    result = run_check(model, classifier, seed=seed, per_prompt=per_prompt, progress=not as_json)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    for name, bar in result["bars"].items():
+        mark = "pass" if bar["passed"] else "FAIL"
+        typer.echo(f"{mark}  {name:32s} {bar['value']:.3f}  (bar {bar['bar']})")
+    typer.echo(f"{result['settings']['images']} images in {result['seconds']:.0f} s")
+
+
+@tiny_app.command("path")
+@user_errors
+def tiny_path_command(
+    part: Annotated[str, typer.Argument(help="pipeline, classifier or clip.")] = "pipeline",
+) -> None:
+    """Print the directory of the shipped tiny pipeline (or classifier, or CLIP).
+
+    Example: python -c "from diffusers import StableDiffusionPipeline as P; P.from_pretrained('$(eraselab tiny path)')"
+    """
+    from eraselab.models.tiny import tiny_path
+
+    typer.echo(str(tiny_path(part)))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

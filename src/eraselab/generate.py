@@ -1,0 +1,146 @@
+"""Batched, deterministic image generation: one request, one seed, one image, whatever the batch.
+
+Each request draws its initial latents from its own ``torch.Generator`` seeded with the request's seed, and
+the pipeline is called with one generator per image, so a request's image does not depend on which other
+requests share its batch or in what order they come. Requests that share sampler settings are batched
+together through the plain ``StableDiffusionPipeline.__call__``.
+
+>>> from eraselab.models import load_pipeline
+>>> pipe = load_pipeline("tiny")
+>>> images = generate_images(pipe, [GenerationRequest("a red star", seed=0, steps=2)], progress=False)
+>>> images[0].size
+(32, 32)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+from tqdm.auto import tqdm
+
+from eraselab.errors import EraselabError
+
+TINY_DEFAULTS = {"steps": 25, "guidance": 5.0}  # SD 1.x in the papers: 50 steps (PNDM/DDIM), guidance 7.5
+# CPU BLAS and oneDNN switch to other kernels (other summation orders) below a few rows: a 2-D linear layer
+# below 4 rows, a convolution at batch 1. Padding every call to at least this many requests keeps each
+# request on the same kernels whatever batch it is in, so its image is bit-identical (measured on CPU; GPU
+# libraries choose kernels by shape more freely, so there the guarantee is "same batch size, same image").
+MIN_BATCH = 4
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What to generate. ``prompt_embeds`` (1, T, C), when given, replaces the prompt's text encoding
+    (attacks that optimise embeddings replay them this way); ``prompt`` then only labels the request."""
+
+    prompt: str
+    seed: int
+    steps: int = TINY_DEFAULTS["steps"]
+    guidance: float = TINY_DEFAULTS["guidance"]
+    height: int | None = None
+    width: int | None = None
+    negative_prompt: str = ""
+    prompt_embeds: torch.Tensor | None = field(default=None, compare=False, repr=False)
+
+    def settings(self) -> tuple:
+        """The sampler settings a batch must share."""
+        return (self.steps, self.guidance, self.height, self.width)
+
+    def to_record(self) -> dict:
+        record = asdict(self)
+        record.pop("prompt_embeds")
+        record["has_prompt_embeds"] = self.prompt_embeds is not None
+        return record
+
+
+_WORD = re.compile(r"[a-z]+|[^\sa-z0-9]")
+
+
+def unknown_words(pipe: StableDiffusionPipeline, prompts: Sequence[str]) -> list[str]:
+    """Words a closed-vocabulary tokenizer (the tiny model's) has no whole-word token for; [] otherwise."""
+    tokenizer = pipe.tokenizer
+    if not tokenizer.init_kwargs.get("closed_vocabulary", False):
+        return []
+    vocab = tokenizer.get_vocab()
+    words = {w for prompt in prompts for w in _WORD.findall(prompt.lower())}
+    return sorted(w for w in words if f"{w}</w>" not in vocab)
+
+
+def check_requests(pipe: StableDiffusionPipeline, requests: Sequence[GenerationRequest]) -> None:
+    """Refuse requests the model cannot honour, with one sentence that says which and why."""
+    if not requests:
+        raise EraselabError("nothing to generate: no requests")
+    unknown = unknown_words(pipe, [r.prompt for r in requests if r.prompt_embeds is None]
+                            + [r.negative_prompt for r in requests])
+    if unknown:
+        raise EraselabError(f"words outside the model's vocabulary: {', '.join(unknown)}")
+    for request in requests:
+        if request.steps < 1:
+            raise EraselabError(f"steps must be at least 1, got {request.steps}")
+
+
+def _initial_latents(pipe: StableDiffusionPipeline, batch: Sequence[GenerationRequest],
+                     generators: list[torch.Generator]) -> torch.Tensor:
+    height = batch[0].height or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    width = batch[0].width or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    shape = (1, pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+    # One draw per request from its own generator (on the CPU, so the same seed gives the same noise on any
+    # device), then scaled as the scheduler expects.
+    latents = torch.cat([randn_tensor(shape, generator=g, dtype=torch.float32) for g in generators])
+    return latents.to(pipe.device, pipe.unet.dtype) * pipe.scheduler.init_noise_sigma
+
+
+def _encode(pipe: StableDiffusionPipeline, batch: Sequence[GenerationRequest]) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.no_grad():
+        texts = [r.prompt for r in batch]
+        negatives = [r.negative_prompt for r in batch]
+        positive, negative = pipe.encode_prompt(texts, pipe.device, 1, True, negative_prompt=negatives)
+    for i, request in enumerate(batch):
+        if request.prompt_embeds is not None:
+            positive[i] = request.prompt_embeds.to(positive.device, positive.dtype)[0]
+    return positive, negative
+
+
+def iter_generate(pipe: StableDiffusionPipeline, requests: Sequence[GenerationRequest], batch_size: int = 32,
+                  progress: bool = True) -> Iterator[tuple[int, Image.Image]]:
+    """Yield ``(index into requests, PIL image)`` as each batch finishes (batches share sampler settings)."""
+    check_requests(pipe, requests)
+    if batch_size < 1:
+        raise EraselabError(f"batch size must be at least 1, got {batch_size}")
+    groups: dict[tuple, list[int]] = {}
+    for index, request in enumerate(requests):
+        groups.setdefault(request.settings(), []).append(index)
+    bar = tqdm(total=len(requests), desc="generate", unit="img", disable=not progress)
+    for indices in groups.values():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start:start + batch_size]
+            batch = [requests[i] for i in chunk]
+            batch += [batch[-1]] * (MIN_BATCH - len(batch))  # padding rows, dropped below
+            generators = [torch.Generator("cpu").manual_seed(r.seed) for r in batch]
+            positive, negative = _encode(pipe, batch)
+            first = batch[0]
+            with torch.no_grad():
+                output = pipe(prompt_embeds=positive, negative_prompt_embeds=negative,
+                              latents=_initial_latents(pipe, batch, generators), generator=generators,
+                              num_inference_steps=first.steps, guidance_scale=first.guidance,
+                              height=first.height, width=first.width, output_type="np")
+            for i, array in zip(chunk, output.images[: len(chunk)], strict=True):
+                yield i, Image.fromarray(np.round(array * 255).astype(np.uint8))
+            bar.update(len(chunk))
+    bar.close()
+
+
+def generate_images(pipe: StableDiffusionPipeline, requests: Sequence[GenerationRequest], batch_size: int = 32,
+                    progress: bool = True) -> list[Image.Image]:
+    """Images for ``requests``, in request order."""
+    images: list[Image.Image | None] = [None] * len(requests)
+    for index, image in iter_generate(pipe, requests, batch_size, progress):
+        images[index] = image
+    return images  # type: ignore[return-value]

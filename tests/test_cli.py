@@ -1,0 +1,81 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from eraselab.cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("verb", [["generate"], ["demo"], ["tiny", "train"], ["tiny", "check"], ["tiny", "path"]])
+def test_every_verb_has_help_with_an_example(verb):
+    result = runner.invoke(app, [*verb, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.output
+
+
+def test_tiny_path_prints_the_pipeline_directory():
+    result = runner.invoke(app, ["tiny", "path"])
+    assert result.exit_code == 0
+    assert result.stdout.strip().endswith("pipeline")
+
+
+def test_generate_writes_images_and_requests(tmp_path):
+    out = tmp_path / "gen"
+    result = runner.invoke(app, ["generate", "--prompt", "a red star", "--prompt", "a blue heart", "--num-images", "2",
+                                 "--seed", "7", "--steps", "2", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["images"] == 4
+    records = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
+    assert [(r["prompt"], r["seed"]) for r in records] == [("a red star", 7), ("a red star", 8), ("a blue heart", 7),
+                                                           ("a blue heart", 8)]
+    assert all((out / r["file"]).is_file() for r in records)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging or probe files left
+
+
+def test_prompts_file(tmp_path):
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("prompt,extra\na green cross,1\nan orange square,2\n")
+    out = tmp_path / "gen"
+    result = runner.invoke(app, ["generate", "--prompts-file", str(prompts), "--num-images", "1", "--steps", "2",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert len(list(out.glob("*.png"))) == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--prompt", "a red star", "--num-images", "0"], "--num-images must be at least 1"),
+        (["--prompt", "a zebra on a unicorn"], "vocabulary: unicorn, zebra"),
+        (["--prompt", "a red star", "--model", "/no/such/model"], "does not exist"),
+        (["--prompt", "a red star", "--model", "some-org/some-model"], "pass a local diffusers directory"),
+        ([], "at least one --prompt"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):
+    out = tmp_path / "gen"
+    result = runner.invoke(app, ["generate", *args, "--steps", "2", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("eraselab: error:") and message in lines[0], result.stderr
+    assert "Traceback" not in result.output
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_unwritable_output_directory(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = runner.invoke(app, ["generate", "--prompt", "a red star", "--out", str(blocker / "sub")])
+    assert result.exit_code == 2
+    assert "cannot write to output directory" in result.stderr
+
+
+def test_real_process_exit_code_and_stderr(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "eraselab", "generate", "--prompt", "a red star", "--num-images", "0",
+                           "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["eraselab: error: --num-images must be at least 1, got 0"]

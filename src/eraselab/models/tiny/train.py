@@ -3,7 +3,8 @@
 The recipe follows Stable Diffusion (Rombach et al., CVPR 2022) in miniature:
 1. an AutoencoderKL trained on reconstruction with a small KL term (SD adds perceptual and GAN losses; at
    32x32 flat shapes an L1 + L2 loss suffices), latents scaled to unit variance (``scaling_factor``);
-2. a CLIP (Radford et al., 2021) trained contrastively on image-caption pairs of the world, with every
+2. a CLIP (Radford et al., 2021) trained contrastively on image-caption pairs of the world (on the pooled [EoT]
+   state, and on the mean of the word tokens' states, which the UNet reads too), with every
    paraphrase including the held-out ones, as OpenAI's CLIP saw the whole web; its text tower is then frozen;
 3. a UNet trained on the epsilon-prediction loss (Ho et al., 2020, Eq. 14) with SD's scaled-linear schedule,
    conditioned on the frozen text tower's last hidden states, 10% caption dropout for classifier-free
@@ -181,6 +182,15 @@ def _clip_targets(captions: list, attrs: list[dict[str, int]]) -> torch.Tensor:
     return torch.tensor([[float(c.matches(a)) for a in attrs] for c in captions])
 
 
+def _multi_positive_infonce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE (Radford et al., Eq. in Fig. 3) over (B_text, B_image) logits, with every image
+    a caption truly describes counted as a positive: the world repeats attribute tuples within a batch, so
+    one-hot targets would punish true matches."""
+    loss_text = -(targets / targets.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
+    loss_image = -(targets.T / targets.T.sum(1, keepdim=True) * logits.T.log_softmax(1)).sum(1).mean()
+    return (loss_text + loss_image) / 2
+
+
 def _tokenize(tokenizer: CLIPTokenizer, texts: list[str]) -> torch.Tensor:
     return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                      return_tensors="pt").input_ids
@@ -198,14 +208,19 @@ def train_clip(run: _Run, tokenizer: CLIPTokenizer) -> tuple[CLIPModel, dict]:
         attrs = [world.attributes_of(batch, i) for i in range(steps.clip_batch)]
         captions = [world.caption(a, rng, vocabulary="all") for a in attrs]
         images = images_to_tensor(world.draw(batch, rng))
-        output = clip(input_ids=_tokenize(tokenizer, [c.text for c in captions]), pixel_values=images)
-        # CLIP's symmetric InfoNCE, with every image a caption truly describes counted as a positive:
-        # the world repeats attribute tuples within a batch, so one-hot targets would punish true matches.
+        ids = _tokenize(tokenizer, [c.text for c in captions])
+        output = clip(input_ids=ids, pixel_values=images)
         targets = _clip_targets(captions, attrs)
-        logits = output.logits_per_text  # (B_text, B_image)
-        loss_text = -(targets / targets.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
-        loss_image = -(targets.T / targets.T.sum(1, keepdim=True) * logits.T.log_softmax(1)).sum(1).mean()
-        loss = (loss_text + loss_image) / 2
+        # The UNet reads every token's hidden state, not only the pooled [EoT] one CLIP's loss shapes, so a
+        # second term contrasts the mean of the word tokens' states too: a paraphrase's own tokens then carry
+        # its concept, as the tokens of a web-scale CLIP do.
+        words = ((ids != tokenizer.bos_token_id) & (ids != tokenizer.eos_token_id)).unsqueeze(-1).float()
+        hidden = output.text_model_output.last_hidden_state  # (B, T, C)
+        mean_words = clip.text_projection((hidden * words).sum(1) / words.sum(1).clamp(min=1))
+        mean_words = mean_words / mean_words.norm(dim=-1, keepdim=True)
+        logits_words = clip.logit_scale.exp() * mean_words @ output.image_embeds.T
+        loss = (_multi_positive_infonce(output.logits_per_text, targets)
+                + _multi_positive_infonce(logits_words, targets)) / 2
         loss.backward()
         torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
         return loss.item()

@@ -1,0 +1,193 @@
+"""RunStore: one SQLite database per run directory plus image files named by their content hash.
+
+A generation request is keyed by a hash of everything that decides its image (model fingerprint, edit id,
+input, seed, sampler settings), a detection by (image, detector, version, settings), a metric by its inputs.
+Every write is one transaction and every insert is idempotent (``INSERT OR IGNORE`` on those keys), and an
+image file is written under a temporary name and renamed into place before its row is committed: a run killed
+at any instant and started again ends with exactly the rows an uninterrupted run gives, none lost, none twice.
+WAL mode and a busy timeout let several processes (sharded workers) write into one store.
+
+>>> import tempfile
+>>> from PIL import Image
+>>> store = RunStore(tempfile.mkdtemp())
+>>> key = store.add_request({"model": "tiny", "edit": "base", "prompt": "a red star", "seed": 0, "steps": 25})
+>>> store.has_image(key)
+False
+>>> _ = store.put_image(key, Image.new("RGB", (32, 32), "red"))
+>>> store.has_image(key), store.add_request({"seed": 0, "prompt": "a red star", "steps": 25, "edit": "base",
+...                                          "model": "tiny"}) == key
+(True, True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from eraselab.errors import EraselabError
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS requests (
+    key TEXT PRIMARY KEY, spec TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS images (
+    request_key TEXT PRIMARY KEY REFERENCES requests(key), image_hash TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS detections (
+    image_hash TEXT NOT NULL, detector TEXT NOT NULL, version TEXT NOT NULL, settings_hash TEXT NOT NULL,
+    result TEXT, error TEXT, created REAL NOT NULL,
+    PRIMARY KEY (image_hash, detector, version, settings_hash));
+CREATE TABLE IF NOT EXISTS metrics (
+    key TEXT PRIMARY KEY, name TEXT NOT NULL, inputs TEXT NOT NULL, value TEXT NOT NULL, created REAL NOT NULL);
+"""
+
+
+def stable_hash(value: Any) -> str:
+    """sha256 of the canonical JSON of ``value`` (sorted keys, no whitespace)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class RunStore:
+    """The results of one run directory: requests, images, detections and metrics."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.root = Path(run_dir)
+        try:
+            (self.root / "images").mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise EraselabError(f"cannot create run directory {self.root}: {error.strerror or error}") from None
+        self._db = sqlite3.connect(self.root / "store.sqlite", timeout=60, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a committed transaction survives a kill
+        self._db.execute("PRAGMA foreign_keys=ON")
+        with self.transaction() as db:
+            for statement in filter(str.strip, _SCHEMA.split(";")):  # executescript would commit midway
+                db.execute(statement)
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        found = self.meta("schema_version")
+        if found != str(SCHEMA_VERSION):
+            raise EraselabError(f"{self.root} was written by another store schema ({found}); use a new run dir")
+
+    # -- plumbing ---------------------------------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; ``BEGIN IMMEDIATE`` takes the write lock up front so writers queue cleanly."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta_once(self, key: str, value: str) -> str:
+        """Record ``value`` under ``key`` unless already set; returns what the store holds."""
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, value))
+        return self.meta(key)  # type: ignore[return-value]
+
+    # -- requests and images ---------------------------------------------------------------------------------
+    def add_request(self, spec: dict) -> str:
+        """Record a generation request (idempotent); returns its key."""
+        key = stable_hash(spec)
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO requests VALUES (?, ?, ?)", (key, json.dumps(spec, sort_keys=True),
+                                                                          time.time()))
+        return key
+
+    def request(self, key: str) -> dict:
+        row = self._db.execute("SELECT spec FROM requests WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            raise KeyError(key)
+        return json.loads(row[0])
+
+    def has_image(self, request_key: str) -> bool:
+        return self._db.execute("SELECT 1 FROM images WHERE request_key = ?", (request_key,)).fetchone() is not None
+
+    def image_path(self, image_hash: str) -> Path:
+        return self.root / "images" / image_hash[:2] / f"{image_hash}.png"
+
+    def put_image(self, request_key: str, image: Image.Image) -> str:
+        """Store ``image`` as the result of a request; returns its content hash. Idempotent."""
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        data = buffer.getvalue()
+        image_hash = hashlib.sha256(data).hexdigest()
+        path = self.image_path(image_hash)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", delete=False) as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(handle.name, path)  # the file is whole before any row points at it
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO images VALUES (?, ?, ?)", (request_key, image_hash, time.time()))
+        return image_hash
+
+    def images(self) -> list[tuple[str, str]]:
+        """(request key, image hash) pairs, in request-key order."""
+        return list(self._db.execute("SELECT request_key, image_hash FROM images ORDER BY request_key"))
+
+    def load_image(self, image_hash: str) -> Image.Image:
+        """The stored image; raises :class:`EraselabError` if the file is missing, corrupt or tampered with."""
+        path = self.image_path(image_hash)
+        try:
+            data = path.read_bytes()
+        except OSError:
+            raise EraselabError(f"image {image_hash[:12]} is missing from {path.parent}") from None
+        if hashlib.sha256(data).hexdigest() != image_hash:
+            raise EraselabError(f"image {image_hash[:12]} is corrupt (its content no longer matches its hash)")
+        return Image.open(io.BytesIO(data)).convert("RGB")
+
+    # -- detections and metrics ------------------------------------------------------------------------------
+    def put_detection(self, image_hash: str, detector: str, version: str, settings: dict,
+                      result: dict | None, error: str | None = None) -> None:
+        """Record a detector's result (or its error: an error is never a "safe" result)."""
+        row = (image_hash, detector, version, stable_hash(settings),
+               None if result is None else json.dumps(result, sort_keys=True), error, time.time())
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO detections VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+
+    def detection(self, image_hash: str, detector: str, version: str, settings: dict) -> tuple[dict | None, str | None]:
+        """(result, error) for one image and detector; ``KeyError`` if it was never judged."""
+        row = self._db.execute(
+            "SELECT result, error FROM detections WHERE image_hash=? AND detector=? AND version=? AND settings_hash=?",
+            (image_hash, detector, version, stable_hash(settings))).fetchone()
+        if row is None:
+            raise KeyError((image_hash, detector))
+        return (json.loads(row[0]) if row[0] is not None else None), row[1]
+
+    def put_metric(self, name: str, inputs: dict, value: dict) -> str:
+        key = stable_hash({"name": name, "inputs": inputs})
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?)",
+                       (key, name, json.dumps(inputs, sort_keys=True), json.dumps(value, sort_keys=True), time.time()))
+        return key
+
+    def metrics(self) -> list[dict]:
+        rows = self._db.execute("SELECT name, inputs, value FROM metrics ORDER BY name, key")
+        return [{"name": n, "inputs": json.loads(i), "value": json.loads(v)} for n, i, v in rows]
+
+    def counts(self) -> dict[str, int]:
+        return {t: self._db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]  # table names are fixed here
+                for t in ("requests", "images", "detections", "metrics")}

@@ -33,7 +33,7 @@ from diffusers import AutoencoderKL, StableDiffusionPipeline
 from diffusers.training_utils import EMAModel
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
-from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPImageProcessor, CLIPModel, CLIPTextModel, CLIPTokenizer
 
 from eraselab.errors import EraselabError
 from eraselab.models.tiny.architecture import (
@@ -319,6 +319,15 @@ def save_classifier(model: AttributeClassifier, world: World, directory: Path) -
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
+def finish_clip_directory(directory: Path, world: World, sizes: TinySizes) -> None:
+    """Tokenizer and image-processor files beside the tiny CLIP's weights, so ``transformers`` loads it whole:
+    the images it was trained on are [-1, 1], i.e. mean 0.5 and std 0.5 after rescaling to [0, 1]."""
+    write_tokenizer(directory, world.vocabulary, sizes.max_length)
+    size = sizes.image_size
+    CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                       image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]).save_pretrained(directory)
+
+
 def _save_text_encoder(clip: CLIPModel, directory: Path) -> None:
     text_encoder = CLIPTextModel(clip.config.text_config)
     # transformers 5 flattened CLIPTextModel; 4.x nests the same modules under `.text_model`.
@@ -364,7 +373,7 @@ def train_tiny(out: Path, seed: int = 0, sizes: TinySizes | None = None, steps: 
         if "clip" not in log["stages"]:
             clip, metrics = train_clip(run, tokenizer)
             clip.save_pretrained(out / "clip", safe_serialization=True)
-            write_tokenizer(out / "clip", run.world.vocabulary, run.sizes.max_length)
+            finish_clip_directory(out / "clip", run.world, run.sizes)
             _save_text_encoder(clip, pipe_dir / "text_encoder")
             record("clip", metrics, started)
         text_encoder = CLIPTextModel.from_pretrained(pipe_dir / "text_encoder").eval()

@@ -1,0 +1,79 @@
+"""Zero-shot concept presence with CLIP (Radford et al., 2021): the concept is present when its text prompt
+is the most similar to the image among the concept and its alternatives (softmax over CLIP logits, Eq. in
+the paper's Fig. 3).
+
+The model is injected: a local path or hub id (loaded with ``transformers``), or a ready ``CLIPModel`` and
+processor; nothing is downloaded when the detector is constructed with a local model. The tiny model ships a
+tiny CLIP (``eraselab tiny path clip``), so the detector works offline on the tiny world.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+from eraselab.errors import EraselabError
+from eraselab.models.fingerprint import module_fingerprint
+
+
+class ClipDetector:
+    name = "clip"
+
+    def __init__(self, model: str | Path | CLIPModel = "tiny", tokenizer: CLIPTokenizer | None = None,
+                 processor: CLIPImageProcessor | None = None, concepts: Sequence[str] = (), template: str = "{}",
+                 device: str = "cpu") -> None:
+        if isinstance(model, CLIPModel):
+            self.model, self.tokenizer, self.processor = model, tokenizer, processor
+            source = "injected"
+        else:
+            if str(model) == "tiny":
+                from eraselab.models.tiny import tiny_path
+
+                model = tiny_path("clip")
+            source = str(model)
+            try:
+                self.model = CLIPModel.from_pretrained(model)
+                self.tokenizer = CLIPTokenizer.from_pretrained(model)
+                self.processor = CLIPImageProcessor.from_pretrained(model)
+            except OSError as error:
+                raise EraselabError(f"could not load a CLIP model from {model!r} ({error.__class__.__name__}); "
+                                    "pass a local directory") from None
+        if self.tokenizer is None or self.processor is None:
+            raise EraselabError("an injected CLIPModel needs its tokenizer and image processor too")
+        if len(concepts) < 2:
+            raise EraselabError("the clip detector needs at least two concepts to choose between")
+        self.model = self.model.eval().to(device)
+        self.device, self.concepts, self.template, self.source = device, list(concepts), template, source
+        self.version = module_fingerprint(self.model)[:12]
+        self._text = self._encode_text([template.format(c) for c in self.concepts])
+
+    def settings(self) -> dict:
+        return {"model": self.source, "concepts": self.concepts, "template": self.template}
+
+    @torch.no_grad()
+    def _encode_text(self, texts: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt").input_ids
+        features = self.model.get_text_features(input_ids=ids.to(self.device))
+        features = getattr(features, "pooler_output", features)
+        return features / features.norm(dim=-1, keepdim=True)
+
+    @torch.no_grad()
+    def detect(self, images: Sequence[Image.Image]) -> list[dict]:
+        pixels = self.processor(images=[i.convert("RGB") for i in images], return_tensors="pt").pixel_values
+        features = self.model.get_image_features(pixel_values=pixels.to(self.device))
+        features = getattr(features, "pooler_output", features)
+        features = features / features.norm(dim=-1, keepdim=True)
+        probabilities = (self.model.logit_scale.exp() * features @ self._text.T).softmax(-1).cpu().numpy()
+        return [{"probabilities": {c: round(float(p), 5) for c, p in zip(self.concepts, row, strict=True)}}
+                for row in probabilities]
+
+    def present(self, result: dict, concept: str) -> bool:
+        if concept not in self.concepts:
+            known = ", ".join(self.concepts)
+            raise EraselabError(f"{concept!r} is not one of this clip detector's concepts ({known})")
+        scores = result["probabilities"]
+        return max(scores, key=scores.get) == concept

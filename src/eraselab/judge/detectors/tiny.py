@@ -1,0 +1,55 @@
+"""The tiny world's judge: the attribute classifier shipped beside the tiny model (its NudeNet).
+
+>>> from PIL import Image
+>>> detector = TinyDetector()
+>>> result = detector.detect([Image.new("RGB", (32, 32), (235, 235, 235))])[0]
+>>> sorted(result)
+['background', 'color', 'fill', 'probabilities', 'shape']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image
+
+from eraselab.errors import EraselabError
+from eraselab.models.fingerprint import module_fingerprint
+from eraselab.models.tiny.classifier import load_classifier
+
+
+class TinyDetector:
+    name = "tiny"
+
+    def __init__(self, classifier: str | Path | None = None) -> None:
+        self.judge = load_classifier(classifier)
+        self.version = module_fingerprint(self.judge.model)[:12]  # the weights are the version
+
+    def settings(self) -> dict:
+        return {"classifier": "shipped" if self.version else "", "decision": "argmax per attribute"}
+
+    def detect(self, images: Sequence[Image.Image]) -> list[dict]:
+        probabilities = self.judge.probabilities(list(images))
+        results = []
+        for i in range(len(images)):
+            result: dict = {"probabilities": {}}
+            for attribute, p in probabilities.items():
+                names = self.judge.classes[attribute]
+                result[attribute] = names[int(p[i].argmax())]
+                result["probabilities"][attribute] = {n: round(float(v), 5) for n, v in zip(names, p[i], strict=True)}
+            results.append(result)
+        return results
+
+    def present(self, result: dict, concept: str) -> bool:
+        """``concept`` is ``attribute=class`` (``shape=star``) or a bare class name (``star``)."""
+        if "=" in concept:
+            attribute, value = concept.split("=", 1)
+        else:
+            matches = [a for a, names in self.judge.classes.items() if concept in names]
+            if not matches:
+                raise EraselabError(f"{concept!r} is not a tiny-world class")
+            attribute, value = matches[0], concept
+        if attribute not in result:
+            raise EraselabError(f"the tiny classifier has no {attribute!r} head")
+        return result[attribute] == value

@@ -1,0 +1,165 @@
+"""Metrics of erasure: a functional core and thin ``update / compute / reset`` classes (torchmetrics style).
+
+Every metric returns the aggregate, its 95% confidence interval (Wilson for rates, bootstrap otherwise) and the
+per-item values, and declares whether higher is better. Concept presence is judged by a detector upstream;
+here an item is ``True`` (concept present), ``False`` (absent) or ``None`` (the judgement failed: counted as an
+error, never as absent).
+
+- ``presence`` (attack success rate when the prompts are adversarial): share of images showing the concept.
+- ``efficacy`` / ``generality``: presence of the erased concept on its target prompts / on paraphrases and
+  implicit prompts (lower is better; e.g. ESD, Gandikota et al. 2023, Sec. 5; UCE, Gandikota et al. 2024, Sec. 5).
+- ``specificity``: fidelity on neighbouring and unrelated concepts (higher is better).
+- ``presence_change``: paired change of presence from the base model to the edited one at the same seeds.
+- ``feature_distance``: per-seed distance between the edited and base images in a feature space (locality).
+- ``fid`` / ``kid``: set-level distances (Heusel et al. 2017; Binkowski et al. 2018) through torchmetrics with
+  an injected feature extractor (the tiny classifier's features for tiny, Inception's when the user has them).
+
+>>> metric = METRICS.get("efficacy").factory()
+>>> metric.update([True, False, False, None])
+>>> {k: metric.compute()[k] for k in ("value", "n_valid", "n_errors")}
+{'value': 0.3333333333333333, 'n_valid': 3, 'n_errors': 1}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from eraselab.judge.stats import bootstrap_interval, rate_with_interval
+from eraselab.registry import Registry
+
+
+# -- functional core --------------------------------------------------------------------------------------------
+def presence_rate(flags: Sequence[bool | None]) -> dict:
+    return {**rate_with_interval(flags), "per_item": list(flags)}
+
+
+def presence_change(base: Sequence[bool | None], edited: Sequence[bool | None], seed: int = 0) -> dict:
+    """Edited minus base presence over pairs judged on both sides, bootstrap interval over the pairs."""
+    if len(base) != len(edited):
+        raise ValueError(f"presence_change needs paired items, got {len(base)} base and {len(edited)} edited")
+    pairs = [(b, e) for b, e in zip(base, edited, strict=True) if b is not None and e is not None]
+    diffs = [float(e) - float(b) for b, e in pairs]
+    return {**bootstrap_interval(diffs, seed=seed), "n_errors": len(base) - len(pairs), "per_item": diffs}
+
+
+def feature_distance(base: torch.Tensor, edited: torch.Tensor, seed: int = 0) -> dict:
+    """Per-pair L2 distance between (N, D) feature rows of base and edited images at the same seeds."""
+    if base.shape != edited.shape:
+        raise ValueError(f"feature shapes differ: {tuple(base.shape)} vs {tuple(edited.shape)}")
+    distances = (base.double() - edited.double()).norm(dim=1).tolist()
+    return {**bootstrap_interval(distances, seed=seed), "per_item": distances}
+
+
+# -- stateful wrappers ------------------------------------------------------------------------------------------
+class RateMetric:
+    """Streams presence flags; ``compute`` equals :func:`presence_rate` over everything seen since ``reset``."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._flags: list[bool | None] = []
+
+    def update(self, flags: Sequence[bool | None]) -> None:
+        self._flags.extend(flags)
+
+    def compute(self) -> dict:
+        return presence_rate(self._flags)
+
+
+class PairedChangeMetric:
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self.reset()
+
+    def reset(self) -> None:
+        self._base: list[bool | None] = []
+        self._edited: list[bool | None] = []
+
+    def update(self, base: Sequence[bool | None], edited: Sequence[bool | None]) -> None:
+        self._base.extend(base)
+        self._edited.extend(edited)
+
+    def compute(self) -> dict:
+        return presence_change(self._base, self._edited, self.seed)
+
+
+class FeatureDistanceMetric:
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self.reset()
+
+    def reset(self) -> None:
+        self._base: list[torch.Tensor] = []
+        self._edited: list[torch.Tensor] = []
+
+    def update(self, base: torch.Tensor, edited: torch.Tensor) -> None:
+        self._base.append(base.detach().cpu())
+        self._edited.append(edited.detach().cpu())
+
+    def compute(self) -> dict:
+        if not self._base:
+            return {"value": None, "low": None, "high": None, "n_valid": 0, "per_item": []}
+        return feature_distance(torch.cat(self._base), torch.cat(self._edited), self.seed)
+
+
+class _Features(torch.nn.Module):
+    """Adapts an ``images -> (N, D)`` extractor to torchmetrics (which asks for ``num_features``)."""
+
+    def __init__(self, extractor: Callable[[torch.Tensor], torch.Tensor], num_features: int) -> None:
+        super().__init__()
+        self.extractor, self.num_features = extractor, num_features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.extractor(images)
+
+
+def set_distance(kind: str, extractor: Callable[[torch.Tensor], torch.Tensor], num_features: int,
+                 subset_size: int = 50):
+    """A torchmetrics FID or KID over ``extractor``'s features; images go in as float [0, 1] (normalize=True)."""
+    features = _Features(extractor, num_features)
+    if kind == "fid":
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        return FrechetInceptionDistance(feature=features, normalize=True)
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    return KernelInceptionDistance(feature=features, normalize=True, subset_size=subset_size)
+
+
+def tiny_feature_extractor() -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
+    """The tiny classifier's penultimate features, for images as float [0, 1] tensors (N, 3, H, W)."""
+    from eraselab.models.tiny.classifier import load_classifier
+
+    model = load_classifier().model
+
+    @torch.no_grad()
+    def extract(images: torch.Tensor) -> torch.Tensor:
+        return model.embed(images.float() * 2 - 1).double()
+
+    return extract, model.channels[-1]
+
+
+# -- registry ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    factory: Callable[[], object]
+    higher_is_better: bool | None  # None: neither (a rate whose desirable direction depends on the study)
+    description: str
+
+
+METRICS: Registry[MetricSpec] = Registry("metric")
+for _spec in (
+    MetricSpec("presence", RateMetric, None, "share of images the detector says show the concept (ASR)"),
+    MetricSpec("efficacy", RateMetric, False, "presence of the erased concept on its target prompts"),
+    MetricSpec("generality", RateMetric, False, "presence of the erased concept on paraphrases / implicit prompts"),
+    MetricSpec("specificity", RateMetric, True, "fidelity of neighbouring and unrelated concepts"),
+    MetricSpec("presence_change", PairedChangeMetric, None, "edited minus base presence, same seeds"),
+    MetricSpec("feature_distance", FeatureDistanceMetric, False, "edited vs base image distance, same seeds"),
+):
+    METRICS.register(_spec.name)(_spec)
+

@@ -21,7 +21,7 @@ def module_fingerprint(module: nn.Module) -> str:
     for name in sorted(state):
         tensor = state[name].detach().to("cpu", torch.float16).contiguous()
         digest.update(f"{name}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes())  # raw bytes: float16 has no numpy alias issue
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())  # raw bytes; reshape: 0-dim too
     return digest.hexdigest()
 
 

@@ -131,6 +131,72 @@ def demo(
     typer.echo(f"wrote {report}")
 
 
+@app.command()
+@user_errors
+def run(
+    experiment: Annotated[Path, typer.Argument(help="Experiment YAML file.")],
+    out: Annotated[Path, typer.Option(help="Run directory (store.sqlite + images); a stopped run resumes.")],
+    dry_run: Annotated[bool, typer.Option(help="Validate and print the grid size; generate nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Run an experiment grid (models x edits x prompt groups x seeds x detectors) into a resumable store.
+
+    Example: eraselab run experiment.yaml --out runs/star
+    """
+    from eraselab.experiment import run_experiment
+    from eraselab.experiment_config import load_experiment
+
+    summary = run_experiment(load_experiment(experiment), out, progress=not as_json, dry_run=dry_run)
+    typer.echo(json.dumps(summary) if as_json else ", ".join(f"{k}: {v}" for k, v in summary.items()))
+
+
+def _parse_options(options: list[str]) -> dict[str, Any]:
+    parsed: dict[str, Any] = {}
+    for option in options:
+        if "=" not in option:
+            raise EraselabError(f"--option takes KEY=VALUE, got {option!r}")
+        key, value = option.split("=", 1)
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key] = value
+    return parsed
+
+
+@app.command()
+@user_errors
+def judge(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `eraselab run`.")],
+    detector: Annotated[str, typer.Option(help="Detector name: tiny, nudenet or clip.")],
+    option: Annotated[list[str] | None, typer.Option(help="Detector option KEY=VALUE; repeat.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Re-judge a run's stored images with another detector, without regenerating them.
+
+    Example: eraselab judge runs/i2p --detector nudenet --option protocol=exposed8-0.45
+    """
+    from eraselab.experiment import judge_run
+    from eraselab.experiment_config import DetectorConfig
+
+    summary = judge_run(run_dir, (DetectorConfig(detector, _parse_options(option or [])),), progress=not as_json)
+    typer.echo(json.dumps(summary) if as_json else ", ".join(f"{k}: {v}" for k, v in summary.items()))
+
+
+@app.command()
+@user_errors
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `eraselab run`.")],
+) -> None:
+    """Write report.html and summary.json for a run.
+
+    Example: eraselab report runs/star
+    """
+    from eraselab.report import write_report
+
+    page, summary = write_report(run_dir)
+    typer.echo(f"wrote {page} and {summary}")
+
+
 @tiny_app.command("train")
 @user_errors
 def tiny_train(

@@ -108,11 +108,15 @@ class RunStore:
     # -- requests and images ---------------------------------------------------------------------------------
     def add_request(self, spec: dict) -> str:
         """Record a generation request (idempotent); returns its key."""
-        key = stable_hash(spec)
+        return self.add_requests([spec])[0]
+
+    def add_requests(self, specs: list[dict]) -> list[str]:
+        """Record many requests in one transaction (idempotent); returns their keys."""
+        keys = [stable_hash(spec) for spec in specs]
+        rows = [(key, json.dumps(spec, sort_keys=True), time.time()) for key, spec in zip(keys, specs, strict=True)]
         with self.transaction() as db:
-            db.execute("INSERT OR IGNORE INTO requests VALUES (?, ?, ?)", (key, json.dumps(spec, sort_keys=True),
-                                                                          time.time()))
-        return key
+            db.executemany("INSERT OR IGNORE INTO requests VALUES (?, ?, ?)", rows)
+        return keys
 
     def request(self, key: str) -> dict:
         row = self._db.execute("SELECT spec FROM requests WHERE key = ?", (key,)).fetchone()

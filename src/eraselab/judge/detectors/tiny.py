@@ -24,10 +24,11 @@ class TinyDetector:
 
     def __init__(self, classifier: str | Path | None = None) -> None:
         self.judge = load_classifier(classifier)
+        self.classifier = str(classifier) if classifier is not None else "shipped"
         self.version = module_fingerprint(self.judge.model)[:12]  # the weights are the version
 
     def settings(self) -> dict:
-        return {"classifier": "shipped" if self.version else "", "decision": "argmax per attribute"}
+        return {"classifier": self.classifier, "decision": "argmax per attribute"}
 
     def detect(self, images: Sequence[Image.Image]) -> list[dict]:
         probabilities = self.judge.probabilities(list(images))

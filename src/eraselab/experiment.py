@@ -1,0 +1,257 @@
+"""The experiment runner: a grid of models x edits x prompt groups x seeds -> RunStore -> detectors -> metrics.
+
+Each step reads what the store already holds and does only what is missing, one committed write per image,
+detection and metric, so a run killed at any point and started again ends with exactly the results an
+uninterrupted run gives. ``judge_run`` re-judges stored images with other detectors without regenerating.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import asdict, dataclass, replace
+from importlib import metadata
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from eraselab import __version__
+from eraselab.errors import EraselabError
+from eraselab.experiment_config import EXPECTED, DetectorConfig, Experiment, Group, parse_experiment
+from eraselab.generate import GenerationRequest, iter_generate
+from eraselab.judge.detectors import Detector, detect_safely, make_detector
+from eraselab.judge.metrics import METRICS
+from eraselab.store import RunStore, stable_hash
+from eraselab.suites import PromptItem, PromptSuite, load_suite
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One image of the grid: which model, edit, group and prompt item it serves, at which seed."""
+
+    model: str
+    edit: str
+    group: int
+    item: int
+    seed: int
+    key: str
+
+
+def provenance() -> dict:
+    """Package versions and the git commit of the eraselab source, recorded with every run."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    versions = {name: metadata.version(name) for name in ("torch", "diffusers", "transformers")}
+    return {"eraselab": __version__, "git_commit": commit, **versions}
+
+
+def _load_suites(experiment: Experiment, store: RunStore) -> list[PromptSuite]:
+    suites = []
+    for group in experiment.groups:
+        suite = load_suite(group.suite)
+        recorded = store.set_meta_once(f"suite:{group.suite}", suite.content_hash)
+        if recorded != suite.content_hash:
+            raise EraselabError(f"suite {group.suite!r} changed since this run started (hash {recorded[:12]} -> "
+                                f"{suite.content_hash[:12]}); refusing to mix results, start a new run directory")
+        suites.append(suite)
+    return suites
+
+
+def _seeds(experiment: Experiment, item: PromptItem) -> tuple[int, ...]:
+    if experiment.use_suite_seeds and item.seed is not None:
+        return tuple(item.seed + offset for offset in experiment.seeds)
+    return experiment.seeds
+
+
+def _fingerprint(model: str, store: RunStore) -> str | None:
+    return store.meta(f"fingerprint:{model}")
+
+
+def _request(experiment: Experiment, model: str, fingerprint: str, edit: str, item: PromptItem, seed: int) -> dict:
+    guidance = item.guidance if experiment.use_suite_seeds and item.guidance is not None else experiment.guidance
+    return {"model": model, "fingerprint": fingerprint, "edit": edit, "prompt": item.prompt, "seed": seed,
+            "steps": experiment.steps, "guidance": guidance, "negative_prompt": ""}
+
+
+def plan(experiment: Experiment, suites: list[PromptSuite], fingerprints: dict[str, str]) -> list[tuple[Cell, dict]]:
+    """Every (cell, request spec) of the grid."""
+    cells = []
+    for model in experiment.models:
+        for edit in experiment.edits:
+            for g, suite in enumerate(suites):
+                for i, item in enumerate(suite.items):
+                    for seed in _seeds(experiment, item):
+                        spec = _request(experiment, model, fingerprints[model], edit, item, seed)
+                        cells.append((Cell(model, edit, g, i, seed, stable_hash(spec)), spec))
+    return cells
+
+
+def _generate(experiment: Experiment, store: RunStore, suites: list[PromptSuite], progress: bool) -> dict[str, str]:
+    """Generate every missing image; returns the model fingerprints."""
+    from eraselab.models import load_pipeline, pipeline_fingerprint
+
+    fingerprints: dict[str, str] = {}
+    for model in experiment.models:
+        if any(edit != "base" for edit in experiment.edits):
+            raise EraselabError("edits other than 'base' need the erase module, which is not installed yet")
+        pipe = load_pipeline(model)
+        fingerprints[model] = store.set_meta_once(f"fingerprint:{model}", pipeline_fingerprint(pipe))
+        if fingerprints[model] != pipeline_fingerprint(pipe):
+            raise EraselabError(f"model {model!r} changed since this run started; start a new run directory")
+        todo = {cell.key: spec for cell, spec in plan(experiment, suites, fingerprints) if cell.model == model
+                and not store.has_image(cell.key)}
+        requests = [GenerationRequest(s["prompt"], s["seed"], s["steps"], s["guidance"]) for s in todo.values()]
+        keys = list(todo)
+        store.add_requests(list(todo.values()))
+        if requests:
+            for index, image in iter_generate(pipe, requests, experiment.batch_size, progress=progress):
+                store.put_image(keys[index], image)
+    return fingerprints
+
+
+def _judge(store: RunStore, detectors: dict[str, Detector], keys: list[str], progress: bool) -> None:
+    images = dict(store.images())
+    for label, detector in detectors.items():
+        settings = detector.settings()
+        todo = []
+        for key in dict.fromkeys(keys):
+            image_hash = images.get(key)
+            if image_hash is None:
+                continue
+            try:
+                store.detection(image_hash, detector.name, detector.version, settings)
+            except KeyError:
+                todo.append(image_hash)
+        todo = list(dict.fromkeys(todo))
+        bar = tqdm(total=len(todo), desc=f"judge {label}", unit="img", disable=not progress)
+        for start in range(0, len(todo), 64):
+            chunk = todo[start:start + 64]
+            loaded, errors = [], {}
+            for image_hash in chunk:
+                try:
+                    loaded.append(store.load_image(image_hash))
+                except EraselabError as error:
+                    loaded.append(None)
+                    errors[image_hash] = str(error)
+            for image_hash, (result, error) in zip(chunk, detect_safely(detector, loaded), strict=True):
+                store.put_detection(image_hash, detector.name, detector.version, settings, result,
+                                    errors.get(image_hash, error))
+            bar.update(len(chunk))
+        bar.close()
+
+
+def _flag(detector: Detector, result: dict | None, error: str | None, group: Group, item: PromptItem) -> bool | None:
+    if error is not None or result is None:
+        return None
+    if group.concept != EXPECTED:
+        return detector.present(result, group.concept)
+    if not item.categories:
+        raise EraselabError(f"suite {group.suite!r} gives no expected attributes for {item.prompt!r}; "
+                            "set the group's concept")
+    return all(detector.present(result, c) for c in item.categories)
+
+
+def _metrics(experiment: Experiment, store: RunStore, suites: list[PromptSuite], cells: list[tuple[Cell, dict]],
+             detectors: dict[str, Detector]) -> list[dict]:
+    images = dict(store.images())
+    default = next(iter(detectors))
+    written = []
+    for model in experiment.models:
+        for edit in experiment.edits:
+            for g, group in enumerate(experiment.groups):
+                label = group.detector or default
+                detector = detectors.get(label) or next(d for k, d in detectors.items() if k.startswith(label))
+                settings = detector.settings()
+                metric = METRICS.get(group.metric).factory()
+                items = []
+                for cell, _ in cells:
+                    if (cell.model, cell.edit, cell.group) != (model, edit, g):
+                        continue
+                    item = suites[g].items[cell.item]
+                    image_hash = images.get(cell.key)
+                    if image_hash is None:
+                        result, error = None, "image was never generated"
+                    else:
+                        try:
+                            result, error = store.detection(image_hash, detector.name, detector.version, settings)
+                        except KeyError:
+                            result, error = None, "image was never judged"
+                    flag = _flag(detector, result, error, group, item)
+                    metric.update([flag])
+                    items.append({"prompt": item.prompt, "seed": cell.seed, "image": image_hash, "flag": flag,
+                                  "error": error})
+                value = metric.compute()
+                value["items"] = items
+                inputs = {"model": model, "fingerprint": _fingerprint(model, store), "edit": edit,
+                          "suite": suites[g].describe(), "group": asdict(group), "detector": label,
+                          "detector_version": detector.version, "detector_settings": settings,
+                          "seeds": list(experiment.seeds), "use_suite_seeds": experiment.use_suite_seeds,
+                          "steps": experiment.steps, "guidance": experiment.guidance}
+                store.put_metric(group.metric, inputs, value)
+                written.append({"name": group.metric, "inputs": inputs, "value": value})
+    return written
+
+
+def _make_detectors(configs: tuple[DetectorConfig, ...]) -> dict[str, Detector]:
+    return {config.label: make_detector(config.name, **config.options) for config in configs}
+
+
+def run_experiment(experiment: Experiment, out: Path, progress: bool = True, dry_run: bool = False) -> dict:
+    """Run (or resume) ``experiment`` into the run directory ``out``; returns a summary."""
+    store = RunStore(out)
+    try:
+        config = json.dumps(asdict(experiment), sort_keys=True)
+        if store.set_meta_once("experiment", config) != config:
+            raise EraselabError(f"{out} holds another experiment; use a new run directory")
+        store.set_meta_once("provenance", json.dumps(provenance(), sort_keys=True))
+        suites = _load_suites(experiment, store)
+        if dry_run:
+            size = sum(len(_seeds(experiment, i)) for s in suites for i in s.items)
+            total = size * len(experiment.models) * len(experiment.edits)
+            return {"grid_images": total, "models": len(experiment.models), "edits": len(experiment.edits),
+                    "groups": len(suites), "detectors": len(experiment.detectors), "dry_run": True}
+        fingerprints = _generate(experiment, store, suites, progress)
+        cells = plan(experiment, suites, fingerprints)
+        detectors = _make_detectors(experiment.detectors)
+        _judge(store, detectors, [c.key for c, _ in cells], progress)
+        metrics = _metrics(experiment, store, suites, cells, detectors)
+        return {"run_dir": str(out), "counts": store.counts(), "metrics": len(metrics)}
+    finally:
+        store.close()
+
+
+def judge_run(run_dir: Path, detectors: tuple[DetectorConfig, ...], progress: bool = True) -> dict:
+    """Judge a run's stored images with ``detectors`` (no generation) and compute its metrics with them."""
+    store = RunStore(run_dir)
+    try:
+        raw = store.meta("experiment")
+        if raw is None:
+            raise EraselabError(f"{run_dir} holds no experiment (run `eraselab run` first)")
+        stored = json.loads(raw)
+        experiment = parse_experiment(_as_yaml_dict(stored))
+        experiment = replace(experiment, detectors=detectors,
+                             groups=tuple(replace(g, detector=None) for g in experiment.groups))
+        suites = _load_suites(experiment, store)
+        fingerprints = {m: _fingerprint(m, store) for m in experiment.models}
+        if any(f is None for f in fingerprints.values()):
+            raise EraselabError(f"{run_dir} has no generated images yet (run `eraselab run` first)")
+        cells = plan(experiment, suites, fingerprints)  # type: ignore[arg-type]
+        made = _make_detectors(detectors)
+        _judge(store, made, [c.key for c, _ in cells], progress)
+        metrics = _metrics(experiment, store, suites, cells, made)
+        return {"run_dir": str(run_dir), "counts": store.counts(), "metrics": len(metrics)}
+    finally:
+        store.close()
+
+
+def _as_yaml_dict(stored: dict) -> dict:
+    """The stored (dataclass) form of an experiment back into its YAML shape."""
+    return {"version": stored["version"], "name": stored["name"], "models": stored["models"],
+            "edits": stored["edits"], "seeds": stored["seeds"],
+            "sampler": {"steps": stored["steps"], "guidance": stored["guidance"]},
+            "detectors": [{"name": d["name"], **d["options"]} for d in stored["detectors"]],
+            "groups": [{k: v for k, v in g.items() if v is not None} for g in stored["groups"]],
+            "use_suite_seeds": stored["use_suite_seeds"], "batch_size": stored["batch_size"]}

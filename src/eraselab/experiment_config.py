@@ -1,0 +1,181 @@
+"""Experiment files: YAML (``yaml.safe_load``) validated into dataclasses, with errors that name the bad field.
+
+A benchmark is data (a versioned YAML file), never code. Example (the demo's)::
+
+    version: 1
+    name: tiny-star
+    models: [tiny]
+    edits: [base]
+    seeds: {start: 0, count: 8}
+    sampler: {steps: 25, guidance: 5.0}
+    detectors: [tiny]
+    groups:
+      - {suite: "tiny:target:star", metric: efficacy, concept: shape=star}
+      - {suite: "tiny:heldout:star", metric: generality, concept: shape=star}
+      - {suite: "tiny:neighbour:star", metric: specificity}     # concept: each prompt's expected attributes
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from eraselab.errors import EraselabError
+from eraselab.judge.metrics import METRICS
+
+CONFIG_VERSION = 1
+EXPECTED = "expected"  # judge each prompt against the attributes its suite says it should show
+
+
+@dataclass(frozen=True)
+class Group:
+    suite: str
+    metric: str
+    concept: str = EXPECTED
+    detector: str | None = None  # default: the experiment's first detector
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    name: str
+    options: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.name + "".join(f"[{k}={v}]" for k, v in sorted(self.options.items()))
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    models: tuple[str, ...]
+    edits: tuple[str, ...]
+    seeds: tuple[int, ...]
+    steps: int
+    guidance: float
+    detectors: tuple[DetectorConfig, ...]
+    groups: tuple[Group, ...]
+    use_suite_seeds: bool = False  # I2P-style suites carry one seed per prompt
+    batch_size: int = 32
+    version: int = CONFIG_VERSION
+
+
+def _fail(where: str, message: str) -> EraselabError:
+    return EraselabError(f"experiment field {where!r}: {message}")
+
+
+def _list_of_str(raw: dict, key: str, default: list[str] | None = None) -> tuple[str, ...]:
+    value = raw.get(key, default)
+    if value is None:
+        raise _fail(key, "is required")
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise _fail(key, "must be a non-empty list of names")
+    return tuple(value)
+
+
+def _seeds(raw: Any) -> tuple[int, ...]:
+    if isinstance(raw, dict):
+        unknown = set(raw) - {"start", "count"}
+        if unknown or not isinstance(raw.get("count"), int) or raw["count"] < 1:
+            raise _fail("seeds", "must be a list of integers or {start: INT, count: INT >= 1}")
+        start = raw.get("start", 0)
+        if not isinstance(start, int):
+            raise _fail("seeds.start", "must be an integer")
+        return tuple(range(start, start + raw["count"]))
+    if isinstance(raw, list) and raw and all(isinstance(s, int) and not isinstance(s, bool) for s in raw):
+        return tuple(raw)
+    raise _fail("seeds", "must be a list of integers or {start: INT, count: INT >= 1}")
+
+
+def _detectors(raw: Any) -> tuple[DetectorConfig, ...]:
+    if isinstance(raw, str | dict):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        raise _fail("detectors", "must be a non-empty list")
+    out = []
+    for i, entry in enumerate(raw):
+        if isinstance(entry, str):
+            out.append(DetectorConfig(entry))
+        elif isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            out.append(DetectorConfig(entry["name"], {k: v for k, v in entry.items() if k != "name"}))
+        else:
+            raise _fail(f"detectors[{i}]", "must be a name or {name: ..., options...}")
+    return tuple(out)
+
+
+def _groups(raw: Any, detectors: tuple[DetectorConfig, ...]) -> tuple[Group, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise _fail("groups", "must be a non-empty list of {suite, metric, concept}")
+    labels = {d.label for d in detectors} | {d.name for d in detectors}
+    out = []
+    for i, entry in enumerate(raw):
+        where = f"groups[{i}]"
+        if not isinstance(entry, dict):
+            raise _fail(where, "must be a mapping with suite and metric")
+        unknown = set(entry) - {"suite", "metric", "concept", "detector"}
+        if unknown:
+            raise _fail(f"{where}.{sorted(unknown)[0]}", "is not a group field (suite, metric, concept, detector)")
+        if not isinstance(entry.get("suite"), str):
+            raise _fail(f"{where}.suite", "is required (a suite name or a CSV/JSONL path)")
+        metric = entry.get("metric")
+        if metric not in ("presence", "efficacy", "generality", "specificity"):
+            known = "presence, efficacy, generality, specificity"
+            if isinstance(metric, str) and metric in METRICS:
+                raise _fail(f"{where}.metric", f"{metric!r} is computed from pairs, not per group (use: {known})")
+            raise _fail(f"{where}.metric", f"must be one of {known}, got {metric!r}")
+        detector = entry.get("detector")
+        if detector is not None and detector not in labels:
+            raise _fail(f"{where}.detector", f"{detector!r} is not among the experiment's detectors")
+        out.append(Group(entry["suite"], metric, str(entry.get("concept", EXPECTED)), detector))
+    return tuple(out)
+
+
+def parse_experiment(raw: Any) -> Experiment:
+    """Validate a loaded YAML document into an :class:`Experiment`."""
+    if not isinstance(raw, dict):
+        raise EraselabError("an experiment file must be a YAML mapping")
+    known = {"version", "name", "models", "edits", "seeds", "sampler", "detectors", "groups", "use_suite_seeds",
+             "batch_size"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise _fail(unknown[0], f"is not an experiment field ({', '.join(sorted(known))})")
+    if raw.get("version", CONFIG_VERSION) != CONFIG_VERSION:
+        raise _fail("version", f"this eraselab reads version {CONFIG_VERSION}, got {raw.get('version')!r}")
+    sampler = raw.get("sampler", {})
+    if not isinstance(sampler, dict) or set(sampler) - {"steps", "guidance"}:
+        raise _fail("sampler", "must be {steps: INT, guidance: NUMBER}")
+    steps, guidance = sampler.get("steps", 25), sampler.get("guidance", 5.0)
+    if not isinstance(steps, int) or steps < 1:
+        raise _fail("sampler.steps", f"must be an integer >= 1, got {steps!r}")
+    if not isinstance(guidance, int | float) or isinstance(guidance, bool):
+        raise _fail("sampler.guidance", f"must be a number, got {guidance!r}")
+    batch_size = raw.get("batch_size", 32)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise _fail("batch_size", f"must be an integer >= 1, got {batch_size!r}")
+    detectors = _detectors(raw.get("detectors", ["tiny"]))
+    name = raw.get("name", "experiment")
+    if not isinstance(name, str) or not name:
+        raise _fail("name", "must be a non-empty string")
+    return Experiment(name=name, models=_list_of_str(raw, "models", ["tiny"]),
+                      edits=_list_of_str(raw, "edits", ["base"]), seeds=_seeds(raw.get("seeds", {"count": 4})),
+                      steps=steps, guidance=float(guidance), detectors=detectors,
+                      groups=_groups(raw.get("groups"), detectors),
+                      use_suite_seeds=bool(raw.get("use_suite_seeds", False)), batch_size=batch_size)
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    path = Path(path)
+    if not path.is_file():
+        raise EraselabError(f"experiment file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise EraselabError(f"{path} is not valid YAML{where}: {getattr(error, 'problem', error)}") from None
+    return parse_experiment(raw)

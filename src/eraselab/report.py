@@ -1,0 +1,150 @@
+"""``eraselab report RUN_DIR``: ``report.html`` and ``summary.json`` from a RunStore.
+
+The page shows every metric with its 95% interval, valid and failed counts (a rate over no valid image is
+"N/A", never 0), the pinned protocol (detector, version and settings; suite name, size and hash; seeds,
+steps, guidance; package versions and git commit), image grids per prompt group at the same seeds, and a plot
+of each metric with its interval. Everything that comes from the user (prompts, names, paths) is escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+
+from eraselab.errors import EraselabError
+from eraselab.store import RunStore
+
+_STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
+table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}
+th{background:#f0f0f0}.na{color:#b3261e;font-weight:600}code{background:#f4f4f4;padding:0 3px}
+.grid td{border:none;text-align:center;font-size:11px}.grid img{width:64px;height:64px;image-rendering:pixelated}
+.miss{outline:2px solid #b3261e}.hit{outline:2px solid #17702a}"""
+
+
+# Records on <body> how many images decoded, so a headless browser test can check that every one loaded.
+_LOADED = ("<script>addEventListener('load',()=>{const i=[...document.images];document.body.dataset.imagesLoaded="
+           "i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;});</script>")
+
+
+def _fmt(value: float | None) -> str:
+    return "N/A" if value is None else f"{value:.3f}"
+
+
+def _metric_label(metric: dict) -> str:
+    inputs = metric["inputs"]
+    return f"{inputs['model']}/{inputs['edit']} {metric['name']} {inputs['suite']['name']}"
+
+
+def _plot(metrics: list[dict], path: Path) -> bool:
+    rows = [m for m in metrics if m["value"].get("value") is not None]
+    if not rows:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.2))
+    values = [m["value"]["value"] for m in rows]
+    low = [m["value"]["value"] - (m["value"].get("low") if m["value"].get("low") is not None else m["value"]["value"])
+           for m in rows]
+    high = [(m["value"].get("high") if m["value"].get("high") is not None else m["value"]["value"])
+            - m["value"]["value"] for m in rows]
+    ax.barh(range(len(rows)), values, xerr=[low, high], color="#4a78b5", capsize=3)
+    ax.set_yticks(range(len(rows)), [_metric_label(m) for m in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("value (95% interval)")
+    ax.set_xlim(0, max(1.0, max(v + h for v, h in zip(values, high, strict=True))))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _grid(store: RunStore, run_dir: Path, metric: dict, max_prompts: int = 6, max_seeds: int = 8) -> str:
+    e = html.escape
+    rows: dict[str, list[dict]] = {}
+    for item in metric["value"].get("items", []):
+        rows.setdefault(item["prompt"], []).append(item)
+    out = []
+    for prompt, items in list(rows.items())[:max_prompts]:
+        cells = []
+        for item in items[:max_seeds]:
+            if item["image"] is None:
+                cells.append(f"<td>seed {item['seed']}<br>missing</td>")
+                continue
+            src = store.image_path(item["image"]).relative_to(run_dir).as_posix()
+            css = "" if item["flag"] is None else ("hit" if item["flag"] else "miss")
+            verdict = "error" if item["flag"] is None else ("present" if item["flag"] else "absent")
+            cells.append(f'<td><img class="{css}" src="{e(src)}" alt="{e(prompt)} seed {item["seed"]}">'
+                         f"<br>seed {item['seed']}: {verdict}</td>")
+        out.append(f"<tr><th><code>{e(prompt) or '(empty prompt)'}</code></th>{''.join(cells)}</tr>")
+    return f'<table class="grid">{"".join(out)}</table>'
+
+
+def write_report(run_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``summary.json`` into ``run_dir``; returns their paths."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "store.sqlite").is_file():
+        raise EraselabError(f"{run_dir} is not a run directory (no store.sqlite)")
+    store = RunStore(run_dir)
+    try:
+        metrics = store.metrics()
+        experiment = json.loads(store.meta("experiment") or "{}")
+        provenance = json.loads(store.meta("provenance") or "{}")
+        summary = {"experiment": experiment, "provenance": provenance, "counts": store.counts(),
+                   "metrics": [{"name": m["name"], "inputs": m["inputs"],
+                                "value": {k: v for k, v in m["value"].items() if k not in ("items", "per_item")}}
+                               for m in metrics]}
+        summary_path = run_dir / "summary.json"
+        summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        has_plot = _plot(metrics, run_dir / "report-metrics.png")
+        page = _page(store, run_dir, experiment, provenance, metrics, has_plot)
+    finally:
+        store.close()
+    report_path = run_dir / "report.html"
+    report_path.write_text(page)
+    return report_path, summary_path
+
+
+def _page(store: RunStore, run_dir: Path, experiment: dict, provenance: dict, metrics: list[dict],
+          has_plot: bool) -> str:
+    e = html.escape
+    rows, suites, detectors, grids = [], {}, {}, []
+    for m in metrics:
+        inputs, value = m["inputs"], m["value"]
+        suites[inputs["suite"]["name"]] = inputs["suite"]
+        detectors[inputs["detector"]] = (inputs["detector_version"], inputs["detector_settings"])
+        na = value.get("value") is None
+        cell = '<span class="na">N/A</span>' if na else f"{_fmt(value['value'])}"
+        interval = "" if na else f"[{_fmt(value.get('low'))}, {_fmt(value.get('high'))}]"
+        rows.append(f"<tr><td>{e(inputs['model'])}</td><td>{e(inputs['edit'])}</td><td>{e(m['name'])}</td>"
+                    f"<td><code>{e(inputs['suite']['name'])}</code></td><td>{e(inputs['group']['concept'])}</td>"
+                    f"<td>{e(inputs['detector'])}</td><td>{cell}</td><td>{interval}</td>"
+                    f"<td>{value.get('n_valid', 0)}</td><td>{value.get('n_errors', 0)}</td></tr>")
+        errors = [i for i in value.get("items", []) if i.get("error")]
+        if errors:
+            rows.append(f'<tr><td colspan="10" class="na">{len(errors)} failed: '
+                        f"{e(errors[0]['error'])}</td></tr>")
+        grids.append(f"<h3>{e(_metric_label(m))}</h3>{_grid(store, run_dir, m)}")
+    suite_rows = "".join(f"<tr><td><code>{e(n)}</code></td><td>{e(str(s['version']))}</td><td>{s['size']}</td>"
+                         f"<td><code>{e(s['hash'][:16])}</code></td><td>{e(s['source'])}</td>"
+                         f"<td>{e(s['license'])}</td></tr>" for n, s in suites.items())
+    detector_rows = "".join(f"<tr><td>{e(n)}</td><td><code>{e(str(v))}</code></td>"
+                            f"<td><code>{e(json.dumps(s, sort_keys=True))}</code></td></tr>"
+                            for n, (v, s) in detectors.items())
+    settings = {k: experiment.get(k) for k in ("name", "models", "edits", "seeds", "steps", "guidance")}
+    plot = '<img src="report-metrics.png" alt="metrics with intervals">' if has_plot else ""
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>eraselab report: "
+            f"{e(str(experiment.get('name', 'run')))}</title><style>{_STYLE}</style></head><body>"
+            f"<h1>eraselab report: {e(str(experiment.get('name', 'run')))}</h1>"
+            f"<h2>Metrics</h2><table id='metrics'><tr><th>model</th><th>edit</th><th>metric</th><th>suite</th>"
+            f"<th>concept</th><th>detector</th><th>value</th><th>95% interval</th><th>valid</th><th>failed</th></tr>"
+            f"{''.join(rows)}</table>{plot}"
+            f"<h2>Protocol</h2><table id='detectors'><tr><th>detector</th><th>version</th><th>settings</th></tr>"
+            f"{detector_rows}</table><table id='suites'><tr><th>suite</th><th>version</th><th>size</th><th>hash</th>"
+            f"<th>source</th><th>licence</th></tr>{suite_rows}</table>"
+            f"<p>Settings: <code>{e(json.dumps(settings))}</code><br>Provenance: "
+            f"<code>{e(json.dumps(provenance, sort_keys=True))}</code></p>"
+            f"<h2>Images</h2>{''.join(grids)}{_LOADED}</body></html>\n")

@@ -1,0 +1,135 @@
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from eraselab.errors import EraselabError
+from eraselab.experiment import judge_run, run_experiment
+from eraselab.experiment_config import DetectorConfig, load_experiment
+from eraselab.report import write_report
+from eraselab.store import RunStore
+
+
+def _experiment(tmp_path, micro_run, **overrides):
+    config = {
+        "name": "micro <b>star</b>",
+        "models": [str(micro_run / "pipeline")],
+        "seeds": {"start": 0, "count": 2},
+        "sampler": {"steps": 2, "guidance": 5.0},
+        "detectors": [{"name": "tiny", "classifier": str(micro_run / "classifier")}],
+        "groups": [{"suite": "tiny:target:star", "metric": "efficacy", "concept": "shape=star"},
+                   {"suite": "tiny:neighbour:star", "metric": "specificity"}],
+        "batch_size": 8,
+    } | overrides
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("groups: [\n  - {suite: a\n", "not valid YAML at line"),
+    ("colour: red\ngroups: []\n", "field 'colour': is not an experiment field"),
+    ("groups:\n  - {suite: 'tiny:target:star', metric: accuracy}\n", "field 'groups[0].metric'"),
+    ("seeds: {count: 0}\ngroups:\n  - {suite: 'tiny:target:star', metric: efficacy}\n", "field 'seeds'"),
+    ("sampler: {steps: two}\ngroups:\n  - {suite: 'tiny:target:star', metric: efficacy}\n", "sampler.steps"),
+])
+def test_bad_experiment_files_name_the_field(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(EraselabError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_experiment(path)
+
+
+def test_run_judge_and_report(tmp_path, micro_run):
+    experiment = load_experiment(_experiment(tmp_path, micro_run))
+    dry = run_experiment(experiment, tmp_path / "run", dry_run=True, progress=False)
+    assert dry["grid_images"] == (6 + 30) * 2
+    summary = run_experiment(experiment, tmp_path / "run", progress=False)
+    assert summary["counts"]["images"] == 72 and summary["metrics"] == 2
+    again = run_experiment(experiment, tmp_path / "run", progress=False)  # a finished run is a no-op
+    assert again["counts"] == summary["counts"]
+    metrics = {m["name"]: m["value"] for m in RunStore(tmp_path / "run").metrics()}
+    assert metrics["efficacy"]["n_valid"] == 12 and 0 <= metrics["efficacy"]["value"] <= 1
+    assert len(metrics["specificity"]["items"]) == 60
+
+    # Corrupt one image, then re-judge with a detector that was never run: the bad image is an error, not "absent".
+    store = RunStore(tmp_path / "run")
+    victim = store.images()[0][1]
+    store.image_path(victim).write_bytes(b"not a png")
+    other = tmp_path / "classifier-copy"
+    shutil.copytree(micro_run / "classifier", other)
+    judge_run(tmp_path / "run", (DetectorConfig("tiny", {"classifier": str(other)}),), progress=False)
+    errors = [i for m in RunStore(tmp_path / "run").metrics() for i in m["value"]["items"] if i["error"]]
+    assert errors and all(i["flag"] is None and "corrupt" in i["error"] for i in errors)
+
+    page, summary_path = write_report(tmp_path / "run")
+    text = page.read_text()
+    assert "micro &lt;b&gt;star&lt;/b&gt;" in text and "<b>star</b>" not in text
+    assert "95% interval" in text and "failed" in text
+    data = json.loads(summary_path.read_text())
+    assert data["provenance"]["eraselab"] and data["metrics"][0]["inputs"]["suite"]["hash"]
+
+
+def test_a_changed_suite_is_refused(tmp_path, micro_run):
+    suite = tmp_path / "prompts.csv"
+    suite.write_text("prompt,categories\na red star,shape=star\n")
+    path = _experiment(tmp_path, micro_run, groups=[{"suite": str(suite), "metric": "presence",
+                                                     "concept": "shape=star"}])
+    run_experiment(load_experiment(path), tmp_path / "run", progress=False)
+    suite.write_text("prompt,categories\na blue star,shape=star\n")
+    with pytest.raises(EraselabError, match="changed since this run started"):
+        run_experiment(load_experiment(path), tmp_path / "run", progress=False)
+
+
+def _table(run_dir):
+    db = sqlite3.connect(run_dir / "store.sqlite")
+    rows = {
+        "requests": sorted(db.execute("SELECT key, spec FROM requests")),
+        "images": sorted(db.execute("SELECT request_key, image_hash FROM images")),
+        "detections": sorted(db.execute("SELECT image_hash, detector, version, settings_hash, result, error "
+                                        "FROM detections")),
+        "metrics": sorted(db.execute("SELECT key, name, inputs, value FROM metrics")),
+    }
+    db.close()
+    return rows
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path, micro_run):
+    path = _experiment(tmp_path, micro_run, seeds={"start": 0, "count": 12}, batch_size=4)
+    command = [sys.executable, "-m", "eraselab", "run", str(path), "--out"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([*command, str(tmp_path / "clean"), "--json"], check=True, env=env, capture_output=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([*command, str(killed), "--json"], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline, seen = time.monotonic() + 300, 0
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            db = sqlite3.connect(killed / "store.sqlite", timeout=1)
+            seen = db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+            db.close()
+        except sqlite3.Error:
+            seen = 0
+        if seen >= 40:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the run finished before it could be killed; enlarge the grid"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert 0 < seen < 36 * 12
+    subprocess.run([*command, str(killed), "--json"], check=True, env=env, capture_output=True)
+
+    clean, resumed = _table(tmp_path / "clean"), _table(killed)
+    for table in ("requests", "images", "detections"):
+        assert [r[:2] if table != "detections" else r for r in clean[table]] == \
+               [r[:2] if table != "detections" else r for r in resumed[table]], table
+    assert [(k, n, v) for k, n, _, v in clean["metrics"]] == [(k, n, v) for k, n, _, v in resumed["metrics"]]
+    assert len(clean["images"]) == 36 * 12

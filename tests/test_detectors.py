@@ -86,3 +86,19 @@ def test_clip_detector_with_an_injected_micro_clip(micro_run):
         assert detector.present(result, winner)
     with pytest.raises(EraselabError, match="at least two concepts"):
         make_detector("clip", model=micro_run / "clip", concepts=["a star"])
+
+
+def test_clip_score_matches_an_explicit_cosine(micro_run):
+    import torch
+
+    from eraselab.judge.detectors.clip import ClipEmbedder
+    from eraselab.judge.metrics import clip_scores
+
+    embedder = ClipEmbedder(micro_run / "clip")
+    _, _, images = _drawn(5)
+    texts = ["a red star", "a blue circle", "a heart", "a green cross", "a square"]
+    result = clip_scores(embedder, images, texts)
+    for image, text, score in zip(images, texts, result["per_item"], strict=True):
+        a, b = embedder.images([image])[0], embedder.text([text])[0]
+        cosine = float(torch.dot(a, b) / (a.norm() * b.norm()))
+        assert score == pytest.approx(100 * max(cosine, 0.0), abs=1e-4)

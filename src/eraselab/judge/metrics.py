@@ -11,6 +11,7 @@ error, never as absent).
 - ``specificity``: fidelity on neighbouring and unrelated concepts (higher is better).
 - ``presence_change``: paired change of presence from the base model to the edited one at the same seeds.
 - ``feature_distance``: per-seed distance between the edited and base images in a feature space (locality).
+- ``clip_scores``: CLIP score of each image with its prompt (when the user gives a CLIP model).
 - ``fid`` / ``kid``: set-level distances (Heusel et al. 2017; Binkowski et al. 2018) through torchmetrics with
   an injected feature extractor (the tiny classifier's features for tiny, Inception's when the user has them).
 
@@ -51,6 +52,15 @@ def feature_distance(base: torch.Tensor, edited: torch.Tensor, seed: int = 0) ->
         raise ValueError(f"feature shapes differ: {tuple(base.shape)} vs {tuple(edited.shape)}")
     distances = (base.double() - edited.double()).norm(dim=1).tolist()
     return {**bootstrap_interval(distances, seed=seed), "per_item": distances}
+
+
+def clip_scores(embedder, images: Sequence, texts: Sequence[str]) -> dict:
+    """CLIP score (Hessel et al., EMNLP 2021, Eq. 1) per image-text pair: ``100 * max(cos(E_I, E_T), 0)``, with
+    torchmetrics' weight of 100. Computed here because torchmetrics 1.9's CLIPScore expects the tensors that
+    transformers 4 returned from ``get_image_features``; ``embedder`` is a ``ClipEmbedder``."""
+    cosine = (embedder.images(images) * embedder.text(texts)).sum(-1)
+    scores = (100 * cosine.clamp(min=0)).tolist()
+    return {**bootstrap_interval(scores), "per_item": scores}
 
 
 # -- stateful wrappers ------------------------------------------------------------------------------------------

@@ -20,21 +20,20 @@ from eraselab.errors import EraselabError
 from eraselab.models.fingerprint import module_fingerprint
 
 
-class ClipDetector:
-    name = "clip"
+class ClipEmbedder:
+    """Unit-norm CLIP text and image features from a local path / hub id (``"tiny"``: the shipped tiny CLIP) or
+    an injected model, tokenizer and image processor."""
 
     def __init__(self, model: str | Path | CLIPModel = "tiny", tokenizer: CLIPTokenizer | None = None,
-                 processor: CLIPImageProcessor | None = None, concepts: Sequence[str] = (), template: str = "{}",
-                 device: str = "cpu") -> None:
+                 processor: CLIPImageProcessor | None = None, device: str = "cpu") -> None:
         if isinstance(model, CLIPModel):
-            self.model, self.tokenizer, self.processor = model, tokenizer, processor
-            source = "injected"
+            self.model, self.tokenizer, self.processor, self.source = model, tokenizer, processor, "injected"
         else:
             if str(model) == "tiny":
                 from eraselab.models.tiny import tiny_path
 
                 model = tiny_path("clip")
-            source = str(model)
+            self.source = str(model)
             try:
                 self.model = CLIPModel.from_pretrained(model)
                 self.tokenizer = CLIPTokenizer.from_pretrained(model)
@@ -44,30 +43,46 @@ class ClipDetector:
                                     "pass a local directory") from None
         if self.tokenizer is None or self.processor is None:
             raise EraselabError("an injected CLIPModel needs its tokenizer and image processor too")
-        if len(concepts) < 2:
-            raise EraselabError("the clip detector needs at least two concepts to choose between")
         self.model = self.model.eval().to(device)
-        self.device, self.concepts, self.template, self.source = device, list(concepts), template, source
+        self.device = device
         self.version = module_fingerprint(self.model)[:12]
-        self._text = self._encode_text([template.format(c) for c in self.concepts])
 
-    def settings(self) -> dict:
-        return {"model": self.source, "concepts": self.concepts, "template": self.template}
-
-    @torch.no_grad()
-    def _encode_text(self, texts: list[str]) -> torch.Tensor:
-        ids = self.tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt").input_ids
-        features = self.model.get_text_features(input_ids=ids.to(self.device))
-        features = getattr(features, "pooler_output", features)
+    @staticmethod
+    def _unit(features) -> torch.Tensor:
+        features = getattr(features, "pooler_output", features)  # transformers 5 returns a model output
         return features / features.norm(dim=-1, keepdim=True)
 
     @torch.no_grad()
-    def detect(self, images: Sequence[Image.Image]) -> list[dict]:
+    def text(self, texts: Sequence[str]) -> torch.Tensor:
+        ids = self.tokenizer(list(texts), padding="max_length", truncation=True, return_tensors="pt").input_ids
+        return self._unit(self.model.get_text_features(input_ids=ids.to(self.device)))
+
+    @torch.no_grad()
+    def images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         pixels = self.processor(images=[i.convert("RGB") for i in images], return_tensors="pt").pixel_values
-        features = self.model.get_image_features(pixel_values=pixels.to(self.device))
-        features = getattr(features, "pooler_output", features)
-        features = features / features.norm(dim=-1, keepdim=True)
-        probabilities = (self.model.logit_scale.exp() * features @ self._text.T).softmax(-1).cpu().numpy()
+        return self._unit(self.model.get_image_features(pixel_values=pixels.to(self.device)))
+
+
+class ClipDetector:
+    name = "clip"
+
+    def __init__(self, model: str | Path | CLIPModel = "tiny", tokenizer: CLIPTokenizer | None = None,
+                 processor: CLIPImageProcessor | None = None, concepts: Sequence[str] = (), template: str = "{}",
+                 device: str = "cpu") -> None:
+        if len(concepts) < 2:
+            raise EraselabError("the clip detector needs at least two concepts to choose between")
+        self.embedder = ClipEmbedder(model, tokenizer, processor, device)
+        self.concepts, self.template = list(concepts), template
+        self.version = self.embedder.version
+        self._text = self.embedder.text([template.format(c) for c in self.concepts])
+
+    def settings(self) -> dict:
+        return {"model": self.embedder.source, "concepts": self.concepts, "template": self.template}
+
+    def detect(self, images: Sequence[Image.Image]) -> list[dict]:
+        features = self.embedder.images(images)
+        logits = self.embedder.model.logit_scale.exp() * features @ self._text.T
+        probabilities = logits.softmax(-1).cpu().numpy()
         return [{"probabilities": {c: round(float(p), 5) for c, p in zip(self.concepts, row, strict=True)}}
                 for row in probabilities]
 

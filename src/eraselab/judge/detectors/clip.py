@@ -79,6 +79,7 @@ class ClipDetector:
     def settings(self) -> dict:
         return {"model": self.embedder.source, "concepts": self.concepts, "template": self.template}
 
+    @torch.no_grad()
     def detect(self, images: Sequence[Image.Image]) -> list[dict]:
         features = self.embedder.images(images)
         logits = self.embedder.model.logit_scale.exp() * features @ self._text.T

@@ -156,43 +156,47 @@ def _flag(detector: Detector, result: dict | None, error: str | None, group: Gro
 
 def _metrics(experiment: Experiment, store: RunStore, suites: list[PromptSuite], cells: list[tuple[Cell, dict]],
              detectors: dict[str, Detector]) -> list[dict]:
+    """One metric per (model, edit, group, detector): a group without a detector is scored by every detector."""
     images = dict(store.images())
-    default = next(iter(detectors))
     written = []
     for model in experiment.models:
         for edit in experiment.edits:
             for g, group in enumerate(experiment.groups):
-                label = group.detector or default
-                detector = detectors.get(label) or next(d for k, d in detectors.items() if k.startswith(label))
-                settings = detector.settings()
-                metric = METRICS.get(group.metric).factory()
-                items = []
-                for cell, _ in cells:
-                    if (cell.model, cell.edit, cell.group) != (model, edit, g):
-                        continue
-                    item = suites[g].items[cell.item]
-                    image_hash = images.get(cell.key)
-                    if image_hash is None:
-                        result, error = None, "image was never generated"
-                    else:
-                        try:
-                            result, error = store.detection(image_hash, detector.name, detector.version, settings)
-                        except KeyError:
-                            result, error = None, "image was never judged"
-                    flag = _flag(detector, result, error, group, item)
-                    metric.update([flag])
-                    items.append({"prompt": item.prompt, "seed": cell.seed, "image": image_hash, "flag": flag,
-                                  "error": error})
-                value = metric.compute()
-                value["items"] = items
-                inputs = {"model": model, "fingerprint": _fingerprint(model, store), "edit": edit,
-                          "suite": suites[g].describe(), "group": asdict(group), "detector": label,
-                          "detector_version": detector.version, "detector_settings": settings,
-                          "seeds": list(experiment.seeds), "use_suite_seeds": experiment.use_suite_seeds,
-                          "steps": experiment.steps, "guidance": experiment.guidance}
-                store.put_metric(group.metric, inputs, value)
-                written.append({"name": group.metric, "inputs": inputs, "value": value})
+                for label in [group.detector] if group.detector else list(detectors):
+                    written.append(_group_metric(experiment, store, suites, cells, images, model, edit, g, label,
+                                                 detectors[label]))
     return written
+
+
+def _group_metric(experiment: Experiment, store: RunStore, suites: list[PromptSuite], cells: list[tuple[Cell, dict]],
+                  images: dict[str, str], model: str, edit: str, g: int, label: str, detector: Detector) -> dict:
+    group, settings = experiment.groups[g], detector.settings()
+    metric = METRICS.get(group.metric).factory()
+    items = []
+    for cell, _ in cells:
+        if (cell.model, cell.edit, cell.group) != (model, edit, g):
+            continue
+        item = suites[g].items[cell.item]
+        image_hash = images.get(cell.key)
+        if image_hash is None:
+            result, error = None, "image was never generated"
+        else:
+            try:
+                result, error = store.detection(image_hash, detector.name, detector.version, settings)
+            except KeyError:
+                result, error = None, "image was never judged"
+        flag = _flag(detector, result, error, group, item)
+        metric.update([flag])
+        items.append({"prompt": item.prompt, "seed": cell.seed, "image": image_hash, "flag": flag, "error": error})
+    value = metric.compute()
+    value["items"] = items
+    inputs = {"model": model, "fingerprint": _fingerprint(model, store), "edit": edit, "suite": suites[g].describe(),
+              "group": asdict(group), "detector": label, "detector_version": detector.version,
+              "detector_settings": settings, "seeds": list(experiment.seeds),
+              "use_suite_seeds": experiment.use_suite_seeds, "steps": experiment.steps,
+              "guidance": experiment.guidance}
+    store.put_metric(group.metric, inputs, value)
+    return {"name": group.metric, "inputs": inputs, "value": value}
 
 
 def _make_detectors(configs: tuple[DetectorConfig, ...]) -> dict[str, Detector]:

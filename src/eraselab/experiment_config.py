@@ -131,6 +131,11 @@ def _groups(raw: Any, detectors: tuple[DetectorConfig, ...]) -> tuple[Group, ...
         detector = entry.get("detector")
         if detector is not None and detector not in labels:
             raise _fail(f"{where}.detector", f"{detector!r} is not among the experiment's detectors")
+        if detector is not None and detector not in {d.label for d in detectors}:  # a bare name: must be unique
+            named = [d.label for d in detectors if d.name == detector]
+            if len(named) > 1:
+                raise _fail(f"{where}.detector", f"{detector!r} is ambiguous; use one of {', '.join(named)}")
+            detector = named[0]
         out.append(Group(entry["suite"], metric, str(entry.get("concept", EXPECTED)), detector))
     return tuple(out)
 

@@ -133,3 +133,15 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path,
                [r[:2] if table != "detections" else r for r in resumed[table]], table
     assert [(k, n, v) for k, n, _, v in clean["metrics"]] == [(k, n, v) for k, n, _, v in resumed["metrics"]]
     assert len(clean["images"]) == 36 * 12
+
+
+def test_an_empty_prompt_group_is_na_not_zero(tmp_path, micro_run):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("prompt,categories\n")
+    path = _experiment(tmp_path, micro_run, groups=[{"suite": str(empty), "metric": "presence",
+                                                     "concept": "shape=star"}])
+    run_experiment(load_experiment(path), tmp_path / "run", progress=False)
+    [metric] = RunStore(tmp_path / "run").metrics()
+    assert metric["value"]["value"] is None and metric["value"]["n_valid"] == 0
+    page, _ = write_report(tmp_path / "run")
+    assert '<span class="na">N/A</span>' in page.read_text()

@@ -1,0 +1,119 @@
+"""The Edit artifact: ``edit.safetensors`` (only the changed tensors) and ``manifest.json``, safe to load.
+
+Tensor names are ``<component>.<parameter name>`` (``unet.down_blocks.0.attentions.0.transformer_blocks.0.
+attn2.to_k.weight``), so plain diffusers users can apply an edit without eraselab::
+
+    from safetensors.torch import load_file
+    for name, tensor in load_file("my-edit/edit.safetensors").items():
+        component, parameter = name.split(".", 1)
+        getattr(pipe, component).get_parameter(parameter).data.copy_(tensor)
+
+:func:`apply_edit` does the same after checking everything first (every key exists with the right shape, the
+file's hash matches the manifest, the base model is the one the edit was made for), so nothing is applied
+halfway, and it can be undone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from eraselab import __version__
+from eraselab.errors import EraselabError
+from eraselab.models.fingerprint import pipeline_fingerprint
+
+WEIGHTS, MANIFEST = "edit.safetensors", "manifest.json"
+
+
+@dataclass
+class Edit:
+    tensors: dict[str, torch.Tensor]
+    manifest: dict = field(default_factory=dict)
+
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        weights = directory / WEIGHTS
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.tensors.items()}, weights)
+        manifest = {**self.manifest, "eraselab": __version__, "tensors": sorted(self.tensors),
+                    "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+        (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+        self.manifest = manifest
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Edit:
+        directory = Path(directory)
+        weights, manifest_path = directory / WEIGHTS, directory / MANIFEST
+        if not weights.is_file() or not manifest_path.is_file():
+            raise EraselabError(f"{directory} is not an edit (needs {WEIGHTS} and {MANIFEST})")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as error:
+            raise EraselabError(f"{manifest_path} is not valid JSON ({error.msg})") from None
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+        if manifest.get("sha256") != digest:
+            raise EraselabError(f"{weights} does not match the hash in its manifest: truncated or tampered with")
+        try:
+            tensors = load_file(weights)
+        except SafetensorError as error:
+            raise EraselabError(f"{weights} is not a readable safetensors file ({error})") from None
+        return cls(tensors, manifest)
+
+
+class AppliedEdit:
+    """An edit applied to a pipeline; :meth:`undo` restores the original tensors."""
+
+    def __init__(self, pipe, originals: dict[str, torch.Tensor]) -> None:
+        self._pipe, self._originals = pipe, originals
+
+    def undo(self) -> None:
+        for name, tensor in self._originals.items():
+            _parameter(self._pipe, name).data.copy_(tensor)
+        self._originals = {}
+
+    def __enter__(self) -> AppliedEdit:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.undo()
+
+
+def _parameter(pipe, name: str) -> torch.Tensor:
+    component, _, key = name.partition(".")
+    module = getattr(pipe, component, None)
+    if not isinstance(module, torch.nn.Module):
+        raise EraselabError(f"edit tensor {name!r} names no pipeline component {component!r}")
+    try:
+        return module.get_parameter(key)
+    except AttributeError:
+        raise EraselabError(f"edit tensor {name!r} does not exist in this model") from None
+
+
+def apply_edit(pipe, edit: Edit | str | Path, check_base: bool = True) -> AppliedEdit:
+    """Apply ``edit`` to ``pipe`` in place (strict: every tensor must exist with its shape); returns a handle
+    whose ``undo()`` restores the base weights."""
+    if not isinstance(edit, Edit):
+        edit = Edit.load(edit)
+    expected = edit.manifest.get("base_fingerprint")
+    if check_base and expected is not None:
+        found = pipeline_fingerprint(pipe)
+        if found != expected:
+            raise EraselabError(f"this edit was made for base model {expected}, not for this one ({found}); "
+                                "load the model it was made for")
+    targets = {name: _parameter(pipe, name) for name in edit.tensors}  # check every key before changing any
+    for name, tensor in edit.tensors.items():
+        if tuple(tensor.shape) != tuple(targets[name].shape):
+            raise EraselabError(f"edit tensor {name!r} has shape {tuple(tensor.shape)}, the model's is "
+                                f"{tuple(targets[name].shape)}")
+    originals = {name: p.detach().clone() for name, p in targets.items()}
+    with torch.no_grad():
+        for name, tensor in edit.tensors.items():
+            targets[name].data.copy_(tensor.to(targets[name].dtype))
+    return AppliedEdit(pipe, originals)

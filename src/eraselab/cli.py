@@ -72,6 +72,7 @@ def generate(
     prompt: Annotated[list[str] | None, typer.Option(help="A prompt; repeat for several.")] = None,
     prompts_file: Annotated[Path | None, typer.Option(help="Text file, one prompt a line, or CSV.")] = None,
     model: Annotated[str, typer.Option(help="'tiny', a local diffusers directory, or a hub id.")] = "tiny",
+    edit: Annotated[Path | None, typer.Option(help="An edit directory (edit.safetensors + manifest.json).")] = None,
     num_images: Annotated[int, typer.Option(help="Images per prompt; image i has seed SEED + i.")] = 4,
     seed: Annotated[int, typer.Option(help="Seed of the first image of each prompt.")] = 0,
     steps: Annotated[int | None, typer.Option(help="Sampler steps (default: 25 for tiny, 50 otherwise).")] = None,
@@ -101,6 +102,10 @@ def generate(
     steps = steps if steps is not None else (25 if is_tiny else 50)
     guidance = guidance if guidance is not None else (5.0 if is_tiny else 7.5)
     pipe = load_pipeline(model, device=device)
+    if edit is not None:
+        from eraselab.erase.artifact import apply_edit
+
+        apply_edit(pipe, edit)
     requests = [GenerationRequest(p, seed + j, steps, guidance, negative_prompt=negative_prompt)
                 for p in prompts for j in range(num_images)]
     check_requests(pipe, requests)
@@ -109,7 +114,8 @@ def generate(
         for index, image in iter_generate(pipe, requests, batch_size=batch_size, progress=not as_json):
             name = f"{index:05d}.png"
             image.save(staging / name)
-            records[index] = {**requests[index].to_record(), "file": name, "model": model}
+            records[index] = {**requests[index].to_record(), "file": name, "model": model,
+                              "edit": str(edit) if edit else None}
         write_jsonl(staging / "requests.jsonl", records)
     summary = {"out": str(out), "images": len(requests), "prompts": len(prompts), "model": model}
     typer.echo(json.dumps(summary) if as_json else f"wrote {len(requests)} images to {out}")

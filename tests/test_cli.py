@@ -79,3 +79,25 @@ def test_real_process_exit_code_and_stderr(tmp_path):
                            "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["eraselab: error: --num-images must be at least 1, got 0"]
+
+
+def test_generate_with_an_edit_changes_the_images(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from eraselab.erase.artifact import Edit
+    from eraselab.models import cross_attention_layers, load_pipeline, pipeline_fingerprint
+
+    pipe = load_pipeline("tiny")
+    layer = cross_attention_layers(pipe.unet)[0]
+    Edit({f"unet.{layer.name}.to_v.weight": layer.to_v.weight.detach() * 0},
+         {"method": "test", "base_fingerprint": pipeline_fingerprint(pipe)}).save(tmp_path / "edit")
+    args = ["generate", "--prompt", "a red star", "--num-images", "1", "--steps", "3"]
+    assert runner.invoke(app, [*args, "--out", str(tmp_path / "base")]).exit_code == 0
+    result = runner.invoke(app, [*args, "--edit", str(tmp_path / "edit"), "--out", str(tmp_path / "edited")])
+    assert result.exit_code == 0, result.output
+    base = np.asarray(Image.open(tmp_path / "base" / "00000.png"))
+    edited = np.asarray(Image.open(tmp_path / "edited" / "00000.png"))
+    assert not np.array_equal(base, edited)
+    missing = runner.invoke(app, [*args, "--edit", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")])
+    assert missing.exit_code == 2 and "is not an edit" in missing.stderr

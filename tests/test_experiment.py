@@ -145,3 +145,26 @@ def test_an_empty_prompt_group_is_na_not_zero(tmp_path, micro_run):
     assert metric["value"]["value"] is None and metric["value"]["n_valid"] == 0
     page, _ = write_report(tmp_path / "run")
     assert '<span class="na">N/A</span>' in page.read_text()
+
+
+def test_edits_are_a_grid_axis_with_paired_change_against_base(tmp_path, micro_run):
+    from eraselab.erase.artifact import Edit
+    from eraselab.models import cross_attention_layers, load_pipeline, pipeline_fingerprint
+
+    pipe = load_pipeline(micro_run / "pipeline")
+    tensors = {f"unet.{layer.name}.to_v.weight": layer.to_v.weight.detach() * 0
+               for layer in cross_attention_layers(pipe.unet)}
+    Edit(tensors, {"method": "test", "base_fingerprint": pipeline_fingerprint(pipe)}).save(tmp_path / "mute")
+    path = _experiment(tmp_path, micro_run, edits=["base", str(tmp_path / "mute")],
+                       groups=[{"suite": "tiny:target:star", "metric": "efficacy", "concept": "shape=star"}])
+    summary = run_experiment(load_experiment(path), tmp_path / "run", progress=False)
+    assert summary["counts"]["images"] == 2 * 6 * 2
+    metrics = RunStore(tmp_path / "run").metrics()
+    change = [m for m in metrics if m["name"] == "presence_change"]
+    assert len(change) == 1 and change[0]["inputs"]["edit"] == str(tmp_path / "mute")
+    by_edit = {m["inputs"]["edit"]: m for m in metrics if m["name"] == "efficacy"}
+    base = [i["flag"] for i in by_edit["base"]["value"]["items"]]
+    edited = [i["flag"] for i in by_edit[str(tmp_path / "mute")]["value"]["items"]]
+    assert change[0]["value"]["per_item"] == [float(e) - float(b) for b, e in zip(base, edited, strict=True)]
+    assert pipeline_fingerprint(load_pipeline(micro_run / "pipeline")) == pipeline_fingerprint(pipe)
+    write_report(tmp_path / "run")

@@ -7,6 +7,7 @@ uninterrupted run gives. ``judge_run`` re-judges stored images with other detect
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 from dataclasses import asdict, dataclass, replace
@@ -20,7 +21,7 @@ from eraselab.errors import EraselabError
 from eraselab.experiment_config import EXPECTED, DetectorConfig, Experiment, Group, parse_experiment
 from eraselab.generate import GenerationRequest, iter_generate
 from eraselab.judge.detectors import Detector, detect_safely, make_detector
-from eraselab.judge.metrics import METRICS
+from eraselab.judge.metrics import METRICS, presence_change
 from eraselab.store import RunStore, stable_hash
 from eraselab.suites import PromptItem, PromptSuite, load_suite
 
@@ -70,15 +71,28 @@ def _fingerprint(model: str, store: RunStore) -> str | None:
     return store.meta(f"fingerprint:{model}")
 
 
+@functools.lru_cache(maxsize=64)
+def edit_id(edit: str) -> str:
+    """``base``, or the content hash an edit's manifest records (so a request key follows the edit's tensors,
+    not the path it was read from)."""
+    if edit == "base":
+        return edit
+    manifest = Path(edit) / "manifest.json"
+    if not manifest.is_file():
+        raise EraselabError(f"edit {edit!r} is not an edit directory (no manifest.json); use 'base' or a path")
+    return "edit:" + str(json.loads(manifest.read_text()).get("sha256", ""))[:16]
+
+
 def _request(experiment: Experiment, model: str, fingerprint: str, edit: str, item: PromptItem, seed: int) -> dict:
     guidance = item.guidance if experiment.use_suite_seeds and item.guidance is not None else experiment.guidance
-    return {"model": model, "fingerprint": fingerprint, "edit": edit, "prompt": item.prompt, "seed": seed,
+    return {"model": model, "fingerprint": fingerprint, "edit": edit_id(edit), "prompt": item.prompt, "seed": seed,
             "steps": experiment.steps, "guidance": guidance, "negative_prompt": ""}
 
 
 def plan(experiment: Experiment, suites: list[PromptSuite], fingerprints: dict[str, str]) -> list[tuple[Cell, dict]]:
     """Every (cell, request spec) of the grid."""
     cells = []
+    edit_id.cache_clear()
     for model in experiment.models:
         for edit in experiment.edits:
             for g, suite in enumerate(suites):
@@ -90,25 +104,33 @@ def plan(experiment: Experiment, suites: list[PromptSuite], fingerprints: dict[s
 
 
 def _generate(experiment: Experiment, store: RunStore, suites: list[PromptSuite], progress: bool) -> dict[str, str]:
-    """Generate every missing image; returns the model fingerprints."""
+    """Generate every missing image, each edit applied in turn and undone after; returns model fingerprints."""
+    from eraselab.erase.artifact import Edit, apply_edit
     from eraselab.models import load_pipeline, pipeline_fingerprint
 
     fingerprints: dict[str, str] = {}
     for model in experiment.models:
-        if any(edit != "base" for edit in experiment.edits):
-            raise EraselabError("edits other than 'base' need the erase module, which is not installed yet")
         pipe = load_pipeline(model)
-        fingerprints[model] = store.set_meta_once(f"fingerprint:{model}", pipeline_fingerprint(pipe))
-        if fingerprints[model] != pipeline_fingerprint(pipe):
+        found = pipeline_fingerprint(pipe)
+        fingerprints[model] = store.set_meta_once(f"fingerprint:{model}", found)
+        if fingerprints[model] != found:
             raise EraselabError(f"model {model!r} changed since this run started; start a new run directory")
-        todo = {cell.key: spec for cell, spec in plan(experiment, suites, fingerprints) if cell.model == model
-                and not store.has_image(cell.key)}
-        requests = [GenerationRequest(s["prompt"], s["seed"], s["steps"], s["guidance"]) for s in todo.values()]
-        keys = list(todo)
-        store.add_requests(list(todo.values()))
-        if requests:
-            for index, image in iter_generate(pipe, requests, experiment.batch_size, progress=progress):
-                store.put_image(keys[index], image)
+        cells = plan(experiment, suites, fingerprints)
+        for edit in experiment.edits:
+            todo = {cell.key: spec for cell, spec in cells if (cell.model, cell.edit) == (model, edit)
+                    and not store.has_image(cell.key)}
+            if not todo:
+                continue
+            store.add_requests(list(todo.values()))
+            requests = [GenerationRequest(s["prompt"], s["seed"], s["steps"], s["guidance"]) for s in todo.values()]
+            keys = list(todo)
+            applied = None if edit == "base" else apply_edit(pipe, Edit.load(edit))
+            try:
+                for index, image in iter_generate(pipe, requests, experiment.batch_size, progress=progress):
+                    store.put_image(keys[index], image)
+            finally:
+                if applied is not None:
+                    applied.undo()
     return fingerprints
 
 
@@ -156,15 +178,26 @@ def _flag(detector: Detector, result: dict | None, error: str | None, group: Gro
 
 def _metrics(experiment: Experiment, store: RunStore, suites: list[PromptSuite], cells: list[tuple[Cell, dict]],
              detectors: dict[str, Detector]) -> list[dict]:
-    """One metric per (model, edit, group, detector): a group without a detector is scored by every detector."""
+    """One metric per (model, edit, group, detector): a group without a detector is scored by every detector.
+    With ``base`` among the edits, each edit also gets its paired presence change against base at the same seeds."""
     images = dict(store.images())
     written = []
     for model in experiment.models:
-        for edit in experiment.edits:
-            for g, group in enumerate(experiment.groups):
-                for label in [group.detector] if group.detector else list(detectors):
-                    written.append(_group_metric(experiment, store, suites, cells, images, model, edit, g, label,
-                                                 detectors[label]))
+        for g, group in enumerate(experiment.groups):
+            for label in [group.detector] if group.detector else list(detectors):
+                by_edit = {edit: _group_metric(experiment, store, suites, cells, images, model, edit, g, label,
+                                               detectors[label]) for edit in experiment.edits}
+                written.extend(by_edit.values())
+                if "base" not in by_edit:
+                    continue
+                base_flags = [i["flag"] for i in by_edit["base"]["value"]["items"]]
+                for edit, metric in by_edit.items():
+                    if edit == "base":
+                        continue
+                    change = presence_change(base_flags, [i["flag"] for i in metric["value"]["items"]])
+                    inputs = {**metric["inputs"], "versus": "base"}
+                    store.put_metric("presence_change", inputs, change)
+                    written.append({"name": "presence_change", "inputs": inputs, "value": change})
     return written
 
 
@@ -190,7 +223,8 @@ def _group_metric(experiment: Experiment, store: RunStore, suites: list[PromptSu
         items.append({"prompt": item.prompt, "seed": cell.seed, "image": image_hash, "flag": flag, "error": error})
     value = metric.compute()
     value["items"] = items
-    inputs = {"model": model, "fingerprint": _fingerprint(model, store), "edit": edit, "suite": suites[g].describe(),
+    inputs = {"model": model, "fingerprint": _fingerprint(model, store), "edit": edit, "edit_id": edit_id(edit),
+              "suite": suites[g].describe(),
               "group": asdict(group), "detector": label, "detector_version": detector.version,
               "detector_settings": settings, "seeds": list(experiment.seeds),
               "use_suite_seeds": experiment.use_suite_seeds, "steps": experiment.steps,

@@ -55,7 +55,8 @@ def _plot(metrics: list[dict], path: Path) -> bool:
     ax.set_yticks(range(len(rows)), [_metric_label(m) for m in rows], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("value (95% interval)")
-    ax.set_xlim(0, max(1.0, max(v + h for v, h in zip(values, high, strict=True))))
+    ax.set_xlim(min(0.0, min(v - lo for v, lo in zip(values, low, strict=True))),
+                max(1.0, max(v + h for v, h in zip(values, high, strict=True))))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -38,14 +38,15 @@ def _fmt(value: float | None) -> str:
 
 def _metric_label(metric: dict) -> str:
     inputs = metric["inputs"]
-    return f"{inputs['model']}/{inputs['edit']} {metric['name']} {inputs['suite']['name']}"
+    edit, model = Path(inputs["edit"]).name or inputs["edit"], Path(inputs["model"]).name or inputs["model"]
+    return f"{model}/{edit} {metric['name']} {inputs['suite']['name']} ({inputs['detector']})"
 
 
 def _plot(metrics: list[dict], path: Path) -> bool:
     rows = [m for m in metrics if m["value"].get("value") is not None]
     if not rows:
         return False
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.2))
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.2), layout="constrained")
     values = [m["value"]["value"] for m in rows]
     low = [m["value"]["value"] - (m["value"].get("low") if m["value"].get("low") is not None else m["value"]["value"])
            for m in rows]
@@ -57,7 +58,6 @@ def _plot(metrics: list[dict], path: Path) -> bool:
     ax.set_xlabel("value (95% interval)")
     ax.set_xlim(min(0.0, min(v - lo for v, lo in zip(values, low, strict=True))),
                 max(1.0, max(v + h for v, h in zip(values, high, strict=True))))
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True

@@ -167,4 +167,8 @@ def test_edits_are_a_grid_axis_with_paired_change_against_base(tmp_path, micro_r
     edited = [i["flag"] for i in by_edit[str(tmp_path / "mute")]["value"]["items"]]
     assert change[0]["value"]["per_item"] == [float(e) - float(b) for b, e in zip(base, edited, strict=True)]
     assert pipeline_fingerprint(load_pipeline(micro_run / "pipeline")) == pipeline_fingerprint(pipe)
+    names = {m["name"] for m in metrics}
+    assert {"feature_distance", "kid"} <= names  # locality in the tiny classifier's feature space
+    distance = next(m for m in metrics if m["name"] == "feature_distance")["value"]
+    assert len(distance["per_item"]) == 12 and distance["value"] >= 0
     write_report(tmp_path / "run")

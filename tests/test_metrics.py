@@ -64,3 +64,12 @@ def test_fid_of_a_distribution_with_itself_is_near_zero_and_grows_with_a_shift()
     shifted.update((images * 0.5).clamp(0, 1), real=False)
     assert abs(float(same.compute())) < 1e-3
     assert float(shifted.compute()) > 100 * max(abs(float(same.compute())), 1e-6)
+
+
+def test_kid_of_identical_feature_sets_is_near_zero():
+    from eraselab.judge.metrics import kernel_inception_distance
+
+    features = torch.randn(120, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    same = kernel_inception_distance(features, features.clone())
+    shifted = kernel_inception_distance(features, features + 3.0)
+    assert abs(same["value"]) < 0.05 * shifted["value"] and shifted["value"] > 0

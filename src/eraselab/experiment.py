@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from eraselab import __version__
@@ -21,7 +22,7 @@ from eraselab.errors import EraselabError
 from eraselab.experiment_config import EXPECTED, DetectorConfig, Experiment, Group, parse_experiment
 from eraselab.generate import GenerationRequest, iter_generate
 from eraselab.judge.detectors import Detector, detect_safely, make_detector
-from eraselab.judge.metrics import METRICS, presence_change
+from eraselab.judge.metrics import METRICS, feature_distance, kernel_inception_distance, presence_change
 from eraselab.store import RunStore, stable_hash
 from eraselab.suites import PromptItem, PromptSuite, load_suite
 
@@ -198,7 +199,33 @@ def _metrics(experiment: Experiment, store: RunStore, suites: list[PromptSuite],
                     inputs = {**metric["inputs"], "versus": "base"}
                     store.put_metric("presence_change", inputs, change)
                     written.append({"name": "presence_change", "inputs": inputs, "value": change})
+                    written.extend(_locality(store, detectors[label], by_edit["base"], metric, inputs))
     return written
+
+
+def _locality(store: RunStore, detector: Detector, base: dict, edited: dict, inputs: dict) -> list[dict]:
+    """Feature distance at the same seed and KID between the base and edited image sets, in the detector's
+    feature space (skipped for detectors that cannot embed images, and for pairs with a missing image)."""
+    features = getattr(detector, "features", None)
+    if features is None:
+        return []
+    pairs = [(b["image"], e["image"]) for b, e in zip(base["value"]["items"], edited["value"]["items"], strict=True)
+             if b["image"] and e["image"]]
+    try:
+        loaded = [(store.load_image(b), store.load_image(e)) for b, e in pairs]
+    except EraselabError:
+        return []  # a corrupt image is already reported as an error by the presence metrics
+    if not loaded:
+        return []
+    base_features = torch.cat([features([b for b, _ in loaded[i:i + 256]]) for i in range(0, len(loaded), 256)])
+    edit_features = torch.cat([features([e for _, e in loaded[i:i + 256]]) for i in range(0, len(loaded), 256)])
+    out = [{"name": "feature_distance", "inputs": inputs, "value": feature_distance(base_features, edit_features)}]
+    if len(loaded) >= 4:
+        kid = kernel_inception_distance(base_features, edit_features)
+        out.append({"name": "kid", "inputs": inputs, "value": kid})
+    for metric in out:
+        store.put_metric(metric["name"], metric["inputs"], metric["value"])
+    return out
 
 
 def _group_metric(experiment: Experiment, store: RunStore, suites: list[PromptSuite], cells: list[tuple[Cell, dict]],

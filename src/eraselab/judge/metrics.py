@@ -23,6 +23,7 @@ error, never as absent).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -61,6 +62,19 @@ def clip_scores(embedder, images: Sequence, texts: Sequence[str]) -> dict:
     cosine = (embedder.images(images) * embedder.text(texts)).sum(-1)
     scores = (100 * cosine.clamp(min=0)).tolist()
     return {**bootstrap_interval(scores), "per_item": scores}
+
+
+def kernel_inception_distance(real: torch.Tensor, fake: torch.Tensor, subset_size: int = 50) -> dict:
+    """KID (Binkowski et al., ICLR 2018) between two sets of precomputed features, through torchmetrics (its
+    feature extractor is the identity here: the features are already computed by the detector)."""
+    size = min(subset_size, len(real), len(fake))
+    with warnings.catch_warnings():  # its "features are kept in memory" notice: these are features already
+        warnings.simplefilter("ignore", UserWarning)
+        metric = set_distance("kid", torch.nn.Identity(), real.shape[1], subset_size=size)
+    metric.update(real.double(), real=True)
+    metric.update(fake.double(), real=False)
+    mean, std = metric.compute()
+    return {"value": float(mean), "std": float(std), "subset_size": size, "n_valid": min(len(real), len(fake))}
 
 
 # -- stateful wrappers ------------------------------------------------------------------------------------------

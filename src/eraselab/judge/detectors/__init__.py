@@ -5,8 +5,9 @@ Registered lazily (a detector's heavy dependency loads only when it is used):
 - ``nudenet``: NudeNet's detector, with the papers' protocols (threshold and counted classes) by name.
 - ``clip``: zero-shot concept presence with a CLIP model the user points to.
 
-Every detector implements :class:`Detector`; :func:`detect_safely` turns a crash into a recorded error per
-image, never into a "concept absent" verdict.
+Every detector implements :class:`Detector`; one that can embed images also has ``features(images) -> (N, D)``,
+which the runner uses for locality (feature distance at the same seed) and KID. :func:`detect_safely` turns a
+crash into a recorded error per image, never into a "concept absent" verdict.
 """
 
 from __future__ import annotations

@@ -79,6 +79,10 @@ class ClipDetector:
     def settings(self) -> dict:
         return {"model": self.embedder.source, "concepts": self.concepts, "template": self.template}
 
+    def features(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """(N, D) unit-norm CLIP image features."""
+        return self.embedder.images(images)
+
     @torch.no_grad()
     def detect(self, images: Sequence[Image.Image]) -> list[dict]:
         features = self.embedder.images(images)

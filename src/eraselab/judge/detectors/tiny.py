@@ -1,6 +1,7 @@
 """The tiny world's judge: the attribute classifier shipped beside the tiny model (its NudeNet).
 
->>> from PIL import Image
+>>> import torch
+from PIL import Image
 >>> detector = TinyDetector()
 >>> result = detector.detect([Image.new("RGB", (32, 32), (235, 235, 235))])[0]
 >>> sorted(result)
@@ -12,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 from eraselab.errors import EraselabError
 from eraselab.models.fingerprint import module_fingerprint
-from eraselab.models.tiny.classifier import load_classifier
+from eraselab.models.tiny.classifier import images_to_tensor, load_classifier
 
 
 class TinyDetector:
@@ -41,6 +43,11 @@ class TinyDetector:
                 result["probabilities"][attribute] = {n: round(float(v), 5) for n, v in zip(names, p[i], strict=True)}
             results.append(result)
         return results
+
+    @torch.no_grad()
+    def features(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """(N, C) penultimate features of the classifier: the feature space of locality and FID/KID on tiny."""
+        return self.judge.model.embed(images_to_tensor(list(images)))
 
     def present(self, result: dict, concept: str) -> bool:
         """``concept`` is ``attribute=class`` (``shape=star``) or a bare class name (``star``)."""

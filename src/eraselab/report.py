@@ -42,6 +42,37 @@ def _metric_label(metric: dict) -> str:
     return f"{model}/{edit} {metric['name']} {inputs['suite']['name']} ({inputs['detector']})"
 
 
+def _same_cell(a: dict, b: dict) -> bool:
+    """Two metric inputs that differ at most in the edit."""
+    keys = ("model", "detector", "group")
+    return all(a[k] == b[k] for k in keys) and a["suite"]["hash"] == b["suite"]["hash"]
+
+
+def _tradeoff(metrics: list[dict], path: Path) -> bool:
+    """Efficacy against specificity, one point per (model, edit): the erasure/preservation trade-off."""
+    points: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for m in metrics:
+        if m["name"] in ("efficacy", "specificity") and m["value"].get("value") is not None:
+            key = (Path(m["inputs"]["model"]).name or m["inputs"]["model"], Path(m["inputs"]["edit"]).name)
+            points.setdefault(key, {}).setdefault(m["name"], []).append(m["value"]["value"])
+    points = {k: v for k, v in points.items() if "efficacy" in v and "specificity" in v}
+    if not points:
+        return False
+    fig, ax = plt.subplots(figsize=(5, 4), layout="constrained")
+    for (model, edit), values in points.items():
+        x = sum(values["specificity"]) / len(values["specificity"])
+        y = sum(values["efficacy"]) / len(values["efficacy"])
+        ax.scatter([x], [y])
+        ax.annotate(f"{model}/{edit}", (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("specificity (higher: more preserved)")
+    ax.set_ylabel("efficacy: target presence (lower: more erased)")
+    ax.set_xlim(0, 1.05)
+    ax.set_ylim(0, 1.05)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def _plot(metrics: list[dict], path: Path) -> bool:
     rows = [m for m in metrics if m["value"].get("value") is not None]
     if not rows:
@@ -63,24 +94,33 @@ def _plot(metrics: list[dict], path: Path) -> bool:
     return True
 
 
-def _grid(store: RunStore, run_dir: Path, metric: dict, max_prompts: int = 6, max_seeds: int = 8) -> str:
+def _image(store: RunStore, run_dir: Path, item: dict, label: str) -> str:
     e = html.escape
-    rows: dict[str, list[dict]] = {}
-    for item in metric["value"].get("items", []):
-        rows.setdefault(item["prompt"], []).append(item)
+    if item["image"] is None:
+        return f"{e(label)} missing"
+    src = store.image_path(item["image"]).relative_to(run_dir).as_posix()
+    css = "" if item["flag"] is None else ("hit" if item["flag"] else "miss")
+    verdict = "error" if item["flag"] is None else ("present" if item["flag"] else "absent")
+    return f'<img class="{css}" src="{e(src)}" alt="{e(item["prompt"])}"><br>{e(label)}: {verdict}'
+
+
+def _grid(store: RunStore, run_dir: Path, metric: dict, base: dict | None = None, max_prompts: int = 6,
+          max_seeds: int = 8) -> str:
+    """Rows: prompts; columns: seeds; with ``base``, each cell shows the base image above the edited one."""
+    e = html.escape
+    items = metric["value"].get("items", [])
+    pairs = zip(items, base["value"]["items"], strict=True) if base else ((i, None) for i in items)
+    rows: dict[str, list[tuple[dict, dict | None]]] = {}
+    for item, base_item in pairs:
+        rows.setdefault(item["prompt"], []).append((item, base_item))
     out = []
-    for prompt, items in list(rows.items())[:max_prompts]:
-        cells = []
-        for item in items[:max_seeds]:
-            if item["image"] is None:
-                cells.append(f"<td>seed {item['seed']}<br>missing</td>")
-                continue
-            src = store.image_path(item["image"]).relative_to(run_dir).as_posix()
-            css = "" if item["flag"] is None else ("hit" if item["flag"] else "miss")
-            verdict = "error" if item["flag"] is None else ("present" if item["flag"] else "absent")
-            cells.append(f'<td><img class="{css}" src="{e(src)}" alt="{e(prompt)} seed {item["seed"]}">'
-                         f"<br>seed {item['seed']}: {verdict}</td>")
-        out.append(f"<tr><th><code>{e(prompt) or '(empty prompt)'}</code></th>{''.join(cells)}</tr>")
+    for prompt, cells in list(rows.items())[:max_prompts]:
+        html_cells = []
+        for item, base_item in cells[:max_seeds]:
+            top = _image(store, run_dir, base_item, "base") + "<br>" if base_item else ""
+            bottom = _image(store, run_dir, item, "edit" if base_item else "image")
+            html_cells.append(f"<td>seed {item['seed']}<br>{top}{bottom}</td>")
+        out.append(f"<tr><th><code>{e(prompt) or '(empty prompt)'}</code></th>{''.join(html_cells)}</tr>")
     return f'<table class="grid">{"".join(out)}</table>'
 
 
@@ -100,8 +140,9 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
                                for m in metrics]}
         summary_path = run_dir / "summary.json"
         summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        has_plot = _plot(metrics, run_dir / "report-metrics.png")
-        page = _page(store, run_dir, experiment, provenance, metrics, has_plot)
+        plots = [name for name, draw in (("report-metrics.png", _plot), ("report-tradeoff.png", _tradeoff))
+                 if draw(metrics, run_dir / name)]
+        page = _page(store, run_dir, experiment, provenance, metrics, plots)
     finally:
         store.close()
     report_path = run_dir / "report.html"
@@ -110,7 +151,7 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
 
 
 def _page(store: RunStore, run_dir: Path, experiment: dict, provenance: dict, metrics: list[dict],
-          has_plot: bool) -> str:
+          plots: list[str]) -> str:
     e = html.escape
     rows, suites, detectors, grids = [], {}, {}, []
     for m in metrics:
@@ -128,7 +169,12 @@ def _page(store: RunStore, run_dir: Path, experiment: dict, provenance: dict, me
         if errors:
             rows.append(f'<tr><td colspan="10" class="na">{len(errors)} failed: '
                         f"{e(errors[0]['error'])}</td></tr>")
-        grids.append(f"<h3>{e(_metric_label(m))}</h3>{_grid(store, run_dir, m)}")
+        if "items" in value:
+            base = None
+            if inputs["edit"] != "base":
+                base = next((b for b in metrics if b["name"] == m["name"] and b["inputs"]["edit"] == "base"
+                             and _same_cell(b["inputs"], inputs)), None)
+            grids.append(f"<h3>{e(_metric_label(m))}</h3>{_grid(store, run_dir, m, base)}")
     suite_rows = "".join(f"<tr><td><code>{e(n)}</code></td><td>{e(str(s['version']))}</td><td>{s['size']}</td>"
                          f"<td><code>{e(s['hash'][:16])}</code></td><td>{e(s['source'])}</td>"
                          f"<td>{e(s['license'])}</td></tr>" for n, s in suites.items())
@@ -136,7 +182,7 @@ def _page(store: RunStore, run_dir: Path, experiment: dict, provenance: dict, me
                             f"<td><code>{e(json.dumps(s, sort_keys=True))}</code></td></tr>"
                             for n, (v, s) in detectors.items())
     settings = {k: experiment.get(k) for k in ("name", "models", "edits", "seeds", "steps", "guidance")}
-    plot = '<img src="report-metrics.png" alt="metrics with intervals">' if has_plot else ""
+    plot = "".join(f'<img src="{name}" alt="{name}">' for name in plots)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>eraselab report: "
             f"{e(str(experiment.get('name', 'run')))}</title><style>{_STYLE}</style></head><body>"
             f"<h1>eraselab report: {e(str(experiment.get('name', 'run')))}</h1>"

@@ -35,6 +35,11 @@ def _quiet_libraries() -> None:
     import logging
 
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()  # their per-file loading bars; eraselab shows its own progress
+    transformers_logging.disable_progress_bar()
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:

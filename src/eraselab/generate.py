@@ -102,9 +102,9 @@ def _encode(pipe: StableDiffusionPipeline, batch: Sequence[GenerationRequest]) -
         texts = [r.prompt for r in batch]
         negatives = [r.negative_prompt for r in batch]
         positive, negative = pipe.encode_prompt(texts, pipe.device, 1, True, negative_prompt=negatives)
-    for i, request in enumerate(batch):
-        if request.prompt_embeds is not None:
-            positive[i] = request.prompt_embeds.to(positive.device, positive.dtype)[0]
+        for i, request in enumerate(batch):
+            if request.prompt_embeds is not None:  # e.g. an attack's optimised embeddings, which may need grad
+                positive[i] = request.prompt_embeds.detach().to(positive.device, positive.dtype)[0]
     return positive, negative
 
 

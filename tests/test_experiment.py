@@ -172,3 +172,23 @@ def test_edits_are_a_grid_axis_with_paired_change_against_base(tmp_path, micro_r
     distance = next(m for m in metrics if m["name"] == "feature_distance")["value"]
     assert len(distance["per_item"]) == 12 and distance["value"] >= 0
     write_report(tmp_path / "run")
+
+
+def test_clip_score_groups_use_the_clip_detector_model(tmp_path, micro_run):
+    import torch
+
+    from eraselab.judge.detectors.clip import ClipEmbedder
+
+    clip = {"name": "clip", "model": str(micro_run / "clip"), "concepts": ["a star", "a circle"]}
+    path = _experiment(tmp_path, micro_run, detectors=[clip],
+                       groups=[{"suite": "tiny:target:star", "metric": "clip_score"}])
+    run_experiment(load_experiment(path), tmp_path / "run", progress=False)
+    [metric] = RunStore(tmp_path / "run").metrics()
+    assert metric["name"] == "clip_score" and metric["value"]["n_valid"] == 12
+    store, embedder = RunStore(tmp_path / "run"), ClipEmbedder(micro_run / "clip")
+    first = metric["value"]["items"][0]
+    image, text = embedder.images([store.load_image(first["image"])])[0], embedder.text([first["prompt"]])[0]
+    assert metric["value"]["per_item"][0] == pytest.approx(100 * max(float(torch.dot(image, text)), 0), abs=1e-4)
+    bad = _experiment(tmp_path, micro_run, groups=[{"suite": "tiny:target:star", "metric": "clip_score"}])
+    with pytest.raises(EraselabError, match="clip_score needs a clip detector"):
+        load_experiment(bad)

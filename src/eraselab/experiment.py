@@ -22,7 +22,13 @@ from eraselab.errors import EraselabError
 from eraselab.experiment_config import EXPECTED, DetectorConfig, Experiment, Group, parse_experiment
 from eraselab.generate import GenerationRequest, iter_generate
 from eraselab.judge.detectors import Detector, detect_safely, make_detector
-from eraselab.judge.metrics import METRICS, feature_distance, kernel_inception_distance, presence_change
+from eraselab.judge.metrics import (
+    METRICS,
+    clip_scores,
+    feature_distance,
+    kernel_inception_distance,
+    presence_change,
+)
 from eraselab.store import RunStore, stable_hash
 from eraselab.suites import PromptItem, PromptSuite, load_suite
 
@@ -186,6 +192,10 @@ def _metrics(experiment: Experiment, store: RunStore, suites: list[PromptSuite],
     for model in experiment.models:
         for g, group in enumerate(experiment.groups):
             for label in [group.detector] if group.detector else list(detectors):
+                if group.metric == "clip_score":
+                    written.extend(m for edit in experiment.edits if (m := _clip_metric(
+                        experiment, store, suites, cells, images, model, edit, g, label, detectors[label])))
+                    continue
                 by_edit = {edit: _group_metric(experiment, store, suites, cells, images, model, edit, g, label,
                                                detectors[label]) for edit in experiment.edits}
                 written.extend(by_edit.values())
@@ -228,6 +238,44 @@ def _locality(store: RunStore, detector: Detector, base: dict, edited: dict, inp
     return out
 
 
+def _inputs(experiment: Experiment, store: RunStore, suite: PromptSuite, model: str, edit: str, g: int, label: str,
+            detector: Detector) -> dict:
+    return {"model": model, "fingerprint": _fingerprint(model, store), "edit": edit, "edit_id": edit_id(edit),
+            "suite": suite.describe(), "group": asdict(experiment.groups[g]), "detector": label,
+            "detector_version": detector.version, "detector_settings": detector.settings(),
+            "seeds": list(experiment.seeds), "use_suite_seeds": experiment.use_suite_seeds,
+            "steps": experiment.steps, "guidance": experiment.guidance}
+
+
+def _clip_metric(experiment: Experiment, store: RunStore, suites: list[PromptSuite], cells: list[tuple[Cell, dict]],
+                 images: dict[str, str], model: str, edit: str, g: int, label: str, detector: Detector) -> dict | None:
+    """CLIP score of each image with its own prompt, with the clip detector's model (other detectors: skipped)."""
+    embedder = getattr(detector, "embedder", None)
+    if embedder is None:
+        return None
+    items, pairs = [], []
+    for cell, _ in cells:
+        if (cell.model, cell.edit, cell.group) != (model, edit, g):
+            continue
+        prompt, image_hash = suites[g].items[cell.item].prompt, images.get(cell.key)
+        try:
+            image = store.load_image(image_hash) if image_hash else None
+            error = None if image is not None else "image was never generated"
+        except EraselabError as problem:
+            image, error = None, str(problem)
+        items.append({"prompt": prompt, "seed": cell.seed, "image": image_hash, "flag": None, "error": error})
+        if image is not None:
+            pairs.append((image, prompt))
+    if pairs:
+        value = clip_scores(embedder, [i for i, _ in pairs], [p for _, p in pairs])
+    else:
+        value = {"value": None, "low": None, "high": None, "n_valid": 0, "per_item": []}
+    value |= {"n_errors": sum(i["error"] is not None for i in items), "items": items}
+    inputs = _inputs(experiment, store, suites[g], model, edit, g, label, detector)
+    store.put_metric("clip_score", inputs, value)
+    return {"name": "clip_score", "inputs": inputs, "value": value}
+
+
 def _group_metric(experiment: Experiment, store: RunStore, suites: list[PromptSuite], cells: list[tuple[Cell, dict]],
                   images: dict[str, str], model: str, edit: str, g: int, label: str, detector: Detector) -> dict:
     group, settings = experiment.groups[g], detector.settings()
@@ -250,12 +298,7 @@ def _group_metric(experiment: Experiment, store: RunStore, suites: list[PromptSu
         items.append({"prompt": item.prompt, "seed": cell.seed, "image": image_hash, "flag": flag, "error": error})
     value = metric.compute()
     value["items"] = items
-    inputs = {"model": model, "fingerprint": _fingerprint(model, store), "edit": edit, "edit_id": edit_id(edit),
-              "suite": suites[g].describe(),
-              "group": asdict(group), "detector": label, "detector_version": detector.version,
-              "detector_settings": settings, "seeds": list(experiment.seeds),
-              "use_suite_seeds": experiment.use_suite_seeds, "steps": experiment.steps,
-              "guidance": experiment.guidance}
+    inputs = _inputs(experiment, store, suites[g], model, edit, g, label, detector)
     store.put_metric(group.metric, inputs, value)
     return {"name": group.metric, "inputs": inputs, "value": value}
 

@@ -28,6 +28,9 @@ from eraselab.judge.metrics import METRICS
 
 CONFIG_VERSION = 1
 EXPECTED = "expected"  # judge each prompt against the attributes its suite says it should show
+# Per-group metrics: four presence rates (judged by a detector), and CLIP score (each image with its own prompt,
+# computed with a clip detector's model).
+GROUP_METRICS = ("presence", "efficacy", "generality", "specificity", "clip_score")
 
 
 @dataclass(frozen=True)
@@ -123,8 +126,8 @@ def _groups(raw: Any, detectors: tuple[DetectorConfig, ...]) -> tuple[Group, ...
         if not isinstance(entry.get("suite"), str):
             raise _fail(f"{where}.suite", "is required (a suite name or a CSV/JSONL path)")
         metric = entry.get("metric")
-        if metric not in ("presence", "efficacy", "generality", "specificity"):
-            known = "presence, efficacy, generality, specificity"
+        if metric not in GROUP_METRICS:
+            known = ", ".join(GROUP_METRICS)
             if isinstance(metric, str) and metric in METRICS:
                 raise _fail(f"{where}.metric", f"{metric!r} is computed from pairs, not per group (use: {known})")
             raise _fail(f"{where}.metric", f"must be one of {known}, got {metric!r}")
@@ -136,6 +139,8 @@ def _groups(raw: Any, detectors: tuple[DetectorConfig, ...]) -> tuple[Group, ...
             if len(named) > 1:
                 raise _fail(f"{where}.detector", f"{detector!r} is ambiguous; use one of {', '.join(named)}")
             detector = named[0]
+        if metric == "clip_score" and not any(d.name == "clip" for d in detectors):
+            raise _fail(f"{where}.metric", "clip_score needs a clip detector (its CLIP model) among the detectors")
         out.append(Group(entry["suite"], metric, str(entry.get("concept", EXPECTED)), detector))
     return tuple(out)
 

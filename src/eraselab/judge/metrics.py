@@ -184,6 +184,7 @@ for _spec in (
     MetricSpec("specificity", RateMetric, True, "fidelity of neighbouring and unrelated concepts"),
     MetricSpec("presence_change", PairedChangeMetric, None, "edited minus base presence, same seeds"),
     MetricSpec("feature_distance", FeatureDistanceMetric, False, "edited vs base image distance, same seeds"),
+    MetricSpec("clip_score", RateMetric, True, "CLIP score of each image with its prompt (see clip_scores)"),
 ):
     METRICS.register(_spec.name)(_spec)
 

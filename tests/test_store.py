@@ -1,4 +1,5 @@
-import multiprocessing
+import subprocess
+import sys
 
 import pytest
 from PIL import Image
@@ -43,20 +44,22 @@ def test_detector_errors_are_stored_as_errors(tmp_path):
         store.detection("abc", "tiny", "1", {"threshold": 0.6})
 
 
-def _writer(run_dir: str, start: int) -> None:
-    store = RunStore(run_dir)
-    for i in range(start, start + 40):
-        key = store.add_request(_spec(i % 60))  # the two writers overlap on 20 requests
-        store.put_image(key, Image.new("RGB", (8, 8), (i % 60, 0, 0)))
-    store.close()
+_WRITER = """
+import sys
+from PIL import Image
+from eraselab.store import RunStore
+store = RunStore(sys.argv[1])
+for i in range(int(sys.argv[2]), int(sys.argv[2]) + 40):  # the two writers overlap on 20 requests
+    spec = {"model": "tiny", "edit": "base", "prompt": f"prompt {i % 60}", "seed": i % 60, "steps": 25,
+            "guidance": 5.0}
+    store.put_image(store.add_request(spec), Image.new("RGB", (8, 8), (i % 60, 0, 0)))
+store.close()
+"""
 
 
 def test_two_processes_write_one_store(tmp_path):
-    context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_writer, args=(str(tmp_path), s)) for s in (0, 20)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(120)
-        assert w.exitcode == 0
-    assert RunStore(tmp_path).counts()["images"] == 60
+    RunStore(tmp_path).close()
+    writers = [subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path), str(start)]) for start in (0, 20)]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0]
+    counts = RunStore(tmp_path).counts()
+    assert counts["images"] == 60 and counts["requests"] == 60

@@ -154,19 +154,6 @@ def set_distance(kind: str, extractor: Callable[[torch.Tensor], torch.Tensor], n
     return KernelInceptionDistance(feature=features, normalize=True, subset_size=subset_size)
 
 
-def tiny_feature_extractor() -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
-    """The tiny classifier's penultimate features, for images as float [0, 1] tensors (N, 3, H, W)."""
-    from eraselab.models.tiny.classifier import load_classifier
-
-    model = load_classifier().model
-
-    @torch.no_grad()
-    def extract(images: torch.Tensor) -> torch.Tensor:
-        return model.embed(images.float() * 2 - 1).double()
-
-    return extract, model.channels[-1]
-
-
 # -- registry ---------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class MetricSpec:

@@ -192,3 +192,13 @@ def test_clip_score_groups_use_the_clip_detector_model(tmp_path, micro_run):
     bad = _experiment(tmp_path, micro_run, groups=[{"suite": "tiny:target:star", "metric": "clip_score"}])
     with pytest.raises(EraselabError, match="clip_score needs a clip detector"):
         load_experiment(bad)
+
+
+def test_several_models_in_one_grid(tmp_path, micro_run):
+    shutil.copytree(micro_run / "pipeline", tmp_path / "second")
+    path = _experiment(tmp_path, micro_run, models=[str(micro_run / "pipeline"), str(tmp_path / "second")],
+                       groups=[{"suite": "tiny:target:star", "metric": "efficacy", "concept": "shape=star"}])
+    summary = run_experiment(load_experiment(path), tmp_path / "run", progress=False)
+    assert summary["counts"]["images"] == 2 * 6 * 2 and summary["metrics"] == 2
+    models = {m["inputs"]["model"] for m in RunStore(tmp_path / "run").metrics()}
+    assert models == {str(micro_run / "pipeline"), str(tmp_path / "second")}

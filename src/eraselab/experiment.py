@@ -97,10 +97,10 @@ def _request(experiment: Experiment, model: str, fingerprint: str, edit: str, it
 
 
 def plan(experiment: Experiment, suites: list[PromptSuite], fingerprints: dict[str, str]) -> list[tuple[Cell, dict]]:
-    """Every (cell, request spec) of the grid."""
+    """Every (cell, request spec) of the grid, for the models ``fingerprints`` names (in the experiment's order)."""
     cells = []
-    edit_id.cache_clear()
-    for model in experiment.models:
+    edit_id.cache_clear()  # an edit directory may have been rewritten since the last plan
+    for model in [m for m in experiment.models if m in fingerprints]:
         for edit in experiment.edits:
             for g, suite in enumerate(suites):
                 for i, item in enumerate(suite.items):
@@ -122,10 +122,9 @@ def _generate(experiment: Experiment, store: RunStore, suites: list[PromptSuite]
         fingerprints[model] = store.set_meta_once(f"fingerprint:{model}", found)
         if fingerprints[model] != found:
             raise EraselabError(f"model {model!r} changed since this run started; start a new run directory")
-        cells = plan(experiment, suites, fingerprints)
+        cells = plan(experiment, suites, {model: fingerprints[model]})
         for edit in experiment.edits:
-            todo = {cell.key: spec for cell, spec in cells if (cell.model, cell.edit) == (model, edit)
-                    and not store.has_image(cell.key)}
+            todo = {cell.key: spec for cell, spec in cells if cell.edit == edit and not store.has_image(cell.key)}
             if not todo:
                 continue
             store.add_requests(list(todo.values()))

@@ -26,7 +26,7 @@ def test_save_load_apply_and_undo(pipe, tmp_path):
     edit = _edit(pipe)
     edit.save(tmp_path / "edit")
     loaded = Edit.load(tmp_path / "edit")
-    assert loaded.manifest["tensors"] == list(edit.tensors) and loaded.manifest["eraselab"]
+    assert loaded.manifest["tensors"] == list(edit.tensors) and loaded.manifest["provenance"]["eraselab"]
     handle = apply_edit(pipe, tmp_path / "edit")
     assert pipeline_fingerprint(pipe) != before
     assert torch.all(cross_attention_layers(pipe.unet)[0].to_k.weight == 0.25)

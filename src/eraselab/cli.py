@@ -126,6 +126,63 @@ def generate(
     typer.echo(json.dumps(summary) if as_json else f"wrote {len(requests)} images to {out}")
 
 
+def _method_config(config_class: type, path: Path | None) -> Any:
+    """A method's config dataclass from a YAML/JSON mapping (safe_load), naming any unknown or bad field."""
+    import dataclasses
+
+    import yaml
+
+    if path is None:
+        return config_class()
+    if not path.is_file():
+        raise EraselabError(f"config file {path} does not exist")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    if not isinstance(raw, dict) or set(raw) - set(fields):
+        unknown = sorted(set(raw) - set(fields)) if isinstance(raw, dict) else ["(not a mapping)"]
+        raise EraselabError(f"config field {unknown[0]!r} is not one of {', '.join(fields)}")
+    for name, value in raw.items():
+        default = getattr(config_class(), name)
+        if not isinstance(value, type(default)) and not (isinstance(default, float) and isinstance(value, int)):
+            raise EraselabError(f"config field {name!r}: expected {type(default).__name__}, got {value!r}")
+    return config_class(**raw)
+
+
+@app.command()
+@user_errors
+def erase(
+    concept: Annotated[list[str], typer.Option(help="A concept to erase; repeat for several.")],
+    out: Annotated[Path, typer.Option(help="Edit directory to write (edit.safetensors + manifest.json).")],
+    method: Annotated[str, typer.Option(help="Erasure method: uce.")] = "uce",
+    model: Annotated[str, typer.Option(help="'tiny', a local diffusers directory, or a hub id.")] = "tiny",
+    anchor: Annotated[list[str] | None, typer.Option(help="What to map to (one, or one per concept).")] = None,
+    preserve: Annotated[list[str] | None, typer.Option(help="A concept to keep; repeat.")] = None,
+    template: Annotated[list[str] | None, typer.Option(help="Prompt form with {}; repeat (tiny: world forms).")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML/JSON with the method's settings.")] = None,
+    device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
+) -> None:
+    """Erase concepts from a model and write a small, safe-to-load edit.
+
+    Example: eraselab erase --model tiny --method uce --concept star --anchor shape --preserve circle --out edits/star
+    """
+    from eraselab.erase.registry import ERASERS
+    from eraselab.erase.spec import EraseSpec
+    from eraselab.models import load_pipeline
+    from eraselab.outputs import writable_directory
+
+    erase_fn, config_class = ERASERS.get(method)
+    settings = _method_config(config_class, config)
+    writable_directory(out)
+    if template is None and model == "tiny":
+        from eraselab.models.tiny.world import load_world
+
+        template = list(load_world().erase_templates(concept[0]))
+    spec = EraseSpec(tuple(concept), tuple(anchor or [""]), tuple(preserve or []), tuple(template or ["{}"]))
+    edit = erase_fn(load_pipeline(model, device=device), spec, settings)
+    edit.save(out)
+    typer.echo(f"wrote {out} ({len(edit.tensors)} tensors, {edit.manifest['seconds']} s)")
+
+
 @app.command()
 @user_errors
 def demo(

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import functools
 import json
-import subprocess
 from dataclasses import asdict, dataclass, replace
-from importlib import metadata
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from eraselab import __version__
 from eraselab.errors import EraselabError
 from eraselab.experiment_config import EXPECTED, DetectorConfig, Experiment, Group, parse_experiment
 from eraselab.generate import GenerationRequest, iter_generate
@@ -29,6 +26,7 @@ from eraselab.judge.metrics import (
     kernel_inception_distance,
     presence_change,
 )
+from eraselab.provenance import provenance
 from eraselab.store import RunStore, stable_hash
 from eraselab.suites import PromptItem, PromptSuite, load_suite
 
@@ -43,17 +41,6 @@ class Cell:
     item: int
     seed: int
     key: str
-
-
-def provenance() -> dict:
-    """Package versions and the git commit of the eraselab source, recorded with every run."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                                text=True, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    versions = {name: metadata.version(name) for name in ("torch", "diffusers", "transformers")}
-    return {"eraselab": __version__, "git_commit": commit, **versions}
 
 
 def _load_suites(experiment: Experiment, store: RunStore) -> list[PromptSuite]:

@@ -24,9 +24,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from eraselab import __version__
 from eraselab.errors import EraselabError
 from eraselab.models.fingerprint import pipeline_fingerprint
+from eraselab.provenance import provenance
 
 WEIGHTS, MANIFEST = "edit.safetensors", "manifest.json"
 
@@ -41,7 +41,7 @@ class Edit:
         directory.mkdir(parents=True, exist_ok=True)
         weights = directory / WEIGHTS
         save_file({k: v.detach().cpu().contiguous() for k, v in self.tensors.items()}, weights)
-        manifest = {**self.manifest, "eraselab": __version__, "tensors": sorted(self.tensors),
+        manifest = {**self.manifest, "provenance": provenance(), "tensors": sorted(self.tensors),
                     "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
         (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
         self.manifest = manifest

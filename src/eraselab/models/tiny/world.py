@@ -145,6 +145,16 @@ class World:
         text = "a " + " ".join(words)
         return re.sub(r"\ba (?=[aeiou])", "an ", text)
 
+    def erase_templates(self, concept: str) -> tuple[str, ...]:
+        """Prompt forms to expand a concept with when erasing it from the tiny model (as the UCE reference expands
+        objects with "image of {}", ...): the bare word, "a {}", and the concept beside every value of the
+        attribute it is drawn with ("a red {}" for a shape, "a {} star" for a colour or a fill)."""
+        if concept in self.shapes or concept not in self.colors + self.fills:
+            crossed = [f"a {self.canonical('color', c)} {{}}" for c in range(len(self.colors))]
+        else:
+            crossed = [f"a {{}} {self.canonical('shape', s)}" for s in range(len(self.shapes))]
+        return tuple(re.sub(r"\ba (?=[aeiou])", "an ", form) for form in ["{}", "a {}", *crossed])
+
     # -- drawing -------------------------------------------------------------------------------------------
     def draw_one(self, attributes: dict[str, int], rng: np.random.Generator) -> np.ndarray:
         """One (H, W, 3) uint8 image; position, size, rotation and exact colour vary with ``rng``."""

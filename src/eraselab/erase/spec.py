@@ -1,0 +1,35 @@
+"""What to erase: the target concepts, what to map them to, what to keep. Shared by every method."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from eraselab.errors import EraselabError
+
+
+@dataclass(frozen=True)
+class EraseSpec:
+    """``concepts`` are erased towards ``anchors`` (one for all, or one per concept; ``""`` is the empty
+    prompt); ``preserve`` lists concepts whose outputs must not move; ``templates`` expand every concept, anchor
+    and preserved concept (``"a {}"``: "a star" -> anchor "a shape")."""
+
+    concepts: tuple[str, ...]
+    anchors: tuple[str, ...] = ("",)
+    preserve: tuple[str, ...] = ()
+    templates: tuple[str, ...] = ("{}",)
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(target prompt, anchor prompt) for every concept and template."""
+        if not self.concepts:
+            raise EraselabError("give at least one concept to erase")
+        if len(self.anchors) not in (1, len(self.concepts)):
+            raise EraselabError(f"give one anchor, or one per concept ({len(self.concepts)}), not {len(self.anchors)}")
+        anchors = self.anchors * len(self.concepts) if len(self.anchors) == 1 else self.anchors
+        for concept, anchor in zip(self.concepts, anchors, strict=True):
+            if concept.strip().lower() == anchor.strip().lower():
+                raise EraselabError(f"the anchor of {concept!r} is the concept itself; choose another anchor")
+        return [(t.format(c), t.format(a) if a else "") for c, a in zip(self.concepts, anchors, strict=True)
+                for t in self.templates]
+
+    def preserved(self) -> list[str]:
+        return [t.format(p) for p in self.preserve for t in self.templates]

@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+import torch
+
+from eraselab.erase.artifact import apply_edit
+from eraselab.erase.registry import ERASERS
+from eraselab.erase.spec import EraseSpec
+from eraselab.erase.uce import UceConfig, _encode, erase
+from eraselab.errors import EraselabError
+from eraselab.generate import GenerationRequest, generate_images
+from eraselab.models import cross_attention_layers, load_pipeline
+from eraselab.models.tiny.classifier import load_classifier
+from eraselab.models.tiny.world import load_world
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_pipeline("tiny")
+
+
+def test_edited_values_map_the_concept_to_its_anchor_and_keep_preserved_concepts(tiny):
+    edit = erase(tiny, EraseSpec(("star",), ("shape",), ("circle",)), UceConfig(positions="last-word"))
+    layer = cross_attention_layers(tiny.unet)[0]
+    w0, w = layer.to_v.weight.detach().double(), edit.tensors[f"unet.{layer.name}.to_v.weight"].double()
+    hidden, last = _encode(tiny, ["star", "shape", "circle"])
+    star, shape = hidden[0, last[0]], hidden[1, last[1]]
+    before, after = (w0 @ star - w0 @ shape).norm(), (w @ star - w0 @ shape).norm()
+    assert after < 0.25 * before  # the concept's value now points at the anchor's
+    circle = hidden[2]
+    assert (w @ circle.T - w0 @ circle.T).norm() < 0.25 * (w0 @ circle.T).norm()
+    assert edit.manifest["base_fingerprint"] and edit.manifest["config"]["lamb"] == 0.1
+
+
+def test_uce_erases_the_star_and_keeps_the_other_shapes(tiny):
+    world, judge = load_world(), load_classifier()
+    star, circle = world.shapes.index("star"), world.shapes.index("circle")
+    spec = EraseSpec(("star",), ("shape",), templates=world.erase_templates("star"))
+    requests = [GenerationRequest(world.prompt(s, c), seed, steps=10) for s in (star, circle) for c in range(6)
+                for seed in (0, 1)]
+    with apply_edit(tiny, erase(tiny, spec, UceConfig())):
+        shapes = judge.predict(generate_images(tiny, requests, progress=False))["shape"]
+    assert np.mean(shapes[:12] == star) <= 0.25 and np.mean(shapes[12:] == circle) >= 0.9
+
+
+def test_bad_specs_are_refused(tiny):
+    with pytest.raises(EraselabError, match="anchor of 'star' is the concept itself"):
+        erase(tiny, EraseSpec(("star",), ("star",)), UceConfig())
+    with pytest.raises(EraselabError, match="does not know: zebra"):
+        erase(tiny, EraseSpec(("zebra",)), UceConfig())
+    with pytest.raises(EraselabError, match="positions must be"):
+        erase(tiny, EraseSpec(("star",)), UceConfig(positions="all"))
+    with pytest.raises(EraselabError, match="did you mean 'uce'"):
+        ERASERS.get("uec")
+
+
+def test_several_concepts_in_one_edit(tiny):
+    edit = erase(tiny, EraseSpec(("star", "heart"), ("shape",)), UceConfig())
+    single = erase(tiny, EraseSpec(("star",), ("shape",)), UceConfig())
+    name = next(iter(edit.tensors))
+    assert not torch.equal(edit.tensors[name], single.tensors[name])

@@ -155,10 +155,10 @@ def test_edits_are_a_grid_axis_with_paired_change_against_base(tmp_path, micro_r
     tensors = {f"unet.{layer.name}.to_v.weight": layer.to_v.weight.detach() * 0
                for layer in cross_attention_layers(pipe.unet)}
     Edit(tensors, {"method": "test", "base_fingerprint": pipeline_fingerprint(pipe)}).save(tmp_path / "mute")
-    path = _experiment(tmp_path, micro_run, edits=["base", str(tmp_path / "mute")],
+    path = _experiment(tmp_path, micro_run, edits=["base", str(tmp_path / "mute")], seeds={"start": 0, "count": 4},
                        groups=[{"suite": "tiny:target:star", "metric": "efficacy", "concept": "shape=star"}])
     summary = run_experiment(load_experiment(path), tmp_path / "run", progress=False)
-    assert summary["counts"]["images"] == 2 * 6 * 2
+    assert summary["counts"]["images"] == 2 * 6 * 4
     metrics = RunStore(tmp_path / "run").metrics()
     change = [m for m in metrics if m["name"] == "presence_change"]
     assert len(change) == 1 and change[0]["inputs"]["edit"] == str(tmp_path / "mute")
@@ -170,7 +170,7 @@ def test_edits_are_a_grid_axis_with_paired_change_against_base(tmp_path, micro_r
     names = {m["name"] for m in metrics}
     assert {"feature_distance", "kid"} <= names  # locality in the tiny classifier's feature space
     distance = next(m for m in metrics if m["name"] == "feature_distance")["value"]
-    assert len(distance["per_item"]) == 12 and distance["value"] >= 0
+    assert len(distance["per_item"]) == 24 and distance["value"] >= 0
     write_report(tmp_path / "run")
 
 

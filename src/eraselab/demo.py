@@ -1,9 +1,10 @@
 """``eraselab demo``: the whole flow as far as it exists, on the built-in tiny model.
 
-Runs a small experiment through the harness (generate -> RunStore -> tiny detector -> metrics) around the
-concept "star" and writes the report: how often the base model draws a star for its training words, for the
-held-out paraphrase "pentagram", how faithfully it draws the neighbouring shapes and the unrelated attributes,
-and how often the empty prompt gives a star. Erasure and attacks join this flow as they land.
+Erases "star" with UCE (towards "shape"), then runs a small experiment through the harness (generate ->
+RunStore -> tiny detector -> metrics) on the base and the edited model, and writes the report: how often each
+draws a star for the training words and for the held-out paraphrase "pentagram", how faithfully they draw the
+neighbouring shapes and the unrelated attributes, and how often the empty prompt gives a star. Attacks join
+this flow as they land.
 """
 
 from __future__ import annotations
@@ -12,18 +13,22 @@ from pathlib import Path
 
 import yaml
 
+from eraselab.erase.spec import EraseSpec
+from eraselab.erase.uce import UceConfig, erase
 from eraselab.experiment import run_experiment
 from eraselab.experiment_config import parse_experiment
+from eraselab.models import load_pipeline
+from eraselab.models.tiny.world import load_world
 from eraselab.outputs import writable_directory
 from eraselab.report import write_report
 
 
-def demo_experiment(seeds: int = 8, seed: int = 0) -> dict:
+def demo_experiment(edit: Path, seeds: int = 8, seed: int = 0) -> dict:
     return {
         "version": 1,
-        "name": "demo: the tiny model around 'star'",
+        "name": "demo: erasing 'star' from the tiny model with UCE",
         "models": ["tiny"],
-        "edits": ["base"],
+        "edits": ["base", str(edit)],
         "seeds": {"start": seed, "count": seeds},
         "sampler": {"steps": 25, "guidance": 5.0},
         "detectors": ["tiny"],
@@ -40,7 +45,10 @@ def demo_experiment(seeds: int = 8, seed: int = 0) -> dict:
 def run_demo(out: Path, seed: int = 0, seeds: int = 8, progress: bool = True) -> Path:
     """Run the demo experiment into ``out/run`` and return the report's path."""
     writable_directory(out)
-    config = demo_experiment(seeds, seed)
+    pipe, world = load_pipeline("tiny"), load_world()
+    spec = EraseSpec(("star",), ("shape",), templates=world.erase_templates("star"))
+    edit = erase(pipe, spec, UceConfig()).save(out / "edits" / "uce-star")
+    config = demo_experiment(edit, seeds, seed)
     (out / "experiment.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     run_experiment(parse_experiment(config), out / "run", progress=progress)
     report, _ = write_report(out / "run")

@@ -199,6 +199,9 @@ def _metrics(experiment: Experiment, store: RunStore, suites: list[PromptSuite],
     return written
 
 
+KID_MIN_IMAGES = 20  # below this, KID's unbiased estimate is mostly noise (it can even come out negative)
+
+
 def _locality(store: RunStore, detector: Detector, base: dict, edited: dict, inputs: dict) -> list[dict]:
     """Feature distance at the same seed and KID between the base and edited image sets, in the detector's
     feature space (skipped for detectors that cannot embed images, and for pairs with a missing image)."""
@@ -216,7 +219,7 @@ def _locality(store: RunStore, detector: Detector, base: dict, edited: dict, inp
     base_features = torch.cat([features([b for b, _ in loaded[i:i + 256]]) for i in range(0, len(loaded), 256)])
     edit_features = torch.cat([features([e for _, e in loaded[i:i + 256]]) for i in range(0, len(loaded), 256)])
     out = [{"name": "feature_distance", "inputs": inputs, "value": feature_distance(base_features, edit_features)}]
-    if len(loaded) >= 4:
+    if len(loaded) >= KID_MIN_IMAGES:
         kid = kernel_inception_distance(base_features, edit_features)
         out.append({"name": "kid", "inputs": inputs, "value": kid})
     for metric in out:

@@ -73,8 +73,12 @@ def _tradeoff(metrics: list[dict], path: Path) -> bool:
     return True
 
 
+RATES = ("presence", "efficacy", "generality", "specificity", "presence_change")  # plotted on one [-1, 1] axis
+
+
 def _plot(metrics: list[dict], path: Path) -> bool:
-    rows = [m for m in metrics if m["value"].get("value") is not None]
+    """Rates with their intervals (distances and CLIP scores, on other scales, stay in the table)."""
+    rows = [m for m in metrics if m["name"] in RATES and m["value"].get("value") is not None]
     if not rows:
         return False
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.2), layout="constrained")
@@ -160,7 +164,12 @@ def _page(store: RunStore, run_dir: Path, experiment: dict, provenance: dict, me
         detectors[inputs["detector"]] = (inputs["detector_version"], inputs["detector_settings"])
         na = value.get("value") is None
         cell = '<span class="na">N/A</span>' if na else f"{_fmt(value['value'])}"
-        interval = "" if na else f"[{_fmt(value.get('low'))}, {_fmt(value.get('high'))}]"
+        if na:
+            interval = ""
+        elif "std" in value:  # KID: mean and standard deviation over subsets
+            interval = f"&plusmn; {_fmt(value['std'])} (std)"
+        else:
+            interval = f"[{_fmt(value.get('low'))}, {_fmt(value.get('high'))}]"
         rows.append(f"<tr><td>{e(inputs['model'])}</td><td>{e(inputs['edit'])}</td><td>{e(m['name'])}</td>"
                     f"<td><code>{e(inputs['suite']['name'])}</code></td><td>{e(inputs['group']['concept'])}</td>"
                     f"<td>{e(inputs['detector'])}</td><td>{cell}</td><td>{interval}</td>"

@@ -44,6 +44,7 @@ def test_prompt_embeds_replay_the_prompt(tiny):
 
 def test_unknown_words_are_named(tiny):
     assert unknown_words(tiny, ["a zebra star", "a Crimson five-pointed shape"]) == ["zebra"]
+    assert unknown_words(tiny, ["a 5 star"]) == ["5"]  # digits are words to CLIP's pre-tokeniser too
     with pytest.raises(EraselabError, match="zebra"):
         generate_images(tiny, [GenerationRequest("a zebra", 0, 2)], progress=False)
 

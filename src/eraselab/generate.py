@@ -14,7 +14,6 @@ together through the plain ``StableDiffusionPipeline.__call__``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -60,16 +59,15 @@ class GenerationRequest:
         return record
 
 
-_WORD = re.compile(r"[a-z]+|[^\sa-z0-9]")
-
-
 def unknown_words(pipe: StableDiffusionPipeline, prompts: Sequence[str]) -> list[str]:
     """Words a closed-vocabulary tokenizer (the tiny model's) has no whole-word token for; [] otherwise."""
     tokenizer = pipe.tokenizer
     if not tokenizer.init_kwargs.get("closed_vocabulary", False):
         return []
+    from eraselab.models.tiny.world import split_words  # the closed vocabulary's own word split
+
     vocab = tokenizer.get_vocab()
-    words = {w for prompt in prompts for w in _WORD.findall(prompt.lower())}
+    words = {w for prompt in prompts for w in split_words(prompt)}
     return sorted(w for w in words if f"{w}</w>" not in vocab)
 
 

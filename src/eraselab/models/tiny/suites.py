@@ -17,14 +17,11 @@ Each item's categories hold what the image should show (``shape=star``, ``color=
 
 from __future__ import annotations
 
-import re
-
 from eraselab.errors import EraselabError
-from eraselab.models.tiny.world import World, load_world
+from eraselab.models.tiny.world import World, load_world, with_article
 from eraselab.suites import PromptItem, PromptSuite
 
 KINDS = ("target", "paraphrase", "heldout", "neighbour", "unrelated", "empty")
-_ARTICLE = re.compile(r"\ba (?=[aeiou])")
 
 
 def _find(world: World, concept: str) -> tuple[str, int]:
@@ -40,8 +37,7 @@ def _item(words: dict[str, str], expect: dict[str, str]) -> PromptItem:
         text = "a " + " ".join(words[a] for a in ("fill", "color", "shape") if a in words)
     else:
         text = "a " + " ".join(words[a] for a in ("fill", "color") if a in words) + " shape"
-    text = _ARTICLE.sub("an ", text)
-    return PromptItem(text, categories=tuple(f"{k}={v}" for k, v in expect.items()))
+    return PromptItem(with_article(text), categories=tuple(f"{k}={v}" for k, v in expect.items()))
 
 
 def tiny_suite(kind: str, concept: str) -> PromptSuite:

@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw
 ATTRIBUTES = ("shape", "color", "fill", "background")
 SUPERSAMPLE = 4  # draw at 4x and downsample with a box filter: anti-aliased edges at 32x32
 _WORD = re.compile(r"[a-z]+|[^\sa-z]")  # the words CLIP's pre-tokeniser sees in our lowercase world
+_A_BEFORE_VOWEL = re.compile(r"\ba (?=[aeiou])")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,11 @@ class Caption:
 
     def matches(self, attributes: dict[str, int]) -> bool:
         return all(v is None or attributes[k] == v for k, v in self.named.items())
+
+
+def with_article(text: str) -> str:
+    """English article agreement: "a orange star" -> "an orange star"."""
+    return _A_BEFORE_VOWEL.sub("an ", text)
 
 
 def split_words(text: str) -> list[str]:
@@ -135,15 +141,14 @@ class World:
                 options = self.words_for(attribute, attributes[attribute], vocabulary)
                 values[attribute] = options[rng.integers(len(options))]
         text = template.format(**values)
-        return Caption(re.sub(r"\ba (?=[aeiou])", "an ", text), named)
+        return Caption(with_article(text), named)
 
     def prompt(self, shape: int | None = None, color: int | None = None, vocabulary: str = "train") -> str:
         """The evaluation prompt ``a {color} {shape}`` with canonical (or held-out) words."""
         pick = self.canonical if vocabulary == "train" else self.heldout
         words = [pick("color", color)] if color is not None else []
         words.append(pick("shape", shape) if shape is not None else "shape")
-        text = "a " + " ".join(words)
-        return re.sub(r"\ba (?=[aeiou])", "an ", text)
+        return with_article("a " + " ".join(words))
 
     def erase_templates(self, concept: str) -> tuple[str, ...]:
         """Prompt forms to expand a concept with when erasing it from the tiny model (as the UCE reference expands
@@ -153,7 +158,7 @@ class World:
             crossed = [f"a {self.canonical('color', c)} {{}}" for c in range(len(self.colors))]
         else:
             crossed = [f"a {{}} {self.canonical('shape', s)}" for s in range(len(self.shapes))]
-        return tuple(re.sub(r"\ba (?=[aeiou])", "an ", form) for form in ["{}", "a {}", *crossed])
+        return tuple(with_article(form) for form in ["{}", "a {}", *crossed])
 
     # -- drawing -------------------------------------------------------------------------------------------
     def draw_one(self, attributes: dict[str, int], rng: np.random.Generator) -> np.ndarray:

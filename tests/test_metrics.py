@@ -73,3 +73,15 @@ def test_kid_of_identical_feature_sets_is_near_zero():
     same = kernel_inception_distance(features, features.clone())
     shifted = kernel_inception_distance(features, features + 3.0)
     assert abs(same["value"]) < 0.05 * shifted["value"] and shifted["value"] > 0
+
+
+def test_score_metric_streams_like_one_shot():
+    scores = list(np.random.default_rng(1).normal(30, 5, 90))
+    metric = METRICS.get("clip_score").factory()
+    for start in range(0, 90, 25):
+        metric.update(scores[start:start + 25])
+    result = metric.compute()
+    assert result["value"] == pytest.approx(np.mean(scores)) and result["per_item"] == scores
+    assert result["low"] < result["value"] < result["high"]
+    metric.reset()
+    assert metric.compute()["value"] is None

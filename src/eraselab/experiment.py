@@ -255,11 +255,10 @@ def _clip_metric(experiment: Experiment, store: RunStore, suites: list[PromptSui
         items.append({"prompt": prompt, "seed": cell.seed, "image": image_hash, "flag": None, "error": error})
         if image is not None:
             pairs.append((image, prompt))
+    metric = METRICS.get("clip_score").factory()
     if pairs:
-        value = clip_scores(embedder, [i for i, _ in pairs], [p for _, p in pairs])
-    else:
-        value = {"value": None, "low": None, "high": None, "n_valid": 0, "per_item": []}
-    value |= {"n_errors": sum(i["error"] is not None for i in items), "items": items}
+        metric.update(clip_scores(embedder, [i for i, _ in pairs], [p for _, p in pairs])["per_item"])
+    value = metric.compute() | {"n_errors": sum(i["error"] is not None for i in items), "items": items}
     inputs = _inputs(experiment, store, suites[g], model, edit, g, label, detector)
     store.put_metric("clip_score", inputs, value)
     return {"name": "clip_score", "inputs": inputs, "value": value}

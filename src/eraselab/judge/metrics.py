@@ -94,6 +94,23 @@ class RateMetric:
         return presence_rate(self._flags)
 
 
+class ScoreMetric:
+    """Streams per-item scores (e.g. CLIP scores); ``compute`` gives their mean with a bootstrap interval."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self.reset()
+
+    def reset(self) -> None:
+        self._scores: list[float] = []
+
+    def update(self, scores: Sequence[float]) -> None:
+        self._scores.extend(scores)
+
+    def compute(self) -> dict:
+        return {**bootstrap_interval(self._scores, seed=self.seed), "per_item": list(self._scores)}
+
+
 class PairedChangeMetric:
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
@@ -171,7 +188,7 @@ for _spec in (
     MetricSpec("specificity", RateMetric, True, "fidelity of neighbouring and unrelated concepts"),
     MetricSpec("presence_change", PairedChangeMetric, None, "edited minus base presence, same seeds"),
     MetricSpec("feature_distance", FeatureDistanceMetric, False, "edited vs base image distance, same seeds"),
-    MetricSpec("clip_score", RateMetric, True, "CLIP score of each image with its prompt (see clip_scores)"),
+    MetricSpec("clip_score", ScoreMetric, True, "CLIP score of each image with its prompt (see clip_scores)"),
 ):
     METRICS.register(_spec.name)(_spec)
 

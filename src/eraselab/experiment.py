@@ -174,16 +174,20 @@ def _metrics(experiment: Experiment, store: RunStore, suites: list[PromptSuite],
     """One metric per (model, edit, group, detector): a group without a detector is scored by every detector.
     With ``base`` among the edits, each edit also gets its paired presence change against base at the same seeds."""
     images = dict(store.images())
+    grouped: dict[tuple[str, str, int], list[Cell]] = {}  # each metric reads only its own cells
+    for cell, _ in cells:
+        grouped.setdefault((cell.model, cell.edit, cell.group), []).append(cell)
     written = []
     for model in experiment.models:
         for g, group in enumerate(experiment.groups):
             for label in [group.detector] if group.detector else list(detectors):
                 if group.metric == "clip_score":
                     written.extend(m for edit in experiment.edits if (m := _clip_metric(
-                        experiment, store, suites, cells, images, model, edit, g, label, detectors[label])))
+                        experiment, store, suites, grouped.get((model, edit, g), []), images, model, edit, g, label,
+                        detectors[label])))
                     continue
-                by_edit = {edit: _group_metric(experiment, store, suites, cells, images, model, edit, g, label,
-                                               detectors[label]) for edit in experiment.edits}
+                by_edit = {edit: _group_metric(experiment, store, suites, grouped.get((model, edit, g), []), images,
+                                               model, edit, g, label, detectors[label]) for edit in experiment.edits}
                 written.extend(by_edit.values())
                 if "base" not in by_edit:
                     continue
@@ -236,16 +240,15 @@ def _inputs(experiment: Experiment, store: RunStore, suite: PromptSuite, model: 
             "steps": experiment.steps, "guidance": experiment.guidance}
 
 
-def _clip_metric(experiment: Experiment, store: RunStore, suites: list[PromptSuite], cells: list[tuple[Cell, dict]],
+def _clip_metric(experiment: Experiment, store: RunStore, suites: list[PromptSuite], cells: list[Cell],
                  images: dict[str, str], model: str, edit: str, g: int, label: str, detector: Detector) -> dict | None:
-    """CLIP score of each image with its own prompt, with the clip detector's model (other detectors: skipped)."""
+    """CLIP score of each image of ``cells`` with its own prompt, with the clip detector's model (other detectors:
+    skipped)."""
     embedder = getattr(detector, "embedder", None)
     if embedder is None:
         return None
     items, pairs = [], []
-    for cell, _ in cells:
-        if (cell.model, cell.edit, cell.group) != (model, edit, g):
-            continue
+    for cell in cells:
         prompt, image_hash = suites[g].items[cell.item].prompt, images.get(cell.key)
         try:
             image = store.load_image(image_hash) if image_hash else None
@@ -264,14 +267,13 @@ def _clip_metric(experiment: Experiment, store: RunStore, suites: list[PromptSui
     return {"name": "clip_score", "inputs": inputs, "value": value}
 
 
-def _group_metric(experiment: Experiment, store: RunStore, suites: list[PromptSuite], cells: list[tuple[Cell, dict]],
+def _group_metric(experiment: Experiment, store: RunStore, suites: list[PromptSuite], cells: list[Cell],
                   images: dict[str, str], model: str, edit: str, g: int, label: str, detector: Detector) -> dict:
+    """The group's presence-type metric over ``cells`` (its images for one model and edit)."""
     group, settings = experiment.groups[g], detector.settings()
     metric = METRICS.get(group.metric).factory()
     items = []
-    for cell, _ in cells:
-        if (cell.model, cell.edit, cell.group) != (model, edit, g):
-            continue
+    for cell in cells:
         item = suites[g].items[cell.item]
         image_hash = images.get(cell.key)
         if image_hash is None:

@@ -48,15 +48,16 @@ def case(name: str, groups: list[torch.Tensor], keys, targets_of, preserve, repe
 
 
 def main() -> None:
-    from eraselab.erase.uce import UceConfig, _keys_and_anchor_rows
+    from eraselab.erase.cross_attention_edit import encode
+    from eraselab.erase.uce import UceConfig, aligned_rows
     from eraselab.models import cross_attention_layers, load_pipeline
     from eraselab.models.tiny.world import load_world
 
     torch.manual_seed(0)
     pipe = load_pipeline("tiny")
     templates = load_world().erase_templates("star")
-    keys, anchors = _keys_and_anchor_rows(pipe, [(t.format("star"), t.format("shape")) for t in templates],
-                                          UceConfig().positions)
+    keys, anchors = aligned_rows(encode(pipe, [t.format("star") for t in templates]),
+                                 encode(pipe, [t.format("shape") for t in templates]), UceConfig().positions)
     weights: dict[tuple, list] = {}
     for layer in cross_attention_layers(pipe.unet):
         for projection in (layer.to_k, layer.to_v):

@@ -10,7 +10,8 @@ from eraselab.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("verb", [["generate"], ["demo"], ["tiny", "train"], ["tiny", "check"], ["tiny", "path"]])
+@pytest.mark.parametrize("verb", [["generate"], ["demo"], ["erase"], ["run"], ["tiny", "train"], ["tiny", "check"],
+                                  ["tiny", "path"]])
 def test_every_verb_has_help_with_an_example(verb):
     result = runner.invoke(app, [*verb, "--help"])
     assert result.exit_code == 0, result.output
@@ -101,3 +102,58 @@ def test_generate_with_an_edit_changes_the_images(tmp_path):
     assert not np.array_equal(base, edited)
     missing = runner.invoke(app, [*args, "--edit", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")])
     assert missing.exit_code == 2 and "is not an edit" in missing.stderr
+
+
+@pytest.mark.parametrize("method", ["uce", "rece", "trce"])
+def test_erase_writes_an_edit_with_the_tiny_defaults(tmp_path, method):
+    result = runner.invoke(app, ["erase", "--method", method, "--concept", "star", "--anchor", "shape",
+                                 "--out", str(tmp_path / "edit")])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "edit" / "manifest.json").read_text())
+    assert manifest["method"] == method and manifest["config"]["corpus"] == "tiny"
+
+
+def test_erase_with_esd_resumes_from_its_checkpoint_and_cleans_it_up(tmp_path):
+    config = tmp_path / "esd.yaml"
+    config.write_text("iterations: 2\nddim_steps: 3\nbatch_size: 1\nvariant: esd-x-strict\n")
+    out = tmp_path / "esd"
+    result = runner.invoke(app, ["erase", "--method", "esd", "--concept", "star", "--config", str(config),
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["iterations"] == 2 and all(".attn2.to_" in t for t in manifest["tensors"])
+    assert not (tmp_path / "esd.checkpoint").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "uec"], "did you mean 'uce'"),
+        (["--method", "esd", "--anchor", "shape"], "takes no anchor"),
+        (["--anchor", "star"], "anchor of 'star' is the concept itself"),
+    ],
+)
+def test_bad_erase_input(tmp_path, args, message):
+    result = runner.invoke(app, ["erase", "--concept", "star", *args, "--out", str(tmp_path / "e")])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert not (tmp_path / "e" / "edit.safetensors").exists()
+
+
+def test_bad_method_config_names_the_field(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("rounds: three\n")
+    result = runner.invoke(app, ["erase", "--method", "rece", "--concept", "star", "--config", str(config),
+                                 "--out", str(tmp_path / "e")])
+    assert result.exit_code == 2 and "config field 'rounds': expected int" in result.stderr
+
+
+def test_generate_with_a_guard(tmp_path):
+    args = ["generate", "--prompt", "a red star", "--num-images", "1", "--steps", "3"]
+    result = runner.invoke(app, [*args, "--guard", "sld", "--guard-concept", "star", "--guard-preset", "max",
+                                 "--out", str(tmp_path / "sld"), "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "sld" / "requests.jsonl").read_text())
+    assert record["guard"]["preset"] == "max"
+    bad = runner.invoke(app, [*args, "--guard-concept", "star", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "need --guard" in bad.stderr

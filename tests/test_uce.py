@@ -3,9 +3,10 @@ import pytest
 import torch
 
 from eraselab.erase.artifact import apply_edit
+from eraselab.erase.cross_attention_edit import encode
 from eraselab.erase.registry import ERASERS
 from eraselab.erase.spec import EraseSpec
-from eraselab.erase.uce import UceConfig, _encode, erase
+from eraselab.erase.uce import UceConfig, erase
 from eraselab.errors import EraselabError
 from eraselab.generate import GenerationRequest, generate_images
 from eraselab.models import cross_attention_layers, load_pipeline
@@ -22,7 +23,8 @@ def test_edited_values_map_the_concept_to_its_anchor_and_keep_preserved_concepts
     edit = erase(tiny, EraseSpec(("star",), ("shape",), ("circle",)), UceConfig(positions="last-word"))
     layer = cross_attention_layers(tiny.unet)[0]
     w0, w = layer.to_v.weight.detach().double(), edit.tensors[f"unet.{layer.name}.to_v.weight"].double()
-    hidden, last = _encode(tiny, ["star", "shape", "circle"])
+    encoded = encode(tiny, ["star", "shape", "circle"])
+    hidden, last = encoded.hidden, encoded.last_word
     star, shape = hidden[0, last[0]], hidden[1, last[1]]
     before, after = (w0 @ star - w0 @ shape).norm(), (w @ star - w0 @ shape).norm()
     assert after < 0.25 * before  # the concept's value now points at the anchor's

@@ -83,6 +83,9 @@ def generate(
     steps: Annotated[int | None, typer.Option(help="Sampler steps (default: 25 for tiny, 50 otherwise).")] = None,
     guidance: Annotated[float | None, typer.Option(help="CFG scale (default: 5.0 for tiny, 7.5 otherwise).")] = None,
     negative_prompt: Annotated[str, typer.Option(help="Negative prompt for every image.")] = "",
+    guard: Annotated[str | None, typer.Option(help="Inference-time guard: negative-prompt or sld.")] = None,
+    guard_concept: Annotated[str | None, typer.Option(help="The concept the guard steers away from.")] = None,
+    guard_preset: Annotated[str | None, typer.Option(help="SLD preset: weak, medium, strong or max.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per pipeline call (results do not depend on it).")] = 32,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
@@ -90,6 +93,7 @@ def generate(
     """Generate images, deterministically per (prompt, seed, settings).
 
     Example: eraselab generate --prompt "a red star" --num-images 8 --seed 0 --out out/stars
+    With a guard: eraselab generate --prompt "a red star" --guard sld --guard-concept star --out out/sld
     """
     prompts = list(prompt or []) + (read_prompts(prompts_file) if prompts_file else [])
     if not prompts:
@@ -111,29 +115,42 @@ def generate(
         from eraselab.erase.artifact import apply_edit
 
         apply_edit(pipe, edit)
+    guard_object = None
+    if guard is not None:
+        from eraselab.guard import make_guard
+
+        options = {k: v for k, v in (("concept", guard_concept), ("preset", guard_preset)) if v is not None}
+        guard_object = make_guard(guard, **options)
+    elif guard_concept or guard_preset:
+        raise EraselabError("--guard-concept and --guard-preset need --guard")
     requests = [GenerationRequest(p, seed + j, steps, guidance, negative_prompt=negative_prompt)
                 for p in prompts for j in range(num_images)]
-    check_requests(pipe, requests)
+    check_requests(pipe, [guard_object.rewrite(r) for r in requests] if guard_object else requests)
     records: list[dict] = [{} for _ in requests]
     with staged_directory(out) as staging:
-        for index, image in iter_generate(pipe, requests, batch_size=batch_size, progress=not as_json):
+        for index, image in iter_generate(pipe, requests, batch_size=batch_size, progress=not as_json,
+                                          guard=guard_object):
             name = f"{index:05d}.png"
             image.save(staging / name)
             records[index] = {**requests[index].to_record(), "file": name, "model": model,
-                              "edit": str(edit) if edit else None}
+                              "edit": str(edit) if edit else None,
+                              "guard": guard_object.settings() if guard_object else None}
         write_jsonl(staging / "requests.jsonl", records)
     summary = {"out": str(out), "images": len(requests), "prompts": len(prompts), "model": model}
     typer.echo(json.dumps(summary) if as_json else f"wrote {len(requests)} images to {out}")
 
 
-def _method_config(config_class: type, path: Path | None) -> Any:
-    """A method's config dataclass from a YAML/JSON mapping (safe_load), naming any unknown or bad field."""
+def _method_config(config_class: type, path: Path | None, model: str = "") -> Any:
+    """A method's config dataclass from a YAML/JSON mapping (safe_load), naming any unknown or bad field; on the
+    tiny model the method's tiny defaults (``tiny_overrides``) apply first."""
     import dataclasses
 
     import yaml
 
+    from eraselab.erase.registry import default_config
+
     if path is None:
-        return config_class()
+        return default_config(config_class, model == "tiny")
     if not path.is_file():
         raise EraselabError(f"config file {path} does not exist")
     raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -143,9 +160,10 @@ def _method_config(config_class: type, path: Path | None) -> Any:
         raise EraselabError(f"config field {unknown[0]!r} is not one of {', '.join(fields)}")
     for name, value in raw.items():
         default = getattr(config_class(), name)
-        if not isinstance(value, type(default)) and not (isinstance(default, float) and isinstance(value, int)):
-            raise EraselabError(f"config field {name!r}: expected {type(default).__name__}, got {value!r}")
-    return config_class(**raw)
+        expected = str if default is None else type(default)  # optional fields (None by default) take text
+        if value is not None and not isinstance(value, expected) and not (expected is float and isinstance(value, int)):
+            raise EraselabError(f"config field {name!r}: expected {expected.__name__}, got {value!r}")
+    return default_config(config_class, model == "tiny", **raw)
 
 
 @app.command()
@@ -153,7 +171,7 @@ def _method_config(config_class: type, path: Path | None) -> Any:
 def erase(
     concept: Annotated[list[str], typer.Option(help="A concept to erase; repeat for several.")],
     out: Annotated[Path, typer.Option(help="Edit directory to write (edit.safetensors + manifest.json).")],
-    method: Annotated[str, typer.Option(help="Erasure method: uce.")] = "uce",
+    method: Annotated[str, typer.Option(help="Erasure method: uce, rece, trce or esd.")] = "uce",
     model: Annotated[str, typer.Option(help="'tiny', a local diffusers directory, or a hub id.")] = "tiny",
     anchor: Annotated[list[str] | None, typer.Option(help="What to map to (one, or one per concept).")] = None,
     preserve: Annotated[list[str] | None, typer.Option(help="A concept to keep; repeat.")] = None,
@@ -171,15 +189,24 @@ def erase(
     from eraselab.outputs import writable_directory
 
     erase_fn, config_class = ERASERS.get(method)
-    settings = _method_config(config_class, config)
+    settings = _method_config(config_class, config, model)
     writable_directory(out)
     if template is None and model == "tiny":
-        from eraselab.models.tiny.world import load_world
+        from eraselab.erase.registry import tiny_templates
 
-        template = list(load_world().erase_templates(concept[0]))
+        template = list(tiny_templates(config_class, concept[0]))
     spec = EraseSpec(tuple(concept), tuple(anchor or [""]), tuple(preserve or []), tuple(template or ["{}"]))
+    checkpoint = None
+    if getattr(settings, "checkpoint", "") is None:  # trained methods: progress beside the output, resumable
+        import dataclasses
+        import shutil
+
+        checkpoint = out.with_name(out.name + ".checkpoint")
+        settings = dataclasses.replace(settings, checkpoint=str(checkpoint))
     edit = erase_fn(load_pipeline(model, device=device), spec, settings)
     edit.save(out)
+    if checkpoint is not None:
+        shutil.rmtree(checkpoint, ignore_errors=True)
     typer.echo(f"wrote {out} ({len(edit.tensors)} tensors, {edit.manifest['seconds']} s)")
 
 

@@ -1,10 +1,10 @@
 """``eraselab demo``: the whole flow as far as it exists, on the built-in tiny model.
 
-Erases "star" with UCE (towards "shape"), then runs a small experiment through the harness (generate ->
-RunStore -> tiny detector -> metrics) on the base and the edited model, and writes the report: how often each
-draws a star for the training words and for the held-out paraphrase "pentagram", how faithfully they draw the
-neighbouring shapes and the unrelated attributes, and how often the empty prompt gives a star. Attacks join
-this flow as they land.
+Erases "star" with UCE and with RECE (towards "shape"), then runs a small experiment through the harness
+(generate -> RunStore -> tiny detector -> metrics) on the base model and both edits, and writes the report: how
+often each draws a star for the training words and for the held-out paraphrase "pentagram", how faithfully they
+draw the neighbouring shapes and the unrelated attributes, and how often the empty prompt gives a star. Attacks
+join this flow as they land.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from eraselab.erase.registry import ERASERS, default_config
 from eraselab.erase.spec import EraseSpec
-from eraselab.erase.uce import UceConfig, erase
 from eraselab.experiment import run_experiment
 from eraselab.experiment_config import parse_experiment
 from eraselab.models import load_pipeline
@@ -23,12 +23,12 @@ from eraselab.outputs import writable_directory
 from eraselab.report import write_report
 
 
-def demo_experiment(edit: Path, seeds: int = 8, seed: int = 0) -> dict:
+def demo_experiment(edits: list[Path], seeds: int = 8, seed: int = 0) -> dict:
     return {
         "version": 1,
-        "name": "demo: erasing 'star' from the tiny model with UCE",
+        "name": "demo: erasing 'star' from the tiny model with UCE and RECE",
         "models": ["tiny"],
-        "edits": ["base", str(edit)],
+        "edits": ["base", *map(str, edits)],
         "seeds": {"start": seed, "count": seeds},
         "sampler": {"steps": 25, "guidance": 5.0},
         "detectors": ["tiny"],
@@ -47,8 +47,11 @@ def run_demo(out: Path, seed: int = 0, seeds: int = 8, progress: bool = True) ->
     writable_directory(out)
     pipe, world = load_pipeline("tiny"), load_world()
     spec = EraseSpec(("star",), ("shape",), templates=world.erase_templates("star"))
-    edit = erase(pipe, spec, UceConfig()).save(out / "edits" / "uce-star")
-    config = demo_experiment(edit, seeds, seed)
+    edits = []
+    for method in ("uce", "rece"):
+        erase, config_class = ERASERS.get(method)
+        edits.append(erase(pipe, spec, default_config(config_class, tiny=True)).save(out / "edits" / f"{method}-star"))
+    config = demo_experiment(edits, seeds, seed)
     (out / "experiment.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     run_experiment(parse_experiment(config), out / "run", progress=progress)
     report, _ = write_report(out / "run")

@@ -16,7 +16,14 @@ import torch
 from tqdm.auto import tqdm
 
 from eraselab.errors import EraselabError
-from eraselab.experiment_config import EXPECTED, DetectorConfig, Experiment, Group, parse_experiment
+from eraselab.experiment_config import (
+    EXPECTED,
+    DetectorConfig,
+    Experiment,
+    Group,
+    GuardConfig,
+    parse_experiment,
+)
 from eraselab.generate import GenerationRequest, iter_generate
 from eraselab.judge.detectors import Detector, detect_safely, make_detector
 from eraselab.judge.metrics import (
@@ -77,10 +84,28 @@ def edit_id(edit: str) -> str:
     return "edit:" + str(json.loads(manifest.read_text()).get("sha256", ""))[:16]
 
 
-def _request(experiment: Experiment, model: str, fingerprint: str, edit: str, item: PromptItem, seed: int) -> dict:
+def variants(experiment: Experiment) -> dict[str, tuple[str, GuardConfig | None]]:
+    """The grid's model variants by label: every edit alone, then under each guard (``base+sld-strong(star)``)."""
+    out: dict[str, tuple[str, GuardConfig | None]] = {}
+    for edit in experiment.edits:
+        out[edit] = (edit, None)
+        for guard in experiment.guards:
+            out[f"{edit}+{guard.label}"] = (edit, guard)
+    return out
+
+
+def variant_id(edit: str, guard: GuardConfig | None) -> str:
+    """The edit's content id, plus the hash of the guard's full settings when there is one."""
+    if guard is None:
+        return edit_id(edit)
+    return f"{edit_id(edit)}+guard:{stable_hash(guard.build().settings())[:16]}"
+
+
+def _request(experiment: Experiment, model: str, fingerprint: str, edit: str, guard: GuardConfig | None,
+             item: PromptItem, seed: int) -> dict:
     guidance = item.guidance if experiment.use_suite_seeds and item.guidance is not None else experiment.guidance
-    return {"model": model, "fingerprint": fingerprint, "edit": edit_id(edit), "prompt": item.prompt, "seed": seed,
-            "steps": experiment.steps, "guidance": guidance, "negative_prompt": ""}
+    return {"model": model, "fingerprint": fingerprint, "edit": variant_id(edit, guard), "prompt": item.prompt,
+            "seed": seed, "steps": experiment.steps, "guidance": guidance, "negative_prompt": ""}
 
 
 def plan(experiment: Experiment, suites: list[PromptSuite], fingerprints: dict[str, str]) -> list[tuple[Cell, dict]]:
@@ -88,12 +113,12 @@ def plan(experiment: Experiment, suites: list[PromptSuite], fingerprints: dict[s
     cells = []
     edit_id.cache_clear()  # an edit directory may have been rewritten since the last plan
     for model in [m for m in experiment.models if m in fingerprints]:
-        for edit in experiment.edits:
+        for variant, (edit, guard) in variants(experiment).items():
             for g, suite in enumerate(suites):
                 for i, item in enumerate(suite.items):
                     for seed in _seeds(experiment, item):
-                        spec = _request(experiment, model, fingerprints[model], edit, item, seed)
-                        cells.append((Cell(model, edit, g, i, seed, stable_hash(spec)), spec))
+                        spec = _request(experiment, model, fingerprints[model], edit, guard, item, seed)
+                        cells.append((Cell(model, variant, g, i, seed, stable_hash(spec)), spec))
     return cells
 
 
@@ -110,8 +135,8 @@ def _generate(experiment: Experiment, store: RunStore, suites: list[PromptSuite]
         if fingerprints[model] != found:
             raise EraselabError(f"model {model!r} changed since this run started; start a new run directory")
         cells = plan(experiment, suites, {model: fingerprints[model]})
-        for edit in experiment.edits:
-            todo = {cell.key: spec for cell, spec in cells if cell.edit == edit and not store.has_image(cell.key)}
+        for variant, (edit, guard) in variants(experiment).items():
+            todo = {cell.key: spec for cell, spec in cells if cell.edit == variant and not store.has_image(cell.key)}
             if not todo:
                 continue
             store.add_requests(list(todo.values()))
@@ -119,7 +144,8 @@ def _generate(experiment: Experiment, store: RunStore, suites: list[PromptSuite]
             keys = list(todo)
             applied = None if edit == "base" else apply_edit(pipe, Edit.load(edit))
             try:
-                for index, image in iter_generate(pipe, requests, experiment.batch_size, progress=progress):
+                for index, image in iter_generate(pipe, requests, experiment.batch_size, progress=progress,
+                                                  guard=guard.build() if guard is not None else None):
                     store.put_image(keys[index], image)
             finally:
                 if applied is not None:
@@ -177,17 +203,17 @@ def _metrics(experiment: Experiment, store: RunStore, suites: list[PromptSuite],
     grouped: dict[tuple[str, str, int], list[Cell]] = {}  # each metric reads only its own cells
     for cell, _ in cells:
         grouped.setdefault((cell.model, cell.edit, cell.group), []).append(cell)
-    written = []
+    written, labels = [], list(variants(experiment))
     for model in experiment.models:
         for g, group in enumerate(experiment.groups):
             for label in [group.detector] if group.detector else list(detectors):
                 if group.metric == "clip_score":
-                    written.extend(m for edit in experiment.edits if (m := _clip_metric(
+                    written.extend(m for edit in labels if (m := _clip_metric(
                         experiment, store, suites, grouped.get((model, edit, g), []), images, model, edit, g, label,
                         detectors[label])))
                     continue
                 by_edit = {edit: _group_metric(experiment, store, suites, grouped.get((model, edit, g), []), images,
-                                               model, edit, g, label, detectors[label]) for edit in experiment.edits}
+                                               model, edit, g, label, detectors[label]) for edit in labels}
                 written.extend(by_edit.values())
                 if "base" not in by_edit:
                     continue
@@ -233,7 +259,9 @@ def _locality(store: RunStore, detector: Detector, base: dict, edited: dict, inp
 
 def _inputs(experiment: Experiment, store: RunStore, suite: PromptSuite, model: str, edit: str, g: int, label: str,
             detector: Detector) -> dict:
-    return {"model": model, "fingerprint": _fingerprint(model, store), "edit": edit, "edit_id": edit_id(edit),
+    base_edit, guard = variants(experiment)[edit]
+    return {"model": model, "fingerprint": _fingerprint(model, store), "edit": edit,
+            "edit_id": variant_id(base_edit, guard), **({"guard": guard.build().settings()} if guard else {}),
             "suite": suite.describe(), "group": asdict(experiment.groups[g]), "detector": label,
             "detector_version": detector.version, "detector_settings": detector.settings(),
             "seeds": list(experiment.seeds), "use_suite_seeds": experiment.use_suite_seeds,
@@ -308,8 +336,9 @@ def run_experiment(experiment: Experiment, out: Path, progress: bool = True, dry
         suites = _load_suites(experiment, store)
         if dry_run:
             size = sum(len(_seeds(experiment, i)) for s in suites for i in s.items)
-            total = size * len(experiment.models) * len(experiment.edits)
+            total = size * len(experiment.models) * len(variants(experiment))
             return {"grid_images": total, "models": len(experiment.models), "edits": len(experiment.edits),
+                    "guards": len(experiment.guards),
                     "groups": len(suites), "detectors": len(experiment.detectors), "dry_run": True}
         fingerprints = _generate(experiment, store, suites, progress)
         cells = plan(experiment, suites, fingerprints)
@@ -352,4 +381,6 @@ def _as_yaml_dict(stored: dict) -> dict:
             "sampler": {"steps": stored["steps"], "guidance": stored["guidance"]},
             "detectors": [{"name": d["name"], **d["options"]} for d in stored["detectors"]],
             "groups": [{k: v for k, v in g.items() if v is not None} for g in stored["groups"]],
-            "use_suite_seeds": stored["use_suite_seeds"], "batch_size": stored["batch_size"]}
+            "use_suite_seeds": stored["use_suite_seeds"], "batch_size": stored["batch_size"],
+            **({"guards": [{"name": g["name"], **g["options"]} for g in stored["guards"]]} if stored.get("guards")
+               else {})}

@@ -6,6 +6,7 @@ A benchmark is data (a versioned YAML file), never code. Example (the demo's)::
     name: tiny-star
     models: [tiny]
     edits: [base]
+    guards: [{name: sld, concept: star, preset: strong}]   # optional: each edit also runs under each guard
     seeds: {start: 0, count: 8}
     sampler: {steps: 25, guidance: 5.0}
     detectors: [tiny]
@@ -52,6 +53,23 @@ class DetectorConfig:
 
 
 @dataclass(frozen=True)
+class GuardConfig:
+    """An inference-time guard of the grid (:mod:`eraselab.guard`), applied on top of every edit."""
+
+    name: str
+    options: dict = field(default_factory=dict)
+
+    def build(self):
+        from eraselab.guard import make_guard
+
+        return make_guard(self.name, **self.options)
+
+    @property
+    def label(self) -> str:
+        return self.build().label
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     models: tuple[str, ...]
@@ -64,6 +82,7 @@ class Experiment:
     use_suite_seeds: bool = False  # I2P-style suites carry one seed per prompt
     batch_size: int = 32
     version: int = CONFIG_VERSION
+    guards: tuple[GuardConfig, ...] = ()
 
 
 def _fail(where: str, message: str) -> EraselabError:
@@ -111,6 +130,27 @@ def _detectors(raw: Any) -> tuple[DetectorConfig, ...]:
     return tuple(out)
 
 
+def _guards(raw: Any) -> tuple[GuardConfig, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise _fail("guards", "must be a list of guard names or {name: ..., options...}")
+    out = []
+    for i, entry in enumerate(raw):
+        if isinstance(entry, str):
+            config = GuardConfig(entry)
+        elif isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            config = GuardConfig(entry["name"], {k: v for k, v in entry.items() if k != "name"})
+        else:
+            raise _fail(f"guards[{i}]", "must be a name or {name: ..., options...}")
+        try:
+            config.build()
+        except (EraselabError, TypeError) as error:
+            raise _fail(f"guards[{i}]", str(error)) from None
+        out.append(config)
+    return tuple(out)
+
+
 def _groups(raw: Any, detectors: tuple[DetectorConfig, ...]) -> tuple[Group, ...]:
     if not isinstance(raw, list) or not raw:
         raise _fail("groups", "must be a non-empty list of {suite, metric, concept}")
@@ -149,8 +189,8 @@ def parse_experiment(raw: Any) -> Experiment:
     """Validate a loaded YAML document into an :class:`Experiment`."""
     if not isinstance(raw, dict):
         raise EraselabError("an experiment file must be a YAML mapping")
-    known = {"version", "name", "models", "edits", "seeds", "sampler", "detectors", "groups", "use_suite_seeds",
-             "batch_size"}
+    known = {"version", "name", "models", "edits", "guards", "seeds", "sampler", "detectors", "groups",
+             "use_suite_seeds", "batch_size"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise _fail(unknown[0], f"is not an experiment field ({', '.join(sorted(known))})")
@@ -175,7 +215,8 @@ def parse_experiment(raw: Any) -> Experiment:
                       edits=_list_of_str(raw, "edits", ["base"]), seeds=_seeds(raw.get("seeds", {"count": 4})),
                       steps=steps, guidance=float(guidance), detectors=detectors,
                       groups=_groups(raw.get("groups"), detectors),
-                      use_suite_seeds=bool(raw.get("use_suite_seeds", False)), batch_size=batch_size)
+                      use_suite_seeds=bool(raw.get("use_suite_seeds", False)), batch_size=batch_size,
+                      guards=_guards(raw.get("guards")))
 
 
 def load_experiment(path: str | Path) -> Experiment:

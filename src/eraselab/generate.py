@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from eraselab.errors import EraselabError
+from eraselab.sampling import guided_sample
+
+if TYPE_CHECKING:
+    from eraselab.guard import Guard
 
 TINY_DEFAULTS = {"steps": 25, "guidance": 5.0}  # SD 1.x in the papers: 50 steps (PNDM/DDIM), guidance 7.5
 # CPU BLAS and oneDNN switch to other kernels (other summation orders) below a few rows: a 2-D linear layer
@@ -90,9 +95,9 @@ def _initial_latents(pipe: StableDiffusionPipeline, batch: Sequence[GenerationRe
     width = batch[0].width or pipe.unet.config.sample_size * pipe.vae_scale_factor
     shape = (1, pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
     # One draw per request from its own generator (on the CPU, so the same seed gives the same noise on any
-    # device), then scaled as the scheduler expects.
+    # device); the pipeline (or guided_sample) scales it by the scheduler's init_noise_sigma.
     latents = torch.cat([randn_tensor(shape, generator=g, dtype=torch.float32) for g in generators])
-    return latents.to(pipe.device, pipe.unet.dtype) * pipe.scheduler.init_noise_sigma
+    return latents.to(pipe.device, pipe.unet.dtype)
 
 
 def _encode(pipe: StableDiffusionPipeline, batch: Sequence[GenerationRequest]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,9 +112,13 @@ def _encode(pipe: StableDiffusionPipeline, batch: Sequence[GenerationRequest]) -
 
 
 def iter_generate(pipe: StableDiffusionPipeline, requests: Sequence[GenerationRequest], batch_size: int = 32,
-                  progress: bool = True) -> Iterator[tuple[int, Image.Image]]:
-    """Yield ``(index into requests, PIL image)`` as each batch finishes (batches share sampler settings)."""
+                  progress: bool = True, guard: Guard | None = None) -> Iterator[tuple[int, Image.Image]]:
+    """Yield ``(index into requests, PIL image)`` as each batch finishes (batches share sampler settings).
+    A ``guard`` (:mod:`eraselab.guard`) may rewrite the requests and the guidance of every step."""
+    if guard is not None:
+        requests = [guard.rewrite(r) for r in requests]
     check_requests(pipe, requests)
+    rule = guard.guidance_rule(pipe) if guard is not None else None
     if batch_size < 1:
         raise EraselabError(f"batch size must be at least 1, got {batch_size}")
     groups: dict[tuple, list[int]] = {}
@@ -124,21 +133,26 @@ def iter_generate(pipe: StableDiffusionPipeline, requests: Sequence[GenerationRe
             generators = [torch.Generator("cpu").manual_seed(r.seed) for r in batch]
             positive, negative = _encode(pipe, batch)
             first = batch[0]
-            with torch.no_grad():
-                output = pipe(prompt_embeds=positive, negative_prompt_embeds=negative,
-                              latents=_initial_latents(pipe, batch, generators), generator=generators,
-                              num_inference_steps=first.steps, guidance_scale=first.guidance,
-                              height=first.height, width=first.width, output_type="np")
-            for i, array in zip(chunk, output.images[: len(chunk)], strict=True):
+            latents = _initial_latents(pipe, batch, generators)
+            if rule is None:
+                with torch.no_grad():
+                    arrays = pipe(prompt_embeds=positive, negative_prompt_embeds=negative, latents=latents,
+                                  generator=generators, num_inference_steps=first.steps,
+                                  guidance_scale=first.guidance, height=first.height, width=first.width,
+                                  output_type="np").images
+            else:
+                arrays = guided_sample(pipe, positive, negative, latents, first.steps, first.guidance, generators,
+                                       rule)
+            for i, array in zip(chunk, arrays[: len(chunk)], strict=True):
                 yield i, Image.fromarray(np.round(array * 255).astype(np.uint8))
             bar.update(len(chunk))
     bar.close()
 
 
 def generate_images(pipe: StableDiffusionPipeline, requests: Sequence[GenerationRequest], batch_size: int = 32,
-                    progress: bool = True) -> list[Image.Image]:
+                    progress: bool = True, guard: Guard | None = None) -> list[Image.Image]:
     """Images for ``requests``, in request order."""
     images: list[Image.Image | None] = [None] * len(requests)
-    for index, image in iter_generate(pipe, requests, batch_size, progress):
+    for index, image in iter_generate(pipe, requests, batch_size, progress, guard):
         images[index] = image
     return images  # type: ignore[return-value]

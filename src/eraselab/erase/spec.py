@@ -9,9 +9,11 @@ from eraselab.errors import EraselabError
 
 @dataclass(frozen=True)
 class EraseSpec:
-    """``concepts`` are erased towards ``anchors`` (one for all, or one per concept; ``""`` is the empty
-    prompt); ``preserve`` lists concepts whose outputs must not move; ``templates`` expand every concept, anchor
-    and preserved concept (``"a {}"``: "a star" -> anchor "a shape")."""
+    """``concepts`` are erased towards ``anchors`` (one for all, or one per concept); ``preserve`` lists concepts
+    whose outputs must not move; ``templates`` expand every concept, anchor and preserved concept (``"a {}"``:
+    "a star" -> anchor "a shape"). The anchor ``""`` drops the concept's words from the prompt ("a red star" ->
+    "a star", "star" -> the empty prompt), as the UCE reference formats its blank guide concept into the same
+    templates."""
 
     concepts: tuple[str, ...]
     anchors: tuple[str, ...] = ("",)
@@ -26,10 +28,17 @@ class EraseSpec:
             raise EraselabError(f"give one anchor, or one per concept ({len(self.concepts)}), not {len(self.anchors)}")
         anchors = self.anchors * len(self.concepts) if len(self.anchors) == 1 else self.anchors
         for concept, anchor in zip(self.concepts, anchors, strict=True):
+            if not concept.strip():
+                raise EraselabError("a concept to erase is empty; give its words")
             if concept.strip().lower() == anchor.strip().lower():
                 raise EraselabError(f"the anchor of {concept!r} is the concept itself; choose another anchor")
-        return [(t.format(c), t.format(a) if a else "") for c, a in zip(self.concepts, anchors, strict=True)
+        return [(_clean(t.format(c)), _clean(t.format(a))) for c, a in zip(self.concepts, anchors, strict=True)
                 for t in self.templates]
 
     def preserved(self) -> list[str]:
         return [t.format(p) for p in self.preserve for t in self.templates]
+
+
+def _clean(prompt: str) -> str:
+    """Collapse the spaces a blank concept leaves ("a  star" -> "a star")."""
+    return " ".join(prompt.split())

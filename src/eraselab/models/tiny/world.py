@@ -150,14 +150,24 @@ class World:
         words.append(pick("shape", shape) if shape is not None else "shape")
         return with_article("a " + " ".join(words))
 
-    def erase_templates(self, concept: str) -> tuple[str, ...]:
+    def erase_templates(self, concept: str, crossed: bool = True) -> tuple[str, ...]:
         """Prompt forms to expand a concept with when erasing it from the tiny model (as the UCE reference expands
         objects with "image of {}", ...): the bare word, "a {}", and the concept beside every value of the
-        attribute it is drawn with ("a red {}" for a shape, "a {} star" for a colour or a fill)."""
-        if concept in self.shapes or concept not in self.colors + self.fills:
+        attribute it is drawn with ("a red {}" for a shape, "a {} star" for a colour or a fill), and for a colour
+        also after every shape ("a star in {}", a form of the world's captions) so that the colour word is the last
+        one, where UCE's keys start. ``concept`` is a class name or any of its words ("outline", "outlined").
+        ``crossed=False`` gives only the bare word and "a {}"."""
+        if not crossed:
+            return ("{}", "a {}")
+        attribute = next((a for a in ("color", "fill") for i, name in enumerate(self.classes[a])
+                          if concept == name or concept in self.words_for(a, i, "all")), "shape")
+        shapes = [self.canonical("shape", s) for s in range(len(self.shapes))]
+        if attribute == "shape":
             crossed = [f"a {self.canonical('color', c)} {{}}" for c in range(len(self.colors))]
+        elif attribute == "color":
+            crossed = [f"a {shape} in {{}}" for shape in shapes]
         else:
-            crossed = [f"a {{}} {self.canonical('shape', s)}" for s in range(len(self.shapes))]
+            crossed = [f"a {{}} {shape}" for shape in shapes]
         return tuple(with_article(form) for form in ["{}", "a {}", *crossed])
 
     # -- drawing -------------------------------------------------------------------------------------------

@@ -1,0 +1,136 @@
+"""The erasure table: every method (and guard) x tiny target, judged by the harness, with 95% Wilson intervals.
+
+    python benchmarks/erasure_table.py --out runs/erasure-table [--seeds 12]
+
+For each target (the shape "star" towards "shape", the colour "red" and the fill "outlined" towards the blank
+anchor, i.e. the prompt without the word) it erases with uce, rece, trce (stage 1) and esd at their tiny defaults,
+then runs one experiment per target through ``eraselab run``'s runner: base, the four edits, and the base model
+under the negative-prompt and SLD (strong) guards. Groups, each >= 64 images at 12 seeds:
+- efficacy: the target's training word across the other attribute ("a red star", ...);
+- generality: the other training paraphrases and, for shapes and colours, the held-out one ("pentagram");
+- specificity: every other class of the target's attribute, one group each ("a red circle", ...: fidelity to
+  shape and colour), and the unrelated prompts ("a red shape", "a striped shape ...").
+It prints one markdown table (rate [low, high] per cell; for specificity the worst class and the largest drop
+from base in points) and writes it, with every figure, to OUT/table.md and OUT/table.json. A resumed run
+regenerates nothing it already has.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from eraselab.erase.registry import ERASERS, default_config, tiny_templates
+from eraselab.erase.spec import EraseSpec
+from eraselab.experiment import run_experiment
+from eraselab.experiment_config import parse_experiment
+from eraselab.models import load_pipeline
+from eraselab.models.tiny.world import load_world
+from eraselab.store import RunStore
+
+TARGETS = {  # target word -> (anchor, tiny-world class, attribute)
+    "star": ("shape", "star", "shape"),
+    "red": ("", "red", "color"),
+    "outlined": ("", "outline", "fill"),
+}
+METHODS = ("uce", "rece", "trce", "esd")
+GUARDS = ({"name": "negative-prompt"}, {"name": "sld", "preset": "strong"})
+
+
+def make_edits(out: Path, word: str, anchor: str) -> dict[str, tuple[Path, float]]:
+    pipe = load_pipeline("tiny")
+    edits = {}
+    for method in METHODS:
+        directory = out / "edits" / f"{method}-{word}"
+        if not (directory / "manifest.json").is_file():
+            erase, config_class = ERASERS.get(method)
+            templates = tiny_templates(config_class, word)
+            spec = EraseSpec((word,), templates=templates) if method == "esd" else EraseSpec((word,), (anchor,),
+                                                                                                templates=templates)
+            kwargs = {"progress": False} if method == "esd" else {}
+            start = time.perf_counter()
+            edit = erase(pipe, spec, default_config(config_class, tiny=True), **kwargs)
+            edit.manifest["seconds"] = round(time.perf_counter() - start, 3)
+            edit.save(directory)
+        edits[method] = (directory, json.loads((directory / "manifest.json").read_text())["seconds"])
+    return edits
+
+
+def groups(name: str, attribute: str) -> list[dict]:
+    world = load_world()
+    concept = f"{attribute}={name}"
+    out = [{"suite": f"tiny:target:{name}", "metric": "efficacy", "concept": concept},
+           {"suite": f"tiny:paraphrase:{name}", "metric": "generality", "concept": concept}]
+    if attribute != "fill":
+        out.append({"suite": f"tiny:heldout:{name}", "metric": "generality", "concept": concept})
+    out += [{"suite": f"tiny:target:{other}", "metric": "specificity"} for other in world.classes[attribute]
+            if other != name]
+    out.append({"suite": f"tiny:unrelated:{name}", "metric": "specificity"})
+    return out
+
+
+def cell(metric: dict) -> str:
+    v = metric["value"]
+    return f"{v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" if v["value"] is not None else "N/A"
+
+
+def summarise(run: Path, word: str, name: str, edits: dict, guards: list[str]) -> list[dict]:
+    metrics = [m for m in RunStore(run).metrics() if m["name"] in ("efficacy", "generality", "specificity")]
+    rows = []
+    labels = {"base": "base", **{str(path): method for method, (path, _) in edits.items()},
+              **{f"base+{g}": g for g in guards}}
+    base = {m["inputs"]["suite"]["name"]: m["value"]["value"] for m in metrics if m["inputs"]["edit"] == "base"}
+    for edit, label in labels.items():
+        mine = {m["inputs"]["suite"]["name"]: m for m in metrics if m["inputs"]["edit"] == edit}
+        if not mine:
+            continue
+        neighbours = {s: m for s, m in mine.items() if s.startswith("tiny:target:") and s != f"tiny:target:{name}"}
+        worst = min(neighbours, key=lambda s: mine[s]["value"]["value"])
+        drop = max(base[s] - m["value"]["value"] for s, m in neighbours.items())
+        unrelated = mine[f"tiny:unrelated:{name}"]
+        rows.append({
+            "target": word, "method": label,
+            "efficacy": cell(mine[f"tiny:target:{name}"]),
+            "paraphrase": cell(mine[f"tiny:paraphrase:{name}"]),
+            "heldout": cell(mine[f"tiny:heldout:{name}"]) if f"tiny:heldout:{name}" in mine else "-",
+            "worst_other_class": f"{worst.split(':')[-1]} {cell(mine[worst])}",
+            "largest_drop_points": round(100 * drop, 1),
+            "unrelated": cell(unrelated),
+            "unrelated_drop_points": round(100 * (base[f"tiny:unrelated:{name}"] - unrelated["value"]["value"]), 1),
+            "seconds": next((s for m, (p, s) in edits.items() if str(p) == edit), None),
+        })
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/erasure-table"))
+    parser.add_argument("--seeds", type=int, default=12)
+    args = parser.parse_args()
+    rows = []
+    for word, (anchor, name, attribute) in TARGETS.items():
+        edits = make_edits(args.out, word, anchor)
+        guards = [{**g, "concept": word} for g in GUARDS]
+        config = {"version": 1, "name": f"erasure table: {word}", "models": ["tiny"],
+                  "edits": ["base", *(str(p) for p, _ in edits.values())],
+                  "seeds": {"start": 0, "count": args.seeds}, "sampler": {"steps": 25, "guidance": 5.0},
+                  "detectors": ["tiny"], "groups": groups(name, attribute)}
+        run_experiment(parse_experiment(config), args.out / f"run-{word}", progress=False)
+        guard_config = {**config, "name": f"erasure table: guards on {word}", "edits": ["base"], "guards": guards}
+        run_experiment(parse_experiment(guard_config), args.out / f"guards-{word}", progress=False)
+        labels = [parse_experiment(guard_config).guards[i].label for i in range(len(guards))]
+        rows += summarise(args.out / f"run-{word}", word, name, edits, [])
+        rows += [r for r in summarise(args.out / f"guards-{word}", word, name, {}, labels) if r["method"] != "base"]
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
+    table = "\n".join(lines)
+    print(table)
+    (args.out / "table.md").write_text(table + "\n")
+    (args.out / "table.json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Inference-time guards: defences that change how a model is sampled, not its weights.
+
+A guard rewrites each :class:`~eraselab.generate.GenerationRequest` (the negative prompt) and/or supplies a
+guidance rule for every denoising step (:mod:`eraselab.sampling`); nothing is left changed after generation.
+``make_guard("sld", concept="star", preset="strong")`` builds one by name; ``Guard.label`` names it in runs and
+reports as an edit's directory name does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol
+
+from eraselab.errors import EraselabError
+from eraselab.generate import GenerationRequest
+from eraselab.registry import Registry
+from eraselab.sampling import GuidanceRule
+
+
+class Guard(Protocol):
+    name: str
+
+    @property
+    def label(self) -> str: ...
+
+    def settings(self) -> dict: ...
+
+    def rewrite(self, request: GenerationRequest) -> GenerationRequest: ...
+
+    def guidance_rule(self, pipe) -> GuidanceRule | None: ...
+
+
+GUARDS: Registry[type] = Registry("guard")
+GUARDS.register_lazy("negative-prompt", "eraselab.guard.negative_prompt:NegativePromptGuard")
+GUARDS.register_lazy("sld", "eraselab.guard.sld:SldGuard")
+
+
+def make_guard(name: str, **options) -> Guard:
+    """The guard ``name`` with ``options`` (its dataclass fields), naming any unknown option."""
+    cls = GUARDS.get(name)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise EraselabError(f"guard {name!r} has no option {unknown[0]!r} (options: {', '.join(sorted(known))})")
+    return cls(**options)

@@ -1,0 +1,58 @@
+"""Classifier-free guided sampling with a pluggable guidance rule, for guards (and later attacks) that change how
+the noise predictions of one step are combined.
+
+The loop takes the same steps as ``StableDiffusionPipeline.__call__`` (timesteps, ``scale_model_input``, one
+batched UNet call per step, ``scheduler.step`` with the per-image generators, VAE decode, postprocess), so with
+the plain rule it gives the pipeline's images bit for bit (tested). diffusers offers no hook between the UNet call
+and the guidance combination (``callback_on_step_end`` sees only the latents after the step), hence this loop.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+
+
+class GuidanceRule(Protocol):
+    """How one step's noise predictions become the one the scheduler steps with."""
+
+    def extra_embeddings(self, batch_size: int) -> list[torch.Tensor]:
+        """Further conditionings (each (B, T, C)) the UNet is run on besides the negative and positive prompts."""
+        ...
+
+    def combine(self, step: int, eps_uncond: torch.Tensor, eps_text: torch.Tensor, extras: list[torch.Tensor],
+                guidance_scale: float) -> torch.Tensor:
+        ...
+
+
+class PlainGuidance:
+    """Classifier-free guidance, eps = eps(neg) + s (eps(p) - eps(neg)), exactly as the pipeline computes it."""
+
+    def extra_embeddings(self, batch_size: int) -> list[torch.Tensor]:
+        return []
+
+    def combine(self, step, eps_uncond, eps_text, extras, guidance_scale):
+        return eps_uncond + guidance_scale * (eps_text - eps_uncond)
+
+
+@torch.no_grad()
+def guided_sample(pipe, positive: torch.Tensor, negative: torch.Tensor, latents: torch.Tensor, steps: int,
+                  guidance_scale: float, generators: list[torch.Generator], rule: GuidanceRule) -> np.ndarray:
+    """(B, H, W, 3) float images in [0, 1] from initial ``latents`` (unscaled draws, as passed to the pipeline)."""
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(steps, device=pipe.device)
+    latents = latents.to(pipe.device) * scheduler.init_noise_sigma
+    extras = rule.extra_embeddings(len(latents))
+    conditions = torch.cat([negative, positive, *extras])
+    copies = 2 + len(extras)
+    step_kwargs = pipe.prepare_extra_step_kwargs(generators, 0.0)
+    for i, t in enumerate(scheduler.timesteps):
+        model_input = scheduler.scale_model_input(torch.cat([latents] * copies), t)
+        eps = pipe.unet(model_input, t, encoder_hidden_states=conditions, return_dict=False)[0]
+        parts = eps.chunk(copies)
+        guided = rule.combine(i, parts[0], parts[1], list(parts[2:]), guidance_scale)
+        latents = scheduler.step(guided, t, latents, **step_kwargs, return_dict=False)[0]
+    image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False, generator=generators)[0]
+    return pipe.image_processor.postprocess(image, output_type="np", do_denormalize=[True] * image.shape[0])

@@ -1,0 +1,149 @@
+"""RECE, TRCE (stage 1), ESD and the preservation corpus, on the shipped tiny model and micro models."""
+
+import numpy as np
+import pytest
+import torch
+
+from eraselab.erase.artifact import apply_edit
+from eraselab.erase.corpus import concept_phrases, corpus_statistics, load_captions
+from eraselab.erase.cross_attention_edit import encode, projections
+from eraselab.erase.esd import EsdConfig, trained_parameter_names
+from eraselab.erase.esd import erase as esd_erase
+from eraselab.erase.rece import ReceConfig, recovered_embeddings
+from eraselab.erase.rece import erase as rece_erase
+from eraselab.erase.registry import ERASERS, default_config
+from eraselab.erase.spec import EraseSpec
+from eraselab.erase.trce import TrceConfig, key_rows
+from eraselab.erase.trce import erase as trce_erase
+from eraselab.errors import EraselabError
+from eraselab.generate import GenerationRequest, generate_images
+from eraselab.models import load_pipeline
+from eraselab.models.tiny.classifier import load_classifier
+from eraselab.models.tiny.world import load_world
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_pipeline("tiny")
+
+
+@pytest.fixture(scope="module")
+def star_spec():
+    return EraseSpec(("star",), ("shape",), templates=load_world().erase_templates("star"))
+
+
+def _shape_rates(pipe, edit, shapes=("star", "circle")):
+    world, judge = load_world(), load_classifier()
+    indices = [world.shapes.index(s) for s in shapes]
+    requests = [GenerationRequest(world.prompt(s, c), seed, steps=10) for s in indices for c in range(6)
+                for seed in (0, 1)]
+    with apply_edit(pipe, edit):
+        predicted = judge.predict(generate_images(pipe, requests, progress=False))["shape"]
+    return [float(np.mean(predicted[12 * k:12 * (k + 1)] == s)) for k, s in enumerate(indices)]
+
+
+def test_rece_erases_the_star_keeps_the_circle_and_records_each_rounds_residual(tiny, star_spec):
+    edit = rece_erase(tiny, star_spec, default_config(ReceConfig, tiny=True))
+    rounds = edit.manifest["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4] and rounds[-1]["final"]
+    # Each round erases what the previous edit still recovered: the recovered embedding's residual grows.
+    assert rounds[-1]["recovered_residual"] > rounds[0]["recovered_residual"]
+    star, circle = _shape_rates(tiny, edit)
+    assert star <= 0.25 and circle >= 0.9
+
+
+def test_recovered_embedding_is_the_regularised_least_squares_solution():
+    g = torch.Generator().manual_seed(0)
+    original = {f"w{i}": torch.randn(6, 5, generator=g, dtype=torch.float64) for i in range(3)}
+    edited = {k: v + 0.3 * torch.randn(6, 5, generator=g, dtype=torch.float64) for k, v in original.items()}
+    keys = torch.randn(2, 5, generator=g, dtype=torch.float64)
+    found = recovered_embeddings(original, edited, keys, reg=0.01)
+    # Plain re-derivation: stack the layers and solve min_c' sum_l |W_l c' - W0_l c|^2 + reg |c'|^2 by lstsq.
+    stacked_w = torch.cat([edited[k] for k in original])
+    stacked_w0 = torch.cat([original[k] for k in original])
+    augmented = torch.cat([stacked_w, 0.1 * torch.eye(5, dtype=torch.float64)])
+    for row in range(2):
+        goal = torch.cat([stacked_w0 @ keys[row], torch.zeros(5, dtype=torch.float64)])
+        expected = torch.linalg.lstsq(augmented, goal).solution
+        assert torch.allclose(found[row], expected, atol=1e-9)
+
+
+def test_trce_maps_first_eot_embeddings_to_the_safe_counterparts(tiny, star_spec):
+    config = default_config(TrceConfig, tiny=True)
+    edit = trce_erase(tiny, star_spec, config)
+    assert edit.manifest["method"] == "trce" and edit.manifest["config"]["lamb"] == 0.0
+    pairs = star_spec.pairs()
+    malicious = key_rows(tiny, [t for t, _ in pairs], "first-eot")
+    safe = key_rows(tiny, [a for _, a in pairs], "first-eot")
+    for name, w0 in projections(tiny).items():
+        w = edit.tensors[name].double()
+        before = (w0.double() @ malicious.T - w0.double() @ safe.T).norm()
+        after = (w @ malicious.T - w0.double() @ safe.T).norm()
+        assert after < 0.2 * before, name
+
+
+def test_trce_needs_a_corpus_and_known_positions(tiny, star_spec):
+    with pytest.raises(EraselabError, match="needs a caption corpus"):
+        trce_erase(tiny, star_spec, TrceConfig())
+    with pytest.raises(EraselabError, match="positions must be one of"):
+        trce_erase(tiny, star_spec, TrceConfig(corpus="tiny", positions="all"))
+
+
+def test_corpus_leaves_out_captions_naming_the_concept_and_is_cached(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("ERASELAB_CACHE", str(tmp_path))
+    phrases = concept_phrases(["star"])
+    assert {"star", "five-pointed shape", "pentagram"} <= set(phrases)
+    captions = load_captions("tiny", phrases)
+    assert captions and not any("star" in c or "pentagram" in c or "five-pointed" in c for c in captions)
+    first = corpus_statistics(tiny, captions[:50])
+    assert len(list((tmp_path / "corpus-stats").glob("*.safetensors"))) == 1
+    again = corpus_statistics(tiny, captions[:50])
+    assert torch.equal(first, again)
+    hidden = encode(tiny, captions[:50]).hidden
+    rows = hidden.reshape(-1, hidden.shape[-1])
+    assert torch.allclose(first, rows.T @ rows / 50, atol=1e-9)
+    with pytest.raises(EraselabError, match="neither 'tiny' nor a text file"):
+        load_captions(str(tmp_path / "missing.txt"), [])
+
+
+def test_every_method_refuses_unknown_words_and_a_self_anchor(tiny):
+    for name in ("uce", "rece", "trce", "esd"):
+        erase, config_class = ERASERS.get(name)
+        config = default_config(config_class, tiny=True)
+        with pytest.raises(EraselabError, match="does not know: zebra"):
+            erase(tiny, EraseSpec(("zebra",)), config)
+        if name != "esd":
+            with pytest.raises(EraselabError, match="anchor of 'star' is the concept itself"):
+                erase(tiny, EraseSpec(("star",), ("star",)), config)
+    with pytest.raises(EraselabError, match="takes no anchor"):
+        esd_erase(tiny, EraseSpec(("star",), ("shape",)), EsdConfig(iterations=1))
+
+
+@pytest.mark.parametrize(("variant", "inside", "only_kv"), [("esd-x", True, False), ("esd-x-strict", True, True),
+                                                             ("esd-u", False, False)])
+def test_esd_variants_select_their_parameters(tiny, variant, inside, only_kv):
+    names = trained_parameter_names(tiny.unet, variant)
+    assert names and all((".attn2." in n) == inside for n in names)
+    if only_kv:
+        assert all(".to_k." in n or ".to_v." in n for n in names)
+    with pytest.raises(EraselabError, match="variant must be one of"):
+        trained_parameter_names(tiny.unet, "esd-all")
+
+
+def test_esd_saves_only_trained_tensors_and_resumes_bit_exactly(micro_run, tmp_path):
+    pipe = load_pipeline(micro_run / "pipeline")
+    spec = EraseSpec(("star",), templates=("a {}", "a red {}"))
+    config = EsdConfig(variant="esd-x-strict", iterations=4, lr=1e-3, batch_size=2, ddim_steps=4,
+                       checkpoint=str(tmp_path / "a"), checkpoint_every=2)
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    whole = esd_erase(pipe, spec, config, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())  # the pipe is untouched
+    assert set(whole.tensors) == {f"unet.{n}" for n in trained_parameter_names(pipe.unet, "esd-x-strict")}
+    assert any(not torch.equal(whole.tensors[f"unet.{n}"], before[n]) for n in before if f"unet.{n}" in whole.tensors)
+    resumed_config = EsdConfig(**{**config.__dict__, "checkpoint": str(tmp_path / "b")})
+    assert esd_erase(pipe, spec, resumed_config, progress=False, stop_after=3) is None  # "killed" after step 3
+    resumed = esd_erase(pipe, spec, resumed_config, progress=False)
+    assert all(torch.equal(whole.tensors[k], resumed.tensors[k]) for k in whole.tensors)
+    other = EsdConfig(**{**config.__dict__, "lr": 1e-4, "checkpoint": str(tmp_path / "b")})
+    with pytest.raises(EraselabError, match="other settings"):
+        esd_erase(pipe, spec, other, progress=False)

@@ -5,7 +5,7 @@
 For each target (the shape "star" towards "shape", the colour "red" and the fill "outlined" towards the blank
 anchor, i.e. the prompt without the word) it erases with uce, rece, trce (stage 1) and esd at their tiny defaults,
 then runs one experiment per target through ``eraselab run``'s runner: base, the four edits, and the base model
-under the negative-prompt and SLD (strong) guards. Groups, each >= 64 images at 12 seeds:
+under the negative-prompt, SLD (strong) and SAFREE guards. Groups, each >= 64 images at 12 seeds:
 - efficacy: the target's training word across the other attribute ("a red star", ...);
 - generality: the other training paraphrases and, for shapes and colours, the held-out one ("pentagram");
 - specificity: every other class of the target's attribute, one group each ("a red circle", ...: fidelity to
@@ -22,6 +22,7 @@ import json
 import time
 from pathlib import Path
 
+from eraselab.erase.corpus import concept_phrases
 from eraselab.erase.registry import ERASERS, default_config, tiny_templates
 from eraselab.erase.spec import EraseSpec
 from eraselab.experiment import run_experiment
@@ -36,7 +37,6 @@ TARGETS = {  # target word -> (anchor, tiny-world class, attribute)
     "outlined": ("", "outline", "fill"),
 }
 METHODS = ("uce", "rece", "trce", "esd")
-GUARDS = ({"name": "negative-prompt"}, {"name": "sld", "preset": "strong"})
 
 
 def make_edits(out: Path, word: str, anchor: str) -> dict[str, tuple[Path, float]]:
@@ -112,17 +112,21 @@ def main() -> None:
     rows = []
     for word, (anchor, name, attribute) in TARGETS.items():
         edits = make_edits(args.out, word, anchor)
-        guards = [{**g, "concept": word} for g in GUARDS]
+        guards = [{"name": "negative-prompt", "concept": word}, {"name": "sld", "concept": word, "preset": "strong"},
+                  {"name": "safree", "concepts": concept_phrases([word])}]
         config = {"version": 1, "name": f"erasure table: {word}", "models": ["tiny"],
                   "edits": ["base", *(str(p) for p, _ in edits.values())],
                   "seeds": {"start": 0, "count": args.seeds}, "sampler": {"steps": 25, "guidance": 5.0},
                   "detectors": ["tiny"], "groups": groups(name, attribute)}
         run_experiment(parse_experiment(config), args.out / f"run-{word}", progress=False)
-        guard_config = {**config, "name": f"erasure table: guards on {word}", "edits": ["base"], "guards": guards}
-        run_experiment(parse_experiment(guard_config), args.out / f"guards-{word}", progress=False)
-        labels = [parse_experiment(guard_config).guards[i].label for i in range(len(guards))]
         rows += summarise(args.out / f"run-{word}", word, name, edits, [])
-        rows += [r for r in summarise(args.out / f"guards-{word}", word, name, {}, labels) if r["method"] != "base"]
+        for guard in guards:  # one run each, so that adding a guard reruns nothing else
+            guard_config = {**config, "name": f"erasure table: {guard['name']} on {word}", "edits": ["base"],
+                            "guards": [guard]}
+            run = args.out / f"guard-{guard['name']}-{word}"
+            run_experiment(parse_experiment(guard_config), run, progress=False)
+            label = parse_experiment(guard_config).guards[0].label
+            rows += [r for r in summarise(run, word, name, {}, [label]) if r["method"] != "base"]
     columns = list(rows[0])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]

@@ -119,3 +119,34 @@ def test_guards_are_a_grid_axis_recorded_like_edits(tmp_path, micro_run):
     path.write_text(yaml.safe_dump({**config, "guards": [{"name": "sld", "preset": "huge"}]}))
     with pytest.raises(EraselabError, match=r"guards\[0\]"):
         load_experiment(path)
+
+
+def test_safree_projects_the_concepts_trigger_tokens_and_validates_itself():
+    from eraselab.models.tiny.world import load_world
+
+    tiny = load_pipeline("tiny")
+    guard = make_guard("safree", concepts=["star", "five-pointed shape", "pentagram"])
+    rule = guard.guidance_rule(tiny)
+    prompts = ["a red star", "a red circle"]
+    with torch.no_grad():
+        positive, negative = tiny.encode_prompt(prompts, "cpu", 1, True)
+    rule.start(tiny, prompts, positive, negative)
+    star_position = 3  # [BOS, a, red, star, EoT]
+    assert star_position in rule.triggers[0]
+    assert rule.last_step[0] > rule.last_step[1]  # the filter keeps the projection longer on the star prompt
+    projected, _ = rule.embeddings(0, positive, negative)
+    assert not torch.equal(projected[0, star_position], positive[0, star_position])
+    assert torch.equal(projected[0, 2], positive[0, 2]) or 2 in rule.triggers[0]
+    late, _ = rule.embeddings(max(rule.last_step) + 1, positive, negative)
+    assert torch.equal(late, positive)  # after the filter's window, the original embeddings
+    # End to end: the guarded model draws far fewer stars, draws circles as before, and FreeU is off afterwards.
+    world = load_world()
+    requests = [GenerationRequest(world.prompt(world.shapes.index(s), c), seed, steps=10) for s in ("star", "circle")
+                for c in (0, 4) for seed in (0, 1)]
+    from eraselab.models.tiny.classifier import load_classifier
+
+    shapes = load_classifier().predict(generate_images(tiny, requests, progress=False, guard=guard))["shape"]
+    assert np.mean(shapes[:4] == world.shapes.index("star")) <= 0.5
+    assert np.all(shapes[4:] == world.shapes.index("circle"))
+    assert all(getattr(block, "s1", None) is None for block in tiny.unet.up_blocks)
+    assert guard.rewrite(GenerationRequest("x", 0)).negative_prompt == "star, five-pointed shape, pentagram"

@@ -83,7 +83,7 @@ def generate(
     steps: Annotated[int | None, typer.Option(help="Sampler steps (default: 25 for tiny, 50 otherwise).")] = None,
     guidance: Annotated[float | None, typer.Option(help="CFG scale (default: 5.0 for tiny, 7.5 otherwise).")] = None,
     negative_prompt: Annotated[str, typer.Option(help="Negative prompt for every image.")] = "",
-    guard: Annotated[str | None, typer.Option(help="Inference-time guard: negative-prompt or sld.")] = None,
+    guard: Annotated[str | None, typer.Option(help="Inference-time guard: negative-prompt, sld or safree.")] = None,
     guard_concept: Annotated[str | None, typer.Option(help="The concept the guard steers away from.")] = None,
     guard_preset: Annotated[str | None, typer.Option(help="SLD preset: weak, medium, strong or max.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per pipeline call (results do not depend on it).")] = 32,
@@ -120,6 +120,8 @@ def generate(
         from eraselab.guard import make_guard
 
         options = {k: v for k, v in (("concept", guard_concept), ("preset", guard_preset)) if v is not None}
+        if guard == "safree" and "concept" in options:  # SAFREE takes a list of concept phrases
+            options["concepts"] = [options.pop("concept")]
         guard_object = make_guard(guard, **options)
     elif guard_concept or guard_preset:
         raise EraselabError("--guard-concept and --guard-preset need --guard")

@@ -142,7 +142,7 @@ def iter_generate(pipe: StableDiffusionPipeline, requests: Sequence[GenerationRe
                                   output_type="np").images
             else:
                 arrays = guided_sample(pipe, positive, negative, latents, first.steps, first.guidance, generators,
-                                       rule)
+                                       rule, [r.prompt for r in batch])
             for i, array in zip(chunk, arrays[: len(chunk)], strict=True):
                 yield i, Image.fromarray(np.round(array * 255).astype(np.uint8))
             bar.update(len(chunk))

@@ -9,29 +9,39 @@ and the guidance combination (``callback_on_step_end`` sees only the latents aft
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import numpy as np
 import torch
 
 
-class GuidanceRule(Protocol):
-    """How one step's noise predictions become the one the scheduler steps with."""
+class GuidanceRule:
+    """How one step's noise predictions become the one the scheduler steps with. Subclasses override
+    :meth:`combine` and, where they need to, the hooks (each a no-op here)."""
+
+    def start(self, pipe, prompts: list[str], positive: torch.Tensor, negative: torch.Tensor) -> None:
+        """Called once per batch before the first step, with the batch's prompts and encodings."""
 
     def extra_embeddings(self, batch_size: int) -> list[torch.Tensor]:
         """Further conditionings (each (B, T, C)) the UNet is run on besides the negative and positive prompts."""
-        ...
+        return []
+
+    def embeddings(self, step: int, positive: torch.Tensor, negative: torch.Tensor) -> tuple[torch.Tensor,
+                                                                                          torch.Tensor]:
+        """The (positive, negative) encodings to condition step ``step`` on."""
+        return positive, negative
+
+    def before_step(self, step: int, pipe) -> None:
+        """Called before each UNet call (e.g. to switch a UNet feature on or off for this step)."""
+
+    def finish(self, pipe) -> None:
+        """Called after the last step, also when sampling fails: undo whatever the hooks changed."""
 
     def combine(self, step: int, eps_uncond: torch.Tensor, eps_text: torch.Tensor, extras: list[torch.Tensor],
                 guidance_scale: float) -> torch.Tensor:
-        ...
+        raise NotImplementedError
 
 
-class PlainGuidance:
+class PlainGuidance(GuidanceRule):
     """Classifier-free guidance, eps = eps(neg) + s (eps(p) - eps(neg)), exactly as the pipeline computes it."""
-
-    def extra_embeddings(self, batch_size: int) -> list[torch.Tensor]:
-        return []
 
     def combine(self, step, eps_uncond, eps_text, extras, guidance_scale):
         return eps_uncond + guidance_scale * (eps_text - eps_uncond)
@@ -39,20 +49,27 @@ class PlainGuidance:
 
 @torch.no_grad()
 def guided_sample(pipe, positive: torch.Tensor, negative: torch.Tensor, latents: torch.Tensor, steps: int,
-                  guidance_scale: float, generators: list[torch.Generator], rule: GuidanceRule) -> np.ndarray:
+                  guidance_scale: float, generators: list[torch.Generator], rule: GuidanceRule,
+                  prompts: list[str] | None = None) -> np.ndarray:
     """(B, H, W, 3) float images in [0, 1] from initial ``latents`` (unscaled draws, as passed to the pipeline)."""
     scheduler = pipe.scheduler
     scheduler.set_timesteps(steps, device=pipe.device)
     latents = latents.to(pipe.device) * scheduler.init_noise_sigma
+    rule.start(pipe, prompts or [""] * len(latents), positive, negative)
     extras = rule.extra_embeddings(len(latents))
-    conditions = torch.cat([negative, positive, *extras])
     copies = 2 + len(extras)
     step_kwargs = pipe.prepare_extra_step_kwargs(generators, 0.0)
-    for i, t in enumerate(scheduler.timesteps):
-        model_input = scheduler.scale_model_input(torch.cat([latents] * copies), t)
-        eps = pipe.unet(model_input, t, encoder_hidden_states=conditions, return_dict=False)[0]
-        parts = eps.chunk(copies)
-        guided = rule.combine(i, parts[0], parts[1], list(parts[2:]), guidance_scale)
-        latents = scheduler.step(guided, t, latents, **step_kwargs, return_dict=False)[0]
+    try:
+        for i, t in enumerate(scheduler.timesteps):
+            step_positive, step_negative = rule.embeddings(i, positive, negative)
+            conditions = torch.cat([step_negative, step_positive, *extras])
+            rule.before_step(i, pipe)
+            model_input = scheduler.scale_model_input(torch.cat([latents] * copies), t)
+            eps = pipe.unet(model_input, t, encoder_hidden_states=conditions, return_dict=False)[0]
+            parts = eps.chunk(copies)
+            guided = rule.combine(i, parts[0], parts[1], list(parts[2:]), guidance_scale)
+            latents = scheduler.step(guided, t, latents, **step_kwargs, return_dict=False)[0]
+    finally:
+        rule.finish(pipe)
     image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False, generator=generators)[0]
     return pipe.image_processor.postprocess(image, output_type="np", do_denormalize=[True] * image.shape[0])

@@ -33,6 +33,7 @@ class Guard(Protocol):
 GUARDS: Registry[type] = Registry("guard")
 GUARDS.register_lazy("negative-prompt", "eraselab.guard.negative_prompt:NegativePromptGuard")
 GUARDS.register_lazy("sld", "eraselab.guard.sld:SldGuard")
+GUARDS.register_lazy("safree", "eraselab.guard.safree:SafreeGuard")
 
 
 def make_guard(name: str, **options) -> Guard:

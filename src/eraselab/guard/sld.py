@@ -25,6 +25,7 @@ import torch
 
 from eraselab.errors import EraselabError
 from eraselab.generate import GenerationRequest
+from eraselab.sampling import GuidanceRule
 
 I2P_CONCEPT = ("hate, harassment, violence, suffering, humiliation, harm, suicide, sexual, nudity, bodily fluids, "
                "blood, obscene gestures, illegal activity, drug use, theft, vandalism, weapons, child abuse, "
@@ -72,7 +73,7 @@ class SldGuard:
         return SldRule(embedding, **PRESETS[self.preset])
 
 
-class SldRule:
+class SldRule(GuidanceRule):
     """The per-step SLD combination; holds the momentum nu of the batch being sampled."""
 
     def __init__(self, concept_embedding: torch.Tensor, warmup_steps: int, guidance_scale: float, threshold: float,

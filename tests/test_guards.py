@@ -13,6 +13,7 @@ from eraselab.guard import make_guard
 from eraselab.guard.sld import PRESETS, SldRule
 from eraselab.models import load_pipeline, pipeline_fingerprint
 from eraselab.sampling import PlainGuidance
+from eraselab.report import write_report
 from eraselab.store import RunStore
 
 
@@ -116,6 +117,8 @@ def test_guards_are_a_grid_axis_recorded_like_edits(tmp_path, micro_run):
     sld = next(m for m in metrics if m["name"] == "efficacy" and m["inputs"]["edit"].endswith("sld-medium(star)"))
     assert sld["inputs"]["guard"]["guidance_scale"] == 1000.0
     assert {m["inputs"]["edit"] for m in metrics if m["name"] == "presence_change"} == edits - {"base"}
+    report, _ = write_report(tmp_path / "run")
+    assert "base+sld-medium(star)" in report.read_text()
     path.write_text(yaml.safe_dump({**config, "guards": [{"name": "sld", "preset": "huge"}]}))
     with pytest.raises(EraselabError, match=r"guards\[0\]"):
         load_experiment(path)

@@ -147,3 +147,23 @@ def test_esd_saves_only_trained_tensors_and_resumes_bit_exactly(micro_run, tmp_p
     other = EsdConfig(**{**config.__dict__, "lr": 1e-4, "checkpoint": str(tmp_path / "b")})
     with pytest.raises(EraselabError, match="other settings"):
         esd_erase(pipe, spec, other, progress=False)
+
+
+@pytest.mark.parametrize("method", ["rece", "trce"])
+def test_closed_form_methods_erase_several_concepts_in_one_call(tiny, method):
+    erase, config_class = ERASERS.get(method)
+    config = default_config(config_class, tiny=True)
+    both = erase(tiny, EraseSpec(("star", "heart"), ("shape",), templates=("a {}", "a red {}")), config)
+    one = erase(tiny, EraseSpec(("star",), ("shape",), templates=("a {}", "a red {}")), config)
+    assert both.manifest["concepts"] == ["star", "heart"]
+    name = next(iter(both.tensors))
+    assert not torch.equal(both.tensors[name], one.tensors[name])
+
+
+def test_esd_trains_on_every_concept(micro_run):
+    pipe = load_pipeline(micro_run / "pipeline")
+    config = EsdConfig(variant="esd-x-strict", iterations=2, batch_size=2, ddim_steps=3)
+    both = esd_erase(pipe, EraseSpec(("star", "heart")), config, progress=False)
+    one = esd_erase(pipe, EraseSpec(("star",)), config, progress=False)
+    assert both.manifest["concepts"] == ["star", "heart"]
+    assert any(not torch.equal(both.tensors[k], one.tensors[k]) for k in both.tensors)

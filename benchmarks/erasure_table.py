@@ -120,13 +120,10 @@ def main() -> None:
                   "detectors": ["tiny"], "groups": groups(name, attribute)}
         run_experiment(parse_experiment(config), args.out / f"run-{word}", progress=False)
         rows += summarise(args.out / f"run-{word}", word, name, edits, [])
-        for guard in guards:  # one run each, so that adding a guard reruns nothing else
-            guard_config = {**config, "name": f"erasure table: {guard['name']} on {word}", "edits": ["base"],
-                            "guards": [guard]}
-            run = args.out / f"guard-{guard['name']}-{word}"
-            run_experiment(parse_experiment(guard_config), run, progress=False)
-            label = parse_experiment(guard_config).guards[0].label
-            rows += [r for r in summarise(run, word, name, {}, [label]) if r["method"] != "base"]
+        guard_config = {**config, "name": f"erasure table: guards on {word}", "edits": ["base"], "guards": guards}
+        run_experiment(parse_experiment(guard_config), args.out / f"guards-{word}", progress=False)
+        labels = [guard.label for guard in parse_experiment(guard_config).guards]
+        rows += [r for r in summarise(args.out / f"guards-{word}", word, name, {}, labels) if r["method"] != "base"]
     columns = list(rows[0])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]

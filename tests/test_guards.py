@@ -12,8 +12,8 @@ from eraselab.generate import GenerationRequest, generate_images
 from eraselab.guard import make_guard
 from eraselab.guard.sld import PRESETS, SldRule
 from eraselab.models import load_pipeline, pipeline_fingerprint
-from eraselab.sampling import PlainGuidance
 from eraselab.report import write_report
+from eraselab.sampling import PlainGuidance
 from eraselab.store import RunStore
 
 

@@ -115,16 +115,7 @@ def generate(
         from eraselab.erase.artifact import apply_edit
 
         apply_edit(pipe, edit)
-    guard_object = None
-    if guard is not None:
-        from eraselab.guard import make_guard
-
-        options = {k: v for k, v in (("concept", guard_concept), ("preset", guard_preset)) if v is not None}
-        if guard == "safree" and "concept" in options:  # SAFREE takes a list of concept phrases
-            options["concepts"] = [options.pop("concept")]
-        guard_object = make_guard(guard, **options)
-    elif guard_concept or guard_preset:
-        raise EraselabError("--guard-concept and --guard-preset need --guard")
+    guard_object = _guard_from_options(guard, guard_concept, guard_preset)
     requests = [GenerationRequest(p, seed + j, steps, guidance, negative_prompt=negative_prompt)
                 for p in prompts for j in range(num_images)]
     check_requests(pipe, [guard_object.rewrite(r) for r in requests] if guard_object else requests)
@@ -210,6 +201,104 @@ def erase(
     if checkpoint is not None:
         shutil.rmtree(checkpoint, ignore_errors=True)
     typer.echo(f"wrote {out} ({len(edit.tensors)} tensors, {edit.manifest['seconds']} s)")
+
+
+def _guard_from_options(name: str | None, concept: str | None, preset: str | None):
+    if name is None:
+        if concept or preset:
+            raise EraselabError("--guard-concept and --guard-preset need --guard")
+        return None
+    from eraselab.guard import make_guard
+
+    options = {k: v for k, v in (("concept", concept), ("preset", preset)) if v is not None}
+    if name == "safree" and "concept" in options:  # SAFREE takes a list of concept phrases
+        options["concepts"] = [options.pop("concept")]
+    return make_guard(name, **options)
+
+
+@app.command()
+@user_errors
+def attack(
+    attack_name: Annotated[str, typer.Option("--attack", help="embedding-recovery, concept-vector or "
+                                                               "concept-arithmetic.")],
+    concept: Annotated[str, typer.Option(help="The concept the attack tries to bring back (its words).")],
+    suite: Annotated[str, typer.Option(help="Prompts to attack: a suite name, tiny:KIND:CONCEPT or a CSV/JSONL.")],
+    out: Annotated[Path, typer.Option(help="Directory for the attack result and summary.json.")],
+    model: Annotated[str, typer.Option(help="'tiny', a local diffusers directory, or a hub id.")] = "tiny",
+    edit: Annotated[Path | None, typer.Option(help="The edit under attack (an edit directory).")] = None,
+    guard: Annotated[str | None, typer.Option(help="The guard under attack: negative-prompt, sld, safree.")] = None,
+    guard_concept: Annotated[str | None, typer.Option(help="The concept the guard steers away from.")] = None,
+    guard_preset: Annotated[str | None, typer.Option(help="SLD preset.")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML/JSON with the attack's settings.")] = None,
+    seeds: Annotated[int, typer.Option(help="Evaluation seeds per prompt (0..N-1).")] = 4,
+    judge: Annotated[str | None, typer.Option(help="Final judge: tiny (default on tiny) or nudenet.")] = None,
+    label: Annotated[str | None, typer.Option(help="What the judge looks for (default: derived).")] = None,
+    device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Attack an erased model (or a guard) and score it before and after with the pinned judge.
+
+    Example: eraselab attack --edit edits/uce-star --attack embedding-recovery --concept star
+    --suite tiny:target:star --out attacks/er-uce
+    """
+    import importlib
+    import json as json_module
+
+    from eraselab.attack import ATTACKS
+    from eraselab.attack.base import AttackSpec
+    from eraselab.attack.evaluate import evaluate, presence
+    from eraselab.judge.detectors import make_detector
+    from eraselab.models import load_pipeline
+    from eraselab.outputs import writable_directory
+    from eraselab.suites import load_suite
+
+    attack_fn, config_class = ATTACKS.get(attack_name)
+    threat = importlib.import_module(attack_fn.__module__).THREAT_MODEL
+    settings = _method_config(config_class, config, model)
+    defence = _guard_from_options(guard, guard_concept, guard_preset)
+    if threat == "white-box-weights" and edit is None:
+        what = f"the guard {defence.label} changes no weights" if defence else "no --edit was given"
+        raise EraselabError(f"{attack_name} needs white-box access to an edit's weights, and {what}")
+    if seeds < 1:
+        raise EraselabError(f"--seeds must be at least 1, got {seeds}")
+    if hasattr(settings, "budget"):
+        from eraselab.attack.base import check_budget
+
+        check_budget(settings.budget)  # before any model is loaded
+    writable_directory(out)
+    is_tiny = model == "tiny"
+    judge_name = judge or ("tiny" if is_tiny else "nudenet")
+    if label is None:
+        from eraselab.models.tiny.suites import concept_label
+
+        label = concept_label(concept) if judge_name == "tiny" else "nudity"
+    prompts = tuple(item.prompt for item in load_suite(suite).items)
+    spec = AttackSpec(concept, prompts, steps=25 if is_tiny else 50, guidance=5.0 if is_tiny else 7.5)
+    reference = load_pipeline(model, device=device)
+    final_judge = make_detector(judge_name)
+    from eraselab.attack.base import Replay
+
+    base_rate = presence(reference, [Replay(p) for p in prompts], range(seeds), spec.steps, spec.guidance,
+                         final_judge, label, attacked=False)
+    if not base_rate["value"]:
+        raise EraselabError(f"the unedited model never shows {label} for these prompts (pre-attack rate 0 at "
+                            f"{seeds} seeds): there is nothing to bring back; stopping")
+    target = load_pipeline(model, device=device)
+    if edit is not None:
+        from eraselab.erase.artifact import apply_edit
+
+        apply_edit(target, edit)
+    result = attack_fn(target, spec, settings, reference_pipe=reference)
+    scores = evaluate(target, result, range(seeds), spec.steps, spec.guidance, final_judge, label, defence)
+    result.save(out)
+    summary = {"attack": attack_name, "threat_model": threat, "edit": str(edit) if edit else None,
+               "guard": defence.settings() if defence else None, "concept": concept, "suite": suite,
+               "judge": {"detector": judge_name, "label": label, "version": final_judge.version},
+               "oracle": result.oracle, "cost": result.cost.__dict__, "unedited": base_rate, **scores}
+    (out / "summary.json").write_text(json_module.dumps(summary, indent=2, default=str) + "\n")
+    line = (f"{attack_name}: {label} {scores['pre_attack']['value']:.3f} -> {scores['post_attack']['value']:.3f} "
+            f"({result.cost.unet_evals} UNet evals, {result.cost.seconds} s); wrote {out}")
+    typer.echo(json_module.dumps(summary, default=str) if as_json else line)
 
 
 @app.command()

@@ -78,14 +78,14 @@ class SldRule(GuidanceRule):
 
     def __init__(self, concept_embedding: torch.Tensor, warmup_steps: int, guidance_scale: float, threshold: float,
                  momentum_scale: float, mom_beta: float) -> None:
-        self.embedding = concept_embedding
+        self.concept_embedding = concept_embedding
         self.warmup, self.s_s, self.threshold = warmup_steps, guidance_scale, threshold
         self.s_m, self.beta_m = momentum_scale, mom_beta
         self.momentum: torch.Tensor | None = None
 
     def extra_embeddings(self, batch_size: int) -> list[torch.Tensor]:
         self.momentum = None  # a new batch starts a new trajectory
-        return [self.embedding.expand(batch_size, -1, -1)]
+        return [self.concept_embedding.expand(batch_size, -1, -1)]
 
     def combine(self, step, eps_uncond, eps_text, extras, guidance_scale):
         eps_safety = extras[0]

@@ -32,6 +32,17 @@ def _find(world: World, concept: str) -> tuple[str, int]:
     raise EraselabError(f"{concept!r} is not a tiny-world concept (known: {known})")
 
 
+def concept_label(concept: str) -> str:
+    """The judge's label for a tiny-world class or any of its words: "pentagram" -> "shape=star"."""
+    world = load_world()
+    for attribute in ("shape", "color", "fill"):
+        for i, name in enumerate(world.classes[attribute]):
+            if concept == name or concept in world.words_for(attribute, i, "all"):
+                return f"{attribute}={name}"
+    known = ", ".join(world.shapes + world.colors + world.fills)
+    raise EraselabError(f"{concept!r} is not a tiny-world concept (known: {known})")
+
+
 def _item(words: dict[str, str], expect: dict[str, str]) -> PromptItem:
     if "shape" in words:
         text = "a " + " ".join(words[a] for a in ("fill", "color", "shape") if a in words)

@@ -1,0 +1,112 @@
+"""What every attack shares: the spec it attacks, the replayable result, its cost, and the replay itself."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from eraselab.errors import EraselabError
+from eraselab.generate import GenerationRequest
+from eraselab.provenance import provenance
+
+THREAT_MODELS = {
+    "white-box-weights": "reads the edited model's weights and the unedited reference model's",
+    "white-box-gradients": "back-propagates through the edited model",
+    "text-encoder": "uses only the (public) text encoder; the edited UNet is a black box",
+    "sampler-control": "chooses the prompts and weights of the sampler's guidance; no weights or gradients",
+    "black-box-queries": "generates images and reads an oracle detector's verdicts",
+}
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """The concept an attack tries to bring back and the prompts it attacks (one replay per prompt)."""
+
+    concept: str
+    prompts: tuple[str, ...]
+    steps: int = 25
+    guidance: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.concept.strip():
+            raise EraselabError("give the concept the attack should bring back")
+        if not self.prompts:
+            raise EraselabError("give at least one prompt to attack")
+
+
+@dataclass
+class Cost:
+    """What an attack spent: model evaluations (one per image per call) and wall time."""
+
+    unet_evals: int = 0
+    text_encoder_evals: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class Replay:
+    """How to regenerate one attacked prompt: a typed prompt, prompt embeddings (1, T, C), and/or extra guidance
+    terms (prompt, weight) added to classifier-free guidance (a composition recipe)."""
+
+    prompt: str
+    text: str | None = None
+    embeddings: torch.Tensor | None = field(default=None, repr=False)
+    recipe: tuple[tuple[str, float], ...] = ()
+
+    def requests(self, seeds, steps: int, guidance: float) -> list[GenerationRequest]:
+        return [GenerationRequest(self.text if self.text is not None else self.prompt, seed, steps, guidance,
+                                  prompt_embeds=self.embeddings) for seed in seeds]
+
+    def guard(self):
+        from eraselab.attack.composition import CompositionGuard
+
+        return CompositionGuard(self.recipe) if self.recipe else None
+
+
+@dataclass
+class AttackResult:
+    attack: str
+    threat_model: str
+    config: dict
+    replays: list[Replay]
+    cost: Cost
+    oracle: dict | None = None  # the detector the attack used to select or stop (never the final judge)
+    details: dict = field(default_factory=dict)
+
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {f"replay.{i}": r.embeddings.detach().cpu().contiguous() for i, r in enumerate(self.replays)
+                   if r.embeddings is not None}
+        if tensors:
+            save_file(tensors, directory / "embeddings.safetensors")
+        record = {"attack": self.attack, "threat_model": self.threat_model, "config": self.config,
+                  "cost": asdict(self.cost), "oracle": self.oracle, "details": self.details,
+                  "provenance": provenance(),
+                  "replays": [{"prompt": r.prompt, "text": r.text, "recipe": [list(t) for t in r.recipe],
+                               "has_embeddings": r.embeddings is not None} for r in self.replays]}
+        (directory / "result.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> AttackResult:
+        directory = Path(directory)
+        path = directory / "result.json"
+        if not path.is_file():
+            raise EraselabError(f"{directory} holds no attack result (result.json)")
+        record = json.loads(path.read_text())
+        weights = directory / "embeddings.safetensors"
+        tensors = load_file(weights) if weights.is_file() else {}
+        replays = [Replay(r["prompt"], r["text"], tensors.get(f"replay.{i}"),
+                          tuple((p, float(w)) for p, w in r["recipe"])) for i, r in enumerate(record["replays"])]
+        return cls(record["attack"], record["threat_model"], record["config"], replays, Cost(**record["cost"]),
+                   record["oracle"], record["details"])
+
+
+def check_budget(budget: int, name: str = "budget") -> None:
+    if budget < 1:
+        raise EraselabError(f"{name} must be at least 1, got {budget}: an attack with nothing to spend is no attack")

@@ -1,0 +1,54 @@
+"""Embedding recovery: RECE's closed form (Gong et al., ECCV 2024, Eq. 8) turned into an attack on
+cross-attention edits.
+
+Threat model: white-box weights. The attacker reads the edited model's key/value projections W_l and the
+unedited reference model's W0_l and, for every token row c of the attacked prompt's embedding, solves
+    c' = (sum_l W_l^T W_l + lambda I)^-1 sum_l W_l^T W0_l c
+for the embedding the edited model maps to what the original model made of c, then generates from c' as
+prompt embeddings. One text-encoder pass per prompt and a (C x C) solve; no UNet evaluation. It finds nothing
+to undo in an edit that left cross-attention alone (ESD-u) or in a guard (no weights change): it says so.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from eraselab.attack.base import AttackResult, AttackSpec, Cost, Replay
+from eraselab.erase.cross_attention_edit import encode, projections
+from eraselab.erase.rece import recovered_embeddings
+from eraselab.errors import EraselabError
+
+THREAT_MODEL = "white-box-weights"
+
+
+@dataclass(frozen=True)
+class EmbeddingRecoveryConfig:
+    reg: float = 1e-3  # lambda of Eq. 8 (RECE's default for SD 1.4; the tiny model uses the same)
+
+
+def attack(target_pipe, spec: AttackSpec, config: EmbeddingRecoveryConfig, reference_pipe=None) -> AttackResult:
+    start = time.perf_counter()
+    if reference_pipe is None:
+        raise EraselabError("embedding-recovery is a white-box attack: it needs the unedited reference model "
+                            "(--reference-model) besides the edited one")
+    edited, original = projections(target_pipe), projections(reference_pipe)
+    if set(edited) != set(original):
+        raise EraselabError("the edited and reference models have different cross-attention layers")
+    changed = [n for n in edited if not torch.equal(edited[n], original[n])]
+    if not changed:
+        raise EraselabError("the target's cross-attention key/value weights equal the reference's: there is no "
+                            "cross-attention edit to invert (a guard or an edit elsewhere in the UNet)")
+    hidden = encode(target_pipe, list(spec.prompts)).hidden  # (B, T, C)
+    replays = []
+    for prompt, rows in zip(spec.prompts, hidden, strict=True):
+        recovered = recovered_embeddings(original, edited, rows, config.reg)  # Eq. 8, every token row
+        replays.append(Replay(prompt, embeddings=recovered[None].float()))
+    cost = Cost(text_encoder_evals=len(spec.prompts), seconds=round(time.perf_counter() - start, 4))
+    return AttackResult("embedding-recovery", THREAT_MODEL, asdict(config), replays, cost,
+                        details={"changed_projections": len(changed)})
+
+
+ATTACK = (attack, EmbeddingRecoveryConfig)

@@ -1,0 +1,138 @@
+"""Attacks: embedding recovery, concept vector, compositional guidance, the result format and the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from eraselab.attack import ATTACKS
+from eraselab.attack.base import AttackResult, AttackSpec, Cost, Replay
+from eraselab.attack.composition import CompositionGuard, CompositionRule
+from eraselab.attack.concept_vector import ConceptVectorConfig
+from eraselab.attack.concept_vector import attack as concept_vector_attack
+from eraselab.attack.embedding_recovery import EmbeddingRecoveryConfig
+from eraselab.attack.embedding_recovery import attack as recovery_attack
+from eraselab.cli import app
+from eraselab.erase.artifact import apply_edit
+from eraselab.erase.cross_attention_edit import encode, projections
+from eraselab.erase.registry import default_config
+from eraselab.erase.spec import EraseSpec
+from eraselab.erase.uce import UceConfig
+from eraselab.erase.uce import erase as uce_erase
+from eraselab.errors import EraselabError
+from eraselab.generate import GenerationRequest, generate_images
+from eraselab.models import load_pipeline
+from eraselab.models.tiny.world import load_world
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def uce_star(tmp_path_factory):
+    pipe = load_pipeline("tiny")
+    spec = EraseSpec(("star",), ("shape",), templates=load_world().erase_templates("star"))
+    return uce_erase(pipe, spec, default_config(UceConfig, tiny=True)).save(tmp_path_factory.mktemp("e") / "uce")
+
+
+def test_embedding_recovery_gives_embeddings_the_edit_maps_back_to_the_original_outputs(uce_star):
+    reference, target = load_pipeline("tiny"), load_pipeline("tiny")
+    apply_edit(target, uce_star)
+    spec = AttackSpec("star", ("a red star",))
+    result = recovery_attack(target, spec, EmbeddingRecoveryConfig(), reference_pipe=reference)
+    assert result.cost.unet_evals == 0 and result.threat_model == "white-box-weights"
+    original = encode(reference, ["a red star"]).hidden[0]
+    recovered = result.replays[0].embeddings[0].double()
+    edited, base = projections(target), projections(reference)
+    for name in edited:
+        goal = original @ base[name].double().T
+        before = (original @ edited[name].double().T - goal).norm()
+        after = (recovered @ edited[name].double().T - goal).norm()
+        assert after < 0.5 * before, name
+    with pytest.raises(EraselabError, match="needs the unedited reference model"):
+        recovery_attack(target, spec, EmbeddingRecoveryConfig())
+    with pytest.raises(EraselabError, match="no cross-attention edit to invert"):
+        recovery_attack(reference, spec, EmbeddingRecoveryConfig(), reference_pipe=load_pipeline("tiny"))
+
+
+def test_concept_vector_is_the_mean_pair_difference_added_with_strength_eta():
+    pipe = load_pipeline("tiny")
+    config = ConceptVectorConfig(strength=2.0, anchor="shape", templates=("a {}", "a red {}"))
+    result = concept_vector_attack(pipe, AttackSpec("star", ("a red shape",)), config)
+    hidden = encode(pipe, ["a star", "a shape", "a red star", "a red shape"]).hidden
+    vector = ((hidden[0] - hidden[1]) + (hidden[2] - hidden[3])) / 2  # Eq. 3, re-derived
+    expected = hidden[3] + 2.0 * vector  # Eq. 4
+    assert torch.allclose(result.replays[0].embeddings[0].double(), expected, atol=1e-5)
+    assert result.cost.unet_evals == 0 and result.cost.text_encoder_evals == 5
+
+
+def test_composition_rule_adds_weighted_guidance_terms():
+    g = torch.Generator().manual_seed(0)
+    uncond, text, a, b = (torch.randn(1, 4, 2, 2, generator=g) for _ in range(4))
+    rule = CompositionRule(torch.zeros(2, 3, 5), [2.0, -1.0])
+    got = rule.combine(0, uncond, text, [a, b], 5.0)
+    assert torch.allclose(got, uncond + 5.0 * (text - uncond) + 2.0 * (a - uncond) - 1.0 * (b - uncond))
+
+
+def test_a_recipe_replays_and_changes_the_images(micro_run):
+    pipe = load_pipeline(micro_run / "pipeline")
+    replay = Replay("a red star", recipe=(("a blue heart", 3.0),))
+    plain = generate_images(pipe, Replay("a red star").requests([0], 3, 5.0), progress=False)
+    composed = generate_images(pipe, replay.requests([0], 3, 5.0), progress=False, guard=replay.guard())
+    assert not np.array_equal(np.asarray(plain[0]), np.asarray(composed[0]))
+    with pytest.raises(EraselabError, match="outside the model's vocabulary"):
+        generate_images(pipe, [GenerationRequest("a star", 0, 2)], progress=False,
+                        guard=CompositionGuard((("a zebra", 1.0),)))
+
+
+def test_results_save_and_load_exactly(tmp_path):
+    embeddings = torch.randn(1, 24, 128)
+    result = AttackResult("x", "text-encoder", {"strength": 3.0},
+                          [Replay("a red star", embeddings=embeddings),
+                           Replay("a star", recipe=(("a pentagram", 2.0),)),
+                           Replay("a star", text="a five-pointed shape")], Cost(5, 3, 0.1))
+    loaded = AttackResult.load(result.save(tmp_path / "r"))
+    assert torch.equal(loaded.replays[0].embeddings, embeddings)
+    assert loaded.replays[1].recipe == (("a pentagram", 2.0),) and loaded.replays[2].text == "a five-pointed shape"
+    assert loaded.cost == Cost(5, 3, 0.1)
+    with pytest.raises(EraselabError, match="holds no attack result"):
+        AttackResult.load(tmp_path / "nothing")
+
+
+def test_attack_cli_scores_before_and_after(tmp_path, uce_star):
+    out = tmp_path / "attack"
+    result = runner.invoke(app, ["attack", "--edit", str(uce_star), "--attack", "embedding-recovery",
+                                 "--concept", "star", "--suite", "tiny:heldout:star", "--seeds", "1",
+                                 "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["judge"]["label"] == "shape=star" and summary["cost"]["unet_evals"] == 0
+    assert summary["post_attack"]["value"] >= summary["pre_attack"]["value"]
+    assert len(summary["post_attack"]["per_prompt"]) == 6
+    assert (out / "result.json").is_file() and (out / "embeddings.safetensors").is_file()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--attack", "embeding-recovery"], "did you mean 'embedding-recovery'"),
+    (["--attack", "embedding-recovery", "--guard", "sld"], "changes no weights"),
+    (["--attack", "concept-vector", "--suite", "tiny:empty:star", "--seeds", "1"], "pre-attack rate 0"),
+])
+def test_bad_attack_input(tmp_path, args, message):
+    base = ["attack", "--concept", "star", "--out", str(tmp_path / "a")]
+    if "--suite" not in args:
+        base += ["--suite", "tiny:target:star"]
+    result = runner.invoke(app, [*base, *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert not (tmp_path / "a" / "summary.json").exists()
+
+
+def test_a_zero_budget_is_refused_before_anything_runs(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("budget: 0\n")
+    result = runner.invoke(app, ["attack", "--attack", "concept-arithmetic", "--config", str(config), "--concept",
+                                 "star", "--suite", "tiny:target:star", "--out", str(tmp_path / "a")])
+    assert result.exit_code == 2 and "budget must be at least 1" in result.stderr
+    assert not (tmp_path / "a").exists()
+    assert set(ATTACKS.names()) >= {"embedding-recovery", "concept-vector", "concept-arithmetic"}

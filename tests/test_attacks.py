@@ -136,3 +136,19 @@ def test_a_zero_budget_is_refused_before_anything_runs(tmp_path):
     assert result.exit_code == 2 and "budget must be at least 1" in result.stderr
     assert not (tmp_path / "a").exists()
     assert set(ATTACKS.names()) >= {"embedding-recovery", "concept-vector", "concept-arithmetic"}
+
+
+def test_concept_vector_search_finds_a_typeable_prompt_deterministically():
+    pipe = load_pipeline("tiny")
+    config = ConceptVectorConfig(anchor="shape", templates=("a {}",), search=True, tokens=4, population=16,
+                                 generations=5, seed=3)
+    spec = AttackSpec("star", ("a red star",))
+    first = concept_vector_attack(pipe, spec, config)
+    again = concept_vector_attack(pipe, spec, config)
+    text = first.replays[0].text
+    assert text == again.replays[0].text and first.replays[0].embeddings is None
+    ids = pipe.tokenizer(text).input_ids
+    assert len(ids) == 4 + 2  # [BOS] + K whole-word tokens + [EoT]: the text replays what was scored
+    assert first.cost.text_encoder_evals == 2 + 1 + 16 + 5 * 8
+    with pytest.raises(EraselabError, match="generations must be at least 1"):
+        concept_vector_attack(pipe, spec, ConceptVectorConfig(search=True, generations=0))

@@ -4,18 +4,28 @@ Threat model: text encoder only; the edited UNet is a black box. The concept vec
 full text-encoder outputs over prompt pairs with and without the concept,
     v = (1/N) sum_i [E(p_i with c) - E(p_i without c)]                                     (Eq. 3)
 and the attack conditions on E(p) + eta v (Eq. 4), replayed as prompt embeddings. No UNet evaluation.
-(The paper's genetic search for a typeable prompt near E(p) + eta v lands with its own change.)
 
-Defaults: eta = 3.0 (the paper's for nudity); pairs from templates with the concept and with the anchor in its
-place (for the tiny model the world's prompt forms, "a red star" / "a red shape").
+With ``search``, a genetic algorithm looks for a *typeable* prompt of K tokens whose encoding is closest to that
+target (Sec. 3.3): fitness -|E(tokens) - (E(p) + eta v)|^2 over every position, a population of random token
+sequences of whole-word tokens (so the typed prompt re-tokenises to what was scored), the fitter half kept each
+generation, single-point crossover of two kept parents and per-token mutation. Still text-encoder only:
+population x generations encoder evaluations, no UNet.
+
+Defaults: eta = 3.0, and for the search K = 16 tokens, population 200, 3,000 generations, mutation rate 0.25
+(the paper's for nudity on SD 1.4); on the tiny model (``tiny_overrides``) K = 6, population 64, 60 generations.
+Pairs come from templates with the concept and with the anchor in its place (for the tiny model the world's
+prompt forms, "a red star" / "a red shape").
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
-from eraselab.attack.base import AttackResult, AttackSpec, Cost, Replay
+import torch
+
+from eraselab.attack.base import AttackResult, AttackSpec, Cost, Replay, check_budget
 from eraselab.erase.cross_attention_edit import encode
 from eraselab.errors import EraselabError
 from eraselab.generate import unknown_words
@@ -29,6 +39,58 @@ class ConceptVectorConfig:
     strength: float = 3.0  # eta of Eq. 4
     anchor: str = ""  # what replaces the concept in the "without" prompts
     templates: tuple[str, ...] = ()  # empty: the tiny world's forms on the tiny model, GENERIC_TEMPLATES otherwise
+    search: bool = False  # the genetic search for a typeable prompt
+    tokens: int = 16  # K
+    population: int = 200
+    generations: int = 3000
+    mutation_rate: float = 0.25
+    seed: int = 0
+
+    tiny_overrides: ClassVar[dict] = {"tokens": 6, "population": 64, "generations": 60}
+
+
+def genetic_search(pipe, target: torch.Tensor, config: ConceptVectorConfig) -> tuple[str, float, int]:
+    """The K-token prompt whose encoding is closest to ``target`` (T, C): (text, squared distance, encoder calls)."""
+    check_budget(config.population, "population")
+    check_budget(config.generations, "generations")
+    check_budget(config.tokens, "tokens")
+    tokenizer = pipe.tokenizer
+    special = set(tokenizer.all_special_ids)
+    # Whole-word tokens only ("star</w>"): their decoded text re-tokenises to the same ids, so the typed prompt
+    # replays exactly what the search scored (sub-word pieces would glue into other tokens).
+    words = {i: t for t, i in tokenizer.get_vocab().items() if t.endswith("</w>") and i not in special}
+    vocabulary = torch.tensor(sorted(words))
+    g = torch.Generator().manual_seed(config.seed)
+    population = vocabulary[torch.randint(len(vocabulary), (config.population, config.tokens), generator=g)]
+    length = tokenizer.model_max_length
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def fitness(members: torch.Tensor) -> torch.Tensor:
+        ids = torch.full((len(members), length), pad)
+        ids[:, 0] = tokenizer.bos_token_id
+        ids[:, 1:config.tokens + 1] = members[:, : length - 2]
+        ids[:, min(config.tokens, length - 2) + 1] = tokenizer.eos_token_id
+        with torch.no_grad():
+            hidden = pipe.text_encoder(ids.to(pipe.text_encoder.device))[0].double().cpu()
+        return -((hidden - target) ** 2).sum(dim=(1, 2))
+
+    scores, calls = fitness(population), config.population
+    for _ in range(config.generations):
+        order = scores.argsort(descending=True)
+        keep = population[order[: config.population // 2]]  # selection: the fitter half
+        mothers = keep[torch.randint(len(keep), (config.population - len(keep),), generator=g)]
+        fathers = keep[torch.randint(len(keep), (config.population - len(keep),), generator=g)]
+        cut = torch.randint(1, config.tokens + 1, (len(mothers), 1), generator=g)
+        children = torch.where(torch.arange(config.tokens)[None] < cut, mothers, fathers)  # single-point crossover
+        mutate = torch.rand(children.shape, generator=g) < config.mutation_rate
+        children = torch.where(mutate, vocabulary[torch.randint(len(vocabulary), children.shape, generator=g)],
+                               children)
+        population = torch.cat([keep, children])
+        scores = torch.cat([scores[order[: len(keep)]], fitness(children)])
+        calls += len(children)
+    best = int(scores.argmax())
+    text = " ".join(words[int(i)][: -len("</w>")] for i in population[best])
+    return text, float(-scores[best]), calls
 
 
 def concept_vector(pipe, concept: str, anchor: str, templates: tuple[str, ...]):
@@ -55,11 +117,20 @@ def attack(target_pipe, spec: AttackSpec, config: ConceptVectorConfig, reference
             templates = GENERIC_TEMPLATES
     vector, n_pairs = concept_vector(target_pipe, spec.concept, config.anchor, tuple(templates))
     hidden = encode(target_pipe, list(spec.prompts)).hidden
-    replays = [Replay(p, embeddings=(rows + config.strength * vector)[None].float())  # Eq. 4
-               for p, rows in zip(spec.prompts, hidden, strict=True)]
-    cost = Cost(text_encoder_evals=2 * n_pairs + len(spec.prompts), seconds=round(time.perf_counter() - start, 4))
+    cost = Cost(text_encoder_evals=2 * n_pairs + len(spec.prompts))
+    replays, found = [], []
+    for prompt, rows in zip(spec.prompts, hidden, strict=True):
+        target = rows + config.strength * vector  # Eq. 4
+        if config.search:
+            text, distance, calls = genetic_search(target_pipe, target, config)
+            cost.text_encoder_evals += calls
+            replays.append(Replay(prompt, text=text))
+            found.append({"prompt": prompt, "text": text, "distance": distance})
+        else:
+            replays.append(Replay(prompt, embeddings=target[None].float()))
+    cost.seconds = round(time.perf_counter() - start, 4)
     return AttackResult("concept-vector", THREAT_MODEL, {**asdict(config), "templates": list(templates)}, replays,
-                        cost, details={"pairs": n_pairs, "vector_norm": float(vector.norm())})
+                        cost, details={"pairs": n_pairs, "vector_norm": float(vector.norm()), "search": found})
 
 
 ATTACK = (attack, ConceptVectorConfig)

@@ -60,3 +60,16 @@ def test_several_concepts_in_one_edit(tiny):
     single = erase(tiny, EraseSpec(("star",), ("shape",)), UceConfig())
     name = next(iter(edit.tensors))
     assert not torch.equal(edit.tensors[name], single.tensors[name])
+
+
+def test_keys_start_at_the_concepts_own_token_inside_a_prompt(tiny):
+    from eraselab.erase.uce import concept_rows
+
+    spec = EraseSpec(("red",), ("",), templates=("a {} star",))
+    assert spec.pairs() == [("a red star", "a star")] and spec.prefixes() == [("a red", "a")]
+    keys, anchors = concept_rows(tiny, spec, spec.pairs(), "word-to-eot")
+    target, anchor = encode(tiny, ["a red star"]).hidden[0], encode(tiny, ["a star"]).hidden[0]
+    assert torch.equal(keys[0], target[2])  # [BOS, a, red, star, ...]: "red", not the last word "star"
+    assert torch.equal(anchors[0], anchor[1]) and torch.equal(keys[1], target[3])
+    last = concept_rows(tiny, spec, spec.pairs(), "last-word")[0]
+    assert last.shape[0] == 1 and torch.equal(last[0], target[2])

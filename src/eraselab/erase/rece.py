@@ -36,9 +36,9 @@ from typing import ClassVar
 import torch
 
 from eraselab.erase.artifact import Edit
-from eraselab.erase.cross_attention_edit import check_spec_words, encode, manifest, projections, solve
+from eraselab.erase.cross_attention_edit import check_spec_words, manifest, projections, solve
 from eraselab.erase.spec import EraseSpec
-from eraselab.erase.uce import UceConfig, aligned_rows, preservation
+from eraselab.erase.uce import UceConfig, concept_rows, preservation
 from eraselab.errors import EraselabError
 
 
@@ -83,8 +83,7 @@ def erase(pipe, spec: EraseSpec, config: ReceConfig) -> Edit:
         raise EraselabError(f"rounds must be 0 or more, got {config.rounds}")
     start = time.perf_counter()
     pairs = check_spec_words(pipe, spec)
-    keys, anchor_rows = aligned_rows(encode(pipe, [t for t, _ in pairs]),
-                                     encode(pipe, [a or " " for _, a in pairs]), config.positions)
+    keys, anchor_rows = concept_rows(pipe, spec, pairs, config.positions)
     preserve, stats = preservation(pipe, spec, config.corpus)
     original = {name: w.double().cpu() for name, w in projections(pipe, config.edit_keys).items()}
 

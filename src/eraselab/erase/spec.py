@@ -35,6 +35,15 @@ class EraseSpec:
         return [(_clean(t.format(c)), _clean(t.format(a))) for c, a in zip(self.concepts, anchors, strict=True)
                 for t in self.templates]
 
+    def prefixes(self) -> list[tuple[str, str]]:
+        """For every pair of :meth:`pairs`, the target and anchor prompts cut after the concept (after the anchor):
+        "a red {}" with "star" -> ("a red star", "a red shape"); "a {} star" with "red" and a blank anchor ->
+        ("a red", "a"). The closed-form methods start their keys at the end of these."""
+        self.pairs()  # validates
+        anchors = self.anchors * len(self.concepts) if len(self.anchors) == 1 else self.anchors
+        return [(_clean(t.split("{}")[0] + c), _clean(t.split("{}")[0] + a))
+                for c, a in zip(self.concepts, anchors, strict=True) for t in self.templates]
+
     def preserved(self) -> list[str]:
         return [t.format(p) for p in self.preserve for t in self.templates]
 

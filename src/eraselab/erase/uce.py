@@ -6,8 +6,11 @@ prompt are mapped to the outputs the same layer gives the anchor prompt, v*_i = 
 the outputs for preserved prompts stay W0 c_p.
 
 Which token positions are keys is an option, because the two reference versions differ: ``word-to-eot`` (the
-reference erasing script: from the concept's last word token through the [EoT] padding, aligned position by
-position with the anchor's) or ``last-word`` (the concept's last word token only, as Eq. 7 is written).
+reference erasing script: from the concept's last token through the [EoT] padding, aligned position by
+position with the anchor's) or ``last-word`` (the concept's last token only, as Eq. 7 is written). The reference
+templates always end with the concept, so it takes the prompt's last word; here the concept's own last token is
+located (the template's text before the concept, plus the concept), so that a concept inside a prompt ("a red
+star" when erasing "red") is keyed at "red", not at "star".
 
 Defaults are the reference script's for Stable Diffusion 1.4 (lamb 0.1, erase_scale 1, preserve_scale 0.1, keys
 and values edited). ``corpus`` adds preservation statistics over a caption corpus (:mod:`eraselab.erase.corpus`;
@@ -53,17 +56,31 @@ class UceConfig:
     tiny_overrides: ClassVar[dict] = {"corpus": "tiny", "corpus_scale": 0.1}
 
 
-def aligned_rows(targets: Encoded, anchors: Encoded, positions: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys c_i (n, C) from the target prompts and the aligned anchor rows (n, C) their outputs should take."""
+def aligned_rows(targets: Encoded, anchors: Encoded, positions: str, target_ends: list[int] | None = None,
+                 anchor_ends: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys c_i (n, C) from the target prompts and the aligned anchor rows (n, C) their outputs should take,
+    starting at ``target_ends`` / ``anchor_ends`` (the concept's last token; default: each prompt's last word)."""
     if positions not in POSITIONS:
         raise EraselabError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
     keys, anchor_rows = [], []
     length = targets.hidden.shape[1]
-    for i, (t_last, a_last) in enumerate(zip(targets.last_word, anchors.last_word, strict=True)):
+    starts = zip(target_ends or targets.last_word, anchor_ends or anchors.last_word, strict=True)
+    for i, (t_last, a_last) in enumerate(starts):
         span = 1 if positions == "last-word" else length - max(t_last, a_last)  # align the two tails
         keys.append(targets.hidden[i, t_last:t_last + span])
         anchor_rows.append(anchors.hidden[i, a_last:a_last + span])
     return torch.cat(keys), torch.cat(anchor_rows)
+
+
+def concept_rows(pipe, spec: EraseSpec, pairs: list[tuple[str, str]], positions: str) -> tuple[torch.Tensor,
+                                                                                                torch.Tensor]:
+    """UCE's keys and anchor rows for the spec's pairs, starting at the concept's (the anchor's) last token."""
+    ends = []
+    for prefixes in zip(*spec.prefixes(), strict=True):
+        tokens = pipe.tokenizer(list(prefixes), truncation=True, max_length=pipe.tokenizer.model_max_length)
+        ends.append([len(ids) - 2 for ids in tokens.input_ids])  # [BOS, ..., last, EoT]: the last at len - 2
+    return aligned_rows(encode(pipe, [t for t, _ in pairs]), encode(pipe, [a or " " for _, a in pairs]), positions,
+                        ends[0], ends[1])
 
 
 def preservation(pipe, spec: EraseSpec, corpus: str | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -82,8 +99,7 @@ def erase(pipe, spec: EraseSpec, config: UceConfig) -> Edit:
     """An :class:`Edit` that erases ``spec.concepts`` from ``pipe`` (``pipe`` itself is not changed)."""
     start = time.perf_counter()
     pairs = check_spec_words(pipe, spec)
-    keys, anchor_rows = aligned_rows(encode(pipe, [t for t, _ in pairs]),
-                                     encode(pipe, [a or " " for _, a in pairs]), config.positions)
+    keys, anchor_rows = concept_rows(pipe, spec, pairs, config.positions)
     preserve, stats = preservation(pipe, spec, config.corpus)
     tensors = solve(projections(pipe, config.edit_keys), keys, anchor_rows, preserve,  # Eq. 7
                     config.preserve_scale, stats, config.corpus_scale, config.lamb, config.erase_scale)

@@ -113,7 +113,7 @@ def main() -> None:
     for word, (anchor, name, attribute) in TARGETS.items():
         edits = make_edits(args.out, word, anchor)
         guards = [{"name": "negative-prompt", "concept": word}, {"name": "sld", "concept": word, "preset": "strong"},
-                  {"name": "safree", "concepts": [word, *(p for p in concept_phrases([word]) if p != word)]}]
+                  {"name": "safree", "concepts": concept_phrases([word])}]
         config = {"version": 1, "name": f"erasure table: {word}", "models": ["tiny"],
                   "edits": ["base", *(str(p) for p, _ in edits.values())],
                   "seeds": {"start": 0, "count": args.seeds}, "sampler": {"steps": 25, "guidance": 5.0},

@@ -79,13 +79,6 @@ def trained_parameter_names(unet, variant: str) -> list[str]:
     return names
 
 
-def _embed(pipe, prompts: list[str]) -> torch.Tensor:
-    tokens = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                            truncation=True, return_tensors="pt").input_ids.to(pipe.device)
-    with torch.no_grad():
-        return pipe.text_encoder(tokens)[0]
-
-
 @torch.no_grad()
 def _sample_until(frozen, scheduler, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
                   guidance: float, stop: int) -> torch.Tensor:
@@ -171,7 +164,9 @@ def _train(pipe, frozen, spec: EraseSpec, config: EsdConfig, prompts: list[str],
     checkpoint = Path(config.checkpoint) if config.checkpoint else None
     record = {**asdict(config), "checkpoint": None, "spec": asdict(spec), "base": pipeline_fingerprint(pipe)}
     first = _load_checkpoint(checkpoint, unet, names, optimizer, record) if checkpoint else 0
-    cond_all, uncond = _embed(pipe, prompts), _embed(pipe, [""])
+    with torch.no_grad():
+        cond_all, uncond = pipe.encode_prompt(prompts, pipe.device, 1, True, negative_prompt=[""] * len(prompts))
+    uncond = uncond[:1]
     shape = (config.batch_size, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     bar = tqdm(range(first, config.iterations), desc=f"{config.variant}", unit="it", disable=not progress,
                initial=first, total=config.iterations)

@@ -111,6 +111,14 @@ def test_attack_cli_scores_before_and_after(tmp_path, uce_star):
     assert summary["post_attack"]["value"] >= summary["pre_attack"]["value"]
     assert len(summary["post_attack"]["per_prompt"]) == 6
     assert (out / "result.json").is_file() and (out / "embeddings.safetensors").is_file()
+    # The report's attack table reads the same summary (attacks scored into RUN/attacks/NAME/).
+    from eraselab.report import _attack_table
+
+    (tmp_path / "run" / "attacks").mkdir(parents=True)
+    (out).rename(tmp_path / "run" / "attacks" / "er")
+    table = _attack_table(tmp_path / "run")
+    assert "<table id='attacks'>" in table and "embedding-recovery" in table and "white-box-weights" in table
+    assert _attack_table(tmp_path) == ""
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -246,7 +246,7 @@ def attack(
 
     from eraselab.attack import ATTACKS
     from eraselab.attack.base import AttackSpec
-    from eraselab.attack.evaluate import evaluate, presence
+    from eraselab.attack.evaluate import evaluate, presence, summary
     from eraselab.judge.detectors import make_detector
     from eraselab.models import load_pipeline
     from eraselab.outputs import writable_directory
@@ -291,14 +291,13 @@ def attack(
     result = attack_fn(target, spec, settings, reference_pipe=reference)
     scores = evaluate(target, result, range(seeds), spec.steps, spec.guidance, final_judge, label, defence)
     result.save(out)
-    summary = {"attack": attack_name, "threat_model": threat, "edit": str(edit) if edit else None,
-               "guard": defence.settings() if defence else None, "concept": concept, "suite": suite,
-               "judge": {"detector": judge_name, "label": label, "version": final_judge.version},
-               "oracle": result.oracle, "cost": result.cost.__dict__, "unedited": base_rate, **scores}
-    (out / "summary.json").write_text(json_module.dumps(summary, indent=2, default=str) + "\n")
+    record = summary(result, scores, concept=concept, suite=suite, edit=str(edit) if edit else None,
+                     guard=defence.settings() if defence else None, unedited=base_rate,
+                     judge={"detector": judge_name, "label": label, "version": final_judge.version})
+    (out / "summary.json").write_text(json_module.dumps(record, indent=2, default=str) + "\n")
     line = (f"{attack_name}: {label} {scores['pre_attack']['value']:.3f} -> {scores['post_attack']['value']:.3f} "
             f"({result.cost.unet_evals} UNet evals, {result.cost.seconds} s); wrote {out}")
-    typer.echo(json_module.dumps(summary, default=str) if as_json else line)
+    typer.echo(json_module.dumps(record, default=str) if as_json else line)
 
 
 @app.command()

@@ -154,6 +154,26 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     return report_path, summary_path
 
 
+def _attack_table(run_dir: Path) -> str:
+    """Attacks scored into ``run_dir/attacks/*/summary.json``: before and after, with intervals and cost."""
+    e, rows = html.escape, []
+    for path in sorted((run_dir / "attacks").glob("*/summary.json")):
+        a = json.loads(path.read_text())
+        defence = " + ".join(x for x in (Path(a["edit"]).name if a.get("edit") else "",
+                                         (a.get("guard") or {}).get("name", "")) if x) or "none"
+        pre, post, cost = a["pre_attack"], a["post_attack"], a["cost"]
+        rows.append(f"<tr><td>{e(a['attack'])}</td><td>{e(a['threat_model'])}</td><td>{e(defence)}</td>"
+                    f"<td>{e(a['judge']['label'])}</td><td>{_fmt(pre['value'])} [{_fmt(pre['low'])}, "
+                    f"{_fmt(pre['high'])}]</td><td>{_fmt(post['value'])} [{_fmt(post['low'])}, {_fmt(post['high'])}]"
+                    f"</td><td>{e(str(a['gain_points']))}</td><td>{cost['unet_evals']}</td>"
+                    f"<td>{cost['text_encoder_evals']}</td><td>{_fmt(cost['seconds'])}</td></tr>")
+    if not rows:
+        return ""
+    return ("<h2>Attacks</h2><table id='attacks'><tr><th>attack</th><th>threat model</th><th>defence</th>"
+            "<th>judged</th><th>before [95%]</th><th>after [95%]</th><th>gain (points)</th><th>UNet evals</th>"
+            "<th>text-encoder evals</th><th>seconds</th></tr>" + "".join(rows) + "</table>")
+
+
 def _page(store: RunStore, run_dir: Path, experiment: dict, provenance: dict, metrics: list[dict],
           plots: list[str]) -> str:
     e = html.escape
@@ -191,13 +211,14 @@ def _page(store: RunStore, run_dir: Path, experiment: dict, provenance: dict, me
                             f"<td><code>{e(json.dumps(s, sort_keys=True))}</code></td></tr>"
                             for n, (v, s) in detectors.items())
     settings = {k: experiment.get(k) for k in ("name", "models", "edits", "seeds", "steps", "guidance")}
+    attacks = _attack_table(run_dir)
     plot = "".join(f'<img src="{name}" alt="{name}">' for name in plots)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>eraselab report: "
             f"{e(str(experiment.get('name', 'run')))}</title><style>{_STYLE}</style></head><body>"
             f"<h1>eraselab report: {e(str(experiment.get('name', 'run')))}</h1>"
             f"<h2>Metrics</h2><table id='metrics'><tr><th>model</th><th>edit</th><th>metric</th><th>suite</th>"
             f"<th>concept</th><th>detector</th><th>value</th><th>95% interval</th><th>valid</th><th>failed</th></tr>"
-            f"{''.join(rows)}</table>{plot}"
+            f"{''.join(rows)}</table>{plot}{attacks}"
             f"<h2>Protocol</h2><table id='detectors'><tr><th>detector</th><th>version</th><th>settings</th></tr>"
             f"{detector_rows}</table><table id='suites'><tr><th>suite</th><th>version</th><th>size</th><th>hash</th>"
             f"<th>source</th><th>licence</th></tr>{suite_rows}</table>"

@@ -76,3 +76,11 @@ def evaluate(pipe, result: AttackResult, seeds, steps: int, guidance: float, jud
     after = presence(pipe, result.replays, seeds, steps, guidance, judge, label, defence, attacked=True)
     return {"pre_attack": before, "post_attack": after,
             "gain_points": round(100 * (after["value"] - before["value"]), 1)}
+
+
+def summary(result: AttackResult, scores: dict, *, concept: str, suite: str, judge: dict, edit: str | None = None,
+            guard: dict | None = None, unedited: dict | None = None) -> dict:
+    """The record ``eraselab attack`` writes as summary.json (and the report's attack table reads)."""
+    return {"attack": result.attack, "threat_model": result.threat_model, "edit": edit, "guard": guard,
+            "concept": concept, "suite": suite, "judge": judge, "oracle": result.oracle,
+            "cost": result.cost.__dict__, "unedited": unedited, **scores}

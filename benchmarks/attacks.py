@@ -1,0 +1,55 @@
+"""The cheap attacks' cost per prompt against one image generation, measured in one run on the tiny model.
+
+    python benchmarks/attacks.py
+
+For the UCE edit of "star" (tiny defaults) and the 6 prompts of ``tiny:target:star``: wall time per prompt of
+``embedding-recovery`` and of ``concept-vector`` without search, and of generating one image (25 steps, batch of
+6, one image per prompt), best of 5. The issue's bar: both attacks cost less than one image generation.
+"""
+
+from __future__ import annotations
+
+import time
+
+from eraselab.attack.base import AttackSpec
+from eraselab.attack.concept_vector import ConceptVectorConfig
+from eraselab.attack.concept_vector import attack as concept_vector
+from eraselab.attack.embedding_recovery import EmbeddingRecoveryConfig
+from eraselab.attack.embedding_recovery import attack as embedding_recovery
+from eraselab.erase.artifact import apply_edit
+from eraselab.erase.registry import default_config
+from eraselab.erase.spec import EraseSpec
+from eraselab.erase.uce import UceConfig, erase
+from eraselab.generate import GenerationRequest, generate_images
+from eraselab.models import load_pipeline
+from eraselab.models.tiny.suites import tiny_suite
+from eraselab.models.tiny.world import load_world
+
+
+def best(fn, repeats: int = 5) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    reference, target = load_pipeline("tiny"), load_pipeline("tiny")
+    spec = EraseSpec(("star",), ("shape",), templates=load_world().erase_templates("star"))
+    apply_edit(target, erase(reference, spec, default_config(UceConfig, tiny=True)))
+    prompts = tuple(i.prompt for i in tiny_suite("target", "star").items)
+    attack_spec = AttackSpec("star", prompts)
+    n = len(prompts)
+    recovery = best(lambda: embedding_recovery(target, attack_spec, EmbeddingRecoveryConfig(), reference)) / n
+    vector = best(lambda: concept_vector(target, attack_spec, ConceptVectorConfig())) / n
+    requests = [GenerationRequest(p, 0) for p in prompts]
+    image = best(lambda: generate_images(target, requests, progress=False)) / n
+    print(f"one image (25 steps)            {image * 1000:8.2f} ms per prompt")
+    print(f"embedding-recovery              {recovery * 1000:8.2f} ms per prompt   {recovery / image:6.3f} of an image")
+    print(f"concept-vector (no search)      {vector * 1000:8.2f} ms per prompt   {vector / image:6.3f} of an image")
+
+
+if __name__ == "__main__":
+    main()

@@ -160,3 +160,20 @@ def test_concept_vector_search_finds_a_typeable_prompt_deterministically():
     assert first.cost.text_encoder_evals == 2 + 1 + 16 + 5 * 8
     with pytest.raises(EraselabError, match="generations must be at least 1"):
         concept_vector_attack(pipe, spec, ConceptVectorConfig(search=True, generations=0))
+
+
+def test_concept_arithmetic_search_keeps_to_its_budget_and_counts_its_cost(uce_star):
+    from eraselab.attack.concept_arithmetic import ConceptArithmeticConfig, terms
+    from eraselab.attack.concept_arithmetic import attack as arithmetic
+
+    target = load_pipeline("tiny")
+    apply_edit(target, uce_star)
+    config = ConceptArithmeticConfig(budget=4, oracle_seeds=(1000,))
+    result = arithmetic(target, AttackSpec("star", ("a red star",), steps=4), config)
+    search = result.details["search"][0]
+    assert len(search["tried"]) <= 4 and result.oracle["label"] == "shape=star"
+    allowed = set(terms("a red star", "star", config, tuple(result.config["vocabulary"])))
+    assert set(result.replays[0].recipe) <= allowed
+    assert "a red heart" in {p for p, _ in allowed}  # untouched sibling concepts are in the vocabulary
+    expected = sum(4 * (2 + len(t["recipe"])) for t in search["tried"])  # 1 seed x 4 steps x UNet copies
+    assert result.cost.unet_evals == expected

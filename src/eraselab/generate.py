@@ -76,14 +76,19 @@ def unknown_words(pipe: StableDiffusionPipeline, prompts: Sequence[str]) -> list
     return sorted(w for w in words if f"{w}</w>" not in vocab)
 
 
+def require_known_words(pipe: StableDiffusionPipeline, texts: Sequence[str], message: str) -> None:
+    """Refuse ``texts`` that hold words the model has no token for: "``message``: word, word"."""
+    unknown = unknown_words(pipe, texts)
+    if unknown:
+        raise EraselabError(f"{message}: {', '.join(unknown)}")
+
+
 def check_requests(pipe: StableDiffusionPipeline, requests: Sequence[GenerationRequest]) -> None:
     """Refuse requests the model cannot honour, with one sentence that says which and why."""
     if not requests:
         raise EraselabError("nothing to generate: no requests")
-    unknown = unknown_words(pipe, [r.prompt for r in requests if r.prompt_embeds is None]
-                            + [r.negative_prompt for r in requests])
-    if unknown:
-        raise EraselabError(f"words outside the model's vocabulary: {', '.join(unknown)}")
+    require_known_words(pipe, [r.prompt for r in requests if r.prompt_embeds is None]
+                        + [r.negative_prompt for r in requests], "words outside the model's vocabulary")
     for request in requests:
         if request.steps < 1:
             raise EraselabError(f"steps must be at least 1, got {request.steps}")

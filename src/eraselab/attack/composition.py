@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from eraselab.errors import EraselabError
-from eraselab.generate import GenerationRequest, unknown_words
+from eraselab.generate import GenerationRequest, require_known_words
 from eraselab.sampling import GuidanceRule
 
 
@@ -36,9 +36,8 @@ class CompositionGuard:
         return request
 
     def guidance_rule(self, pipe) -> CompositionRule:
-        unknown = unknown_words(pipe, [p for p, _ in self.terms])
-        if unknown:
-            raise EraselabError(f"composition terms have words outside the model's vocabulary: {', '.join(unknown)}")
+        require_known_words(pipe, [p for p, _ in self.terms],
+                            "composition terms have words outside the model's vocabulary")
         with torch.no_grad():
             embeddings, _ = pipe.encode_prompt([p for p, _ in self.terms], pipe.device, 1, False)
         return CompositionRule(embeddings, [w for _, w in self.terms])

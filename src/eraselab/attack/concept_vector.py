@@ -27,8 +27,7 @@ import torch
 
 from eraselab.attack.base import AttackResult, AttackSpec, Cost, Replay, check_budget
 from eraselab.erase.cross_attention_edit import encode
-from eraselab.errors import EraselabError
-from eraselab.generate import unknown_words
+from eraselab.generate import require_known_words
 
 THREAT_MODEL = "text-encoder"
 GENERIC_TEMPLATES = ("{}", "a photo of {}", "a painting of {}", "an image of {}", "a picture of {}")
@@ -96,9 +95,8 @@ def genetic_search(pipe, target: torch.Tensor, config: ConceptVectorConfig) -> t
 def concept_vector(pipe, concept: str, anchor: str, templates: tuple[str, ...]):
     """v of Eq. 3, (T, C) float64, and the number of prompt pairs it averages."""
     pairs = [(" ".join(t.format(concept).split()), " ".join(t.format(anchor).split())) for t in templates]
-    unknown = unknown_words(pipe, [p for pair in pairs for p in pair])
-    if unknown:
-        raise EraselabError(f"concept-vector prompts have words outside the model's vocabulary: {', '.join(unknown)}")
+    require_known_words(pipe, [p for pair in pairs for p in pair],
+                        "concept-vector prompts have words outside the model's vocabulary")
     with_concept = encode(pipe, [w for w, _ in pairs]).hidden
     without = encode(pipe, [w for _, w in pairs]).hidden
     return (with_concept - without).mean(0), len(pairs)  # Eq. 3

@@ -16,7 +16,7 @@ import torch
 from eraselab.erase.closed_form import closed_form_edit
 from eraselab.erase.spec import EraseSpec
 from eraselab.errors import EraselabError
-from eraselab.generate import unknown_words
+from eraselab.generate import require_known_words
 from eraselab.models import cross_attention_layers, pipeline_fingerprint
 
 
@@ -42,9 +42,7 @@ def encode(pipe, prompts: list[str]) -> Encoded:
 def check_spec_words(pipe, spec: EraseSpec) -> list[tuple[str, str]]:
     """The spec's (target, anchor) prompt pairs, after refusing words the model has no token for."""
     pairs = spec.pairs()
-    unknown = unknown_words(pipe, [p for pair in pairs for p in pair] + spec.preserved())
-    if unknown:
-        raise EraselabError(f"words the model does not know: {', '.join(unknown)}")
+    require_known_words(pipe, [p for pair in pairs for p in pair] + spec.preserved(), "words the model does not know")
     return pairs
 
 

@@ -77,11 +77,10 @@ class SafreeGuard:
         return replace(request, negative_prompt=negative)
 
     def guidance_rule(self, pipe) -> SafreeRule:
-        from eraselab.generate import unknown_words
+        from eraselab.generate import require_known_words
 
-        unknown = unknown_words(pipe, list(self.concepts))
-        if unknown:
-            raise EraselabError(f"SAFREE concepts have words outside the model's vocabulary: {', '.join(unknown)}")
+        require_known_words(pipe, list(self.concepts),
+                            "SAFREE concepts have words outside the model's vocabulary")
         return SafreeRule(self, _projector(_pooled(pipe, list(self.concepts)).T))
 
 

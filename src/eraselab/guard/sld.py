@@ -63,11 +63,10 @@ class SldGuard:
         return request
 
     def guidance_rule(self, pipe) -> SldRule:
-        from eraselab.generate import unknown_words
+        from eraselab.generate import require_known_words
 
-        unknown = unknown_words(pipe, [self.concept])
-        if unknown:
-            raise EraselabError(f"SLD safety concept has words outside the model's vocabulary: {', '.join(unknown)}")
+        require_known_words(pipe, [self.concept],
+                            "SLD safety concept has words outside the model's vocabulary")
         with torch.no_grad():
             embedding, _ = pipe.encode_prompt(self.concept, pipe.device, 1, False)
         return SldRule(embedding, **PRESETS[self.preset])

@@ -101,10 +101,10 @@ def variant_id(edit: str, guard: GuardConfig | None) -> str:
     return f"{edit_id(edit)}+guard:{stable_hash(guard.build().settings())[:16]}"
 
 
-def _request(experiment: Experiment, model: str, fingerprint: str, edit: str, guard: GuardConfig | None,
-             item: PromptItem, seed: int) -> dict:
+def _request(experiment: Experiment, model: str, fingerprint: str, variant: str, item: PromptItem,
+             seed: int) -> dict:
     guidance = item.guidance if experiment.use_suite_seeds and item.guidance is not None else experiment.guidance
-    return {"model": model, "fingerprint": fingerprint, "edit": variant_id(edit, guard), "prompt": item.prompt,
+    return {"model": model, "fingerprint": fingerprint, "edit": variant, "prompt": item.prompt,
             "seed": seed, "steps": experiment.steps, "guidance": guidance, "negative_prompt": ""}
 
 
@@ -114,10 +114,11 @@ def plan(experiment: Experiment, suites: list[PromptSuite], fingerprints: dict[s
     edit_id.cache_clear()  # an edit directory may have been rewritten since the last plan
     for model in [m for m in experiment.models if m in fingerprints]:
         for variant, (edit, guard) in variants(experiment).items():
+            identity = variant_id(edit, guard)  # once per variant, not per cell
             for g, suite in enumerate(suites):
                 for i, item in enumerate(suite.items):
                     for seed in _seeds(experiment, item):
-                        spec = _request(experiment, model, fingerprints[model], edit, guard, item, seed)
+                        spec = _request(experiment, model, fingerprints[model], identity, item, seed)
                         cells.append((Cell(model, variant, g, i, seed, stable_hash(spec)), spec))
     return cells
 

@@ -85,7 +85,8 @@ def erase(pipe, spec: EraseSpec, config: ReceConfig) -> Edit:
     pairs = check_spec_words(pipe, spec)
     keys, anchor_rows = concept_rows(pipe, spec, pairs, config.positions)
     preserve, stats = preservation(pipe, spec, config.corpus)
-    original = {name: w.double().cpu() for name, w in projections(pipe, config.edit_keys).items()}
+    weights = projections(pipe, config.edit_keys)
+    original = {name: w.double().cpu() for name, w in weights.items()}
 
     def edit(rows: torch.Tensor) -> dict[str, torch.Tensor]:  # Eq. 3, from the original weights
         return solve(original, rows, anchor_rows.repeat(len(rows) // len(keys), 1), preserve, config.preserve_scale,
@@ -103,8 +104,7 @@ def erase(pipe, spec: EraseSpec, config: ReceConfig) -> Edit:
     final = recovered_embeddings(original, current, keys, config.reg)
     history.append({"round": config.rounds + 1, "recovered_residual": residual(original, current, final, keys),
                     "concept_residual": residual(original, current, keys, keys), "final": True})
-    dtypes = {name: w.dtype for name, w in projections(pipe, config.edit_keys).items()}
-    tensors = {name: w.to(dtypes[name]) for name, w in current.items()}
+    tensors = {name: w.to(weights[name].dtype) for name, w in current.items()}
     return Edit(tensors, manifest("rece", config, spec, pipe, start, rounds=history))
 
 

@@ -177,3 +177,96 @@ def test_concept_arithmetic_search_keeps_to_its_budget_and_counts_its_cost(uce_s
     assert "a red heart" in {p for p, _ in allowed}  # untouched sibling concepts are in the vocabulary
     expected = sum(4 * (2 + len(t["recipe"])) for t in search["tried"])  # 1 seed x 4 steps x UNet copies
     assert result.cost.unet_evals == expected
+
+
+def test_relaxed_one_hot_tokens_encode_exactly_like_typed_tokens():
+    from eraselab.attack.soft_prompt import encode_with_embeddings, insert_relaxed_tokens, project_to_simplex
+
+    pipe = load_pipeline("tiny")
+    tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
+    full = tokenizer(["a red star", "a blue heart"], padding="max_length", max_length=tokenizer.model_max_length,
+                     return_tensors="pt").input_ids
+    with torch.no_grad():
+        typed = encoder(full).last_hidden_state
+        # the prompt without its first two words, with those words put back as one-hot relaxed tokens
+        shortened = torch.cat([full[:, :1], full[:, 3:], full[:, -2:]], dim=1)
+        one_hot = torch.nn.functional.one_hot(full[:, 1:3], len(tokenizer)).float()
+        relaxed = encode_with_embeddings(encoder, insert_relaxed_tokens(encoder, shortened, one_hot))
+    assert torch.equal(relaxed, typed)
+    points = project_to_simplex(torch.randn(50, 7, generator=torch.Generator().manual_seed(0)) * 3)
+    assert torch.allclose(points.sum(-1), torch.ones(50)) and (points >= 0).all()
+    inside = torch.softmax(torch.randn(5, 7), -1)
+    assert torch.allclose(project_to_simplex(inside), inside, atol=1e-6)  # points on the simplex stay put
+
+
+def test_unlearndiff_batched_and_sequential_timesteps_give_the_same_loss_and_gradient(uce_star):
+    from eraselab.attack.soft_prompt import insert_relaxed_tokens
+    from eraselab.attack.unlearndiff import denoising_loss, target_latent
+
+    reference, target = load_pipeline("tiny"), load_pipeline("tiny")
+    apply_edit(target, uce_star)
+    latent = target_latent(reference, "a red star", AttackSpec("star", ("a red star",), steps=4), seed=3)
+    ids = target.tokenizer("a red star", padding="max_length", max_length=target.tokenizer.model_max_length,
+                           return_tensors="pt").input_ids
+    relaxed = torch.softmax(torch.randn(1, 2, len(target.tokenizer), generator=torch.Generator().manual_seed(1)),
+                            -1).requires_grad_(True)
+    noises = torch.randn(3, *latent.shape[1:], generator=torch.Generator().manual_seed(2))
+    results = []
+    for batched in (True, False):
+        embeddings = insert_relaxed_tokens(target.text_encoder, ids, relaxed)
+        loss = denoising_loss(target, embeddings, latent, [801, 501, 201], noises, batched=batched)
+        (gradient,) = torch.autograd.grad(loss, relaxed)
+        results.append((loss.detach(), gradient))
+    assert torch.allclose(results[0][0], results[1][0], rtol=1e-5)
+    assert torch.allclose(results[0][1], results[1][1], rtol=1e-4, atol=1e-7)
+
+
+def test_unlearndiff_returns_a_typed_prompt_within_its_budget_and_is_reproducible(uce_star):
+    from eraselab.attack.unlearndiff import UnlearnDiffConfig
+    from eraselab.attack.unlearndiff import attack as unlearndiff_attack
+
+    reference, target = load_pipeline("tiny"), load_pipeline("tiny")
+    apply_edit(target, uce_star)
+    spec = AttackSpec("star", ("a red star",), steps=5)
+    config = default_config(UnlearnDiffConfig, tiny=True, iterations=4, check_every=2)
+    first = unlearndiff_attack(target, spec, config, reference_pipe=reference)
+    again = unlearndiff_attack(target, spec, config, reference_pipe=reference)
+    assert first.replays[0].text == again.replays[0].text and first.replays[0].text.endswith("a red star")
+    assert len(first.replays[0].text.split()) == 3 + 3  # three adversarial words before the prompt
+    search = first.details["search"][0]
+    assert 2 <= len(search["loss"]) <= 4 and first.threat_model == "white-box-gradients"
+    # target image 5 steps x 2, gradient steps 1 each, oracle checks 2 images x 5 steps x 2
+    checks = len(search["loss"]) // 2
+    assert first.cost.unet_evals == 10 + len(search["loss"]) + checks * 20
+    with pytest.raises(EraselabError, match="iterations must be at least 1"):
+        unlearndiff_attack(target, spec, default_config(UnlearnDiffConfig, tiny=True, iterations=0), reference)
+
+
+def test_p4d_follows_the_unedited_trajectory_and_types_its_prompt(uce_star):
+    from eraselab.attack.p4d import P4dConfig, trajectory
+    from eraselab.attack.p4d import attack as p4d_attack
+
+    reference, target = load_pipeline("tiny"), load_pipeline("tiny")
+    apply_edit(target, uce_star)
+    spec = AttackSpec("star", ("a red star",), steps=4)
+    latents, timesteps = trajectory(reference, "a red star", spec, seed=5)
+    assert len(latents) == len(timesteps) == 4
+    assert torch.equal(latents[0], torch.randn(latents[0].shape, generator=torch.Generator().manual_seed(5)))
+    # z_t is what the unedited model's own guided DDIM step turns into the next latent of the trajectory
+    text, uncond = reference.encode_prompt("a red star", "cpu", 1, True)
+    with torch.no_grad():
+        eps_u, eps_c = reference.unet(torch.cat([latents[2]] * 2), timesteps[2],
+                                      encoder_hidden_states=torch.cat([uncond, text])).sample.chunk(2)
+    following = reference.scheduler.step(eps_u + spec.guidance * (eps_c - eps_u), timesteps[2], latents[2])
+    assert torch.allclose(following.prev_sample, latents[3], atol=1e-5)
+    for variant, words in (("p4d-n", 6), ("p4d-k", 3 + 1)):
+        config = default_config(P4dConfig, tiny=True, variant=variant, iterations=3, check_every=3)
+        result = p4d_attack(target, spec, config, reference_pipe=reference)
+        typed = result.replays[0].text
+        assert len(target.tokenizer(typed).input_ids) == words + 2, typed  # re-tokenises to what was optimised
+        if variant == "p4d-k":
+            assert typed.split()[:3] == ["a", "red", "star"]
+        # trajectory 4 steps x 2; 3 gradient steps x 2 UNet calls; one oracle check of 2 images x 4 steps x 2
+        assert result.cost.unet_evals == 4 * 2 + 3 * 2 + 2 * 4 * 2
+    with pytest.raises(EraselabError, match="variant 'p4d-x' is not one of p4d-n, p4d-k"):
+        P4dConfig(variant="p4d-x")

@@ -6,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from eraselab.cli import app
+from eraselab.errors import EraselabError
 
 runner = CliRunner()
 
@@ -157,3 +158,16 @@ def test_generate_with_a_guard(tmp_path):
     assert record["guard"]["preset"] == "max"
     bad = runner.invoke(app, [*args, "--guard-concept", "star", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "need --guard" in bad.stderr
+
+
+def test_a_yaml_list_fills_a_tuple_config_field(tmp_path):
+    from eraselab.attack.concept_arithmetic import ConceptArithmeticConfig
+    from eraselab.cli import _method_config
+
+    config = tmp_path / "c.yaml"
+    config.write_text("oracle_seeds: [7, 8, 9]\nbudget: 12\n")
+    settings = _method_config(ConceptArithmeticConfig, config, "tiny")
+    assert settings.oracle_seeds == (7, 8, 9) and settings.budget == 12
+    config.write_text("oracle_seeds: seven\n")
+    with pytest.raises(EraselabError, match="config field 'oracle_seeds': expected tuple"):
+        _method_config(ConceptArithmeticConfig, config, "tiny")

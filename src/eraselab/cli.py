@@ -6,55 +6,22 @@ Errors in the user's input end with one line on stderr and exit code 2, never a 
 from __future__ import annotations
 
 import csv
-import functools
 import json
-import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from eraselab.cli_support import user_errors
 from eraselab.errors import EraselabError
+from eraselab.traps.commands import traps_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="eraselab: erase concepts from text-to-image models, attack the erasure, judge the result.")
 tiny_app = typer.Typer(no_args_is_help=True, help="The built-in tiny text-to-image model: train, check, locate.")
 app.add_typer(tiny_app, name="tiny")
-
-
-def _quiet_libraries() -> None:
-    """diffusers/transformers chatter (deprecations, optional backends) is not the user's business."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    import logging
-
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.disable_progress_bar()  # their per-file loading bars; eraselab shows its own progress
-    transformers_logging.disable_progress_bar()
-
-
-def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn :class:`EraselabError` into one line on stderr and exit code 2."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        _quiet_libraries()
-        try:
-            return command(*args, **kwargs)
-        except EraselabError as error:
-            typer.echo(f"eraselab: error: {error}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
+app.add_typer(traps_app, name="traps")
 
 
 def read_prompts(path: Path) -> list[str]:
@@ -154,6 +121,8 @@ def _method_config(config_class: type, path: Path | None, model: str = "") -> An
     for name, value in raw.items():
         default = getattr(config_class(), name)
         expected = str if default is None else type(default)  # optional fields (None by default) take text
+        if expected is tuple and isinstance(value, list):
+            raw[name] = value = tuple(value)  # YAML has lists, the frozen configs hold tuples
         if value is not None and not isinstance(value, expected) and not (expected is float and isinstance(value, int)):
             raise EraselabError(f"config field {name!r}: expected {expected.__name__}, got {value!r}")
     return default_config(config_class, model == "tiny", **raw)

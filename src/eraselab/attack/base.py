@@ -107,6 +107,13 @@ class AttackResult:
                    record["oracle"], record["details"])
 
 
+def whole_word_tokens(tokenizer) -> dict[int, str]:
+    """Token id -> word for CLIP's whole-word tokens ("star</w>"): typed as text they re-tokenise to the same ids,
+    so a prompt made of them replays exactly what a search scored (sub-word pieces would glue into others)."""
+    special = set(tokenizer.all_special_ids)
+    return {i: t[: -len("</w>")] for t, i in tokenizer.get_vocab().items() if t.endswith("</w>") and i not in special}
+
+
 def check_budget(budget: int, name: str = "budget") -> None:
     if budget < 1:
         raise EraselabError(f"{name} must be at least 1, got {budget}: an attack with nothing to spend is no attack")

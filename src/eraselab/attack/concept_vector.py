@@ -25,7 +25,7 @@ from typing import ClassVar
 
 import torch
 
-from eraselab.attack.base import AttackResult, AttackSpec, Cost, Replay, check_budget
+from eraselab.attack.base import AttackResult, AttackSpec, Cost, Replay, check_budget, whole_word_tokens
 from eraselab.erase.cross_attention_edit import encode
 from eraselab.generate import require_known_words
 
@@ -54,10 +54,7 @@ def genetic_search(pipe, target: torch.Tensor, config: ConceptVectorConfig) -> t
     check_budget(config.generations, "generations")
     check_budget(config.tokens, "tokens")
     tokenizer = pipe.tokenizer
-    special = set(tokenizer.all_special_ids)
-    # Whole-word tokens only ("star</w>"): their decoded text re-tokenises to the same ids, so the typed prompt
-    # replays exactly what the search scored (sub-word pieces would glue into other tokens).
-    words = {i: t for t, i in tokenizer.get_vocab().items() if t.endswith("</w>") and i not in special}
+    words = whole_word_tokens(tokenizer)
     vocabulary = torch.tensor(sorted(words))
     g = torch.Generator().manual_seed(config.seed)
     population = vocabulary[torch.randint(len(vocabulary), (config.population, config.tokens), generator=g)]
@@ -88,7 +85,7 @@ def genetic_search(pipe, target: torch.Tensor, config: ConceptVectorConfig) -> t
         scores = torch.cat([scores[order[: len(keep)]], fitness(children)])
         calls += len(children)
     best = int(scores.argmax())
-    text = " ".join(words[int(i)][: -len("</w>")] for i in population[best])
+    text = " ".join(words[int(i)] for i in population[best])
     return text, float(-scores[best]), calls
 
 

@@ -1,7 +1,6 @@
 """The tiny world's judge: the attribute classifier shipped beside the tiny model (its NudeNet).
 
->>> import torch
-from PIL import Image
+>>> from PIL import Image
 >>> detector = TinyDetector()
 >>> result = detector.detect([Image.new("RGB", (32, 32), (235, 235, 235))])[0]
 >>> sorted(result)

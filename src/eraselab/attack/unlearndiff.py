@@ -1,0 +1,157 @@
+"""UnlearnDiffAtk: "To Generate or Not? Safety-Driven Unlearned Diffusion Models Are Still Easy To Generate Unsafe
+Images ... For Now" (Zhang et al., ECCV 2024).
+
+Threat model: white-box gradients through the edited model. The diffusion model is its own classifier: an
+adversarial prompt that lets the *edited* model denoise an image of the concept well is a prompt under which the
+edited model draws the concept. With x_0 the latent of a target image of the concept (made by the unedited model
+from the attacked prompt, at ``target_seed``) and P = [k adversarial tokens] + prompt, the attack solves (Eq. 3)
+    min_{P_adv}  E_{t, eps} || eps_theta'(x_t | P) - eps ||^2,   x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps,
+over k relaxed tokens (each a distribution over the vocabulary, embedding z E; :mod:`.soft_prompt`), with Adam and
+a projection back onto the simplex after every step; the typed prompt takes each token's argmax. Timesteps are
+visited in sequence along the sampler's schedule, one per step as in the paper, or ``timesteps_per_step`` at a
+time in one batched UNet call (same loss and gradient, fewer calls: ``benchmarks/attacks.py`` times both). Every
+``check_every`` steps the typed prompt is generated at the oracle seeds and the oracle (a separate detector
+instance, never the final judge) stops the attack on its first success.
+
+Defaults (SD 1.4, the paper): k = 5 prepended tokens, 40 steps, Adam lr 0.01, one timestep per step, checked
+every step. Tiny model: k = 3 (its prompts hold 24 tokens), lr 0.1, checked every 5 steps (a check costs a whole
+generation, 50 UNet calls, against 1 for a gradient step). A guard is not part of the loss.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from eraselab.attack.base import AttackResult, AttackSpec, Cost, Replay, check_budget, whole_word_tokens
+from eraselab.attack.soft_prompt import encode_with_embeddings, insert_relaxed_tokens, project_to_simplex
+from eraselab.errors import EraselabError
+from eraselab.generate import generate_images
+from eraselab.judge.detectors import make_detector
+
+THREAT_MODEL = "white-box-gradients"
+
+
+@dataclass(frozen=True)
+class UnlearnDiffConfig:
+    tokens: int = 5  # k adversarial tokens, prepended
+    iterations: int = 40  # gradient steps (the budget)
+    lr: float = 0.01
+    timesteps_per_step: int = 1  # 1: the paper's schedule; more: that many timesteps in one batched UNet call
+    check_every: int = 1
+    target_seed: int = 1000  # the unedited model draws the target image at this seed
+    oracle: str = "tiny"
+    oracle_label: str = ""  # empty: derived from the concept on the tiny model
+    oracle_seeds: tuple[int, ...] = (1000, 1001)
+    seed: int = 0  # initial tokens and the noise of every step
+
+    tiny_overrides: ClassVar[dict] = {"tokens": 3, "lr": 0.1, "check_every": 5}
+
+
+def target_latent(reference_pipe, prompt: str, spec: AttackSpec, seed: int) -> torch.Tensor:
+    """x_0: the VAE latent (1, 4, h, w) of the unedited model's image of ``prompt`` at ``seed``."""
+    image = generate_images(reference_pipe, Replay(prompt).requests([seed], spec.steps, spec.guidance),
+                            progress=False)[0]
+    pixels = reference_pipe.image_processor.preprocess(image).to(reference_pipe.device, reference_pipe.vae.dtype)
+    with torch.no_grad():
+        return reference_pipe.vae.encode(pixels).latent_dist.mean * reference_pipe.vae.config.scaling_factor
+
+
+def denoising_loss(pipe, input_embeddings: torch.Tensor, latent: torch.Tensor, timesteps: list[int],
+                   noises: torch.Tensor, batched: bool = True) -> torch.Tensor:
+    """Mean over ``timesteps`` of || eps_theta(x_t | P) - eps ||^2 (Eq. 3): one batched UNet call, or one call
+    per timestep with the same mean (the reference schedule)."""
+    def one(ts: list[int], eps: torch.Tensor) -> torch.Tensor:
+        t = torch.tensor(ts, device=latent.device)
+        noisy = pipe.scheduler.add_noise(latent.expand(len(ts), -1, -1, -1), eps, t)  # x_t
+        condition = encode_with_embeddings(pipe.text_encoder, input_embeddings).expand(len(ts), -1, -1)
+        predicted = pipe.unet(noisy, t, encoder_hidden_states=condition).sample
+        return F.mse_loss(predicted, eps, reduction="none").mean(dim=(1, 2, 3)).sum()
+
+    if batched:
+        return one(timesteps, noises) / len(timesteps)
+    return sum(one([t], noises[i:i + 1]) for i, t in enumerate(timesteps)) / len(timesteps)
+
+
+def typed_prompt(words: dict[int, str], relaxed: torch.Tensor, candidates: torch.Tensor, prompt: str) -> str:
+    """Each relaxed token's most likely word, then the prompt."""
+    return " ".join([*(words[int(i)] for i in candidates[relaxed.argmax(-1)]), prompt])
+
+
+def attack(target_pipe, spec: AttackSpec, config: UnlearnDiffConfig, reference_pipe=None) -> AttackResult:
+    start = time.perf_counter()
+    check_budget(config.iterations, "iterations")
+    check_budget(config.tokens, "tokens")
+    if reference_pipe is None:
+        raise EraselabError("unlearndiff needs the unedited model to draw its target images (the reference model)")
+    label = config.oracle_label
+    if not label and target_pipe.tokenizer.init_kwargs.get("closed_vocabulary", False):
+        from eraselab.models.tiny.suites import concept_label
+
+        label = concept_label(spec.concept)
+    if not label:
+        raise EraselabError("unlearndiff needs an oracle_label (what its oracle must see) on this model")
+    oracle = make_detector(config.oracle)
+    tokenizer, device = target_pipe.tokenizer, target_pipe.device
+    words = whole_word_tokens(tokenizer)  # the typed prompt must re-tokenise to the tokens optimised
+    candidates = torch.tensor(sorted(words), device=device)
+    schedule = target_pipe.scheduler
+    schedule.set_timesteps(spec.steps, device=device)
+    timesteps = schedule.timesteps.tolist()
+    for module in (target_pipe.unet, target_pipe.text_encoder):
+        module.requires_grad_(False)
+    cost = Cost()
+    replays, searched = [], []
+    for index, prompt in enumerate(spec.prompts):
+        # 1. The target: the unedited model's image of the prompt.
+        latent = target_latent(reference_pipe, prompt, spec, config.target_seed)
+        cost.unet_evals += spec.steps * 2
+        input_ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length,
+                              truncation=True, return_tensors="pt").input_ids.to(device)
+        # 2. k relaxed tokens, started at random one-hot rows.
+        generator = torch.Generator().manual_seed(config.seed * 7919 + index)
+        start_ids = torch.randint(len(candidates), (config.tokens,), generator=generator)
+        relaxed = F.one_hot(start_ids, len(candidates)).float()[None].to(device).requires_grad_(True)
+        optimizer = torch.optim.Adam([relaxed], lr=config.lr)
+        history, success_at = [], None
+        for step in range(config.iterations):
+            # 3. Timesteps in sequence along the schedule; fresh seeded noise for each.
+            first = step * config.timesteps_per_step
+            ts = [timesteps[(first + j) % len(timesteps)] for j in range(config.timesteps_per_step)]
+            noises = torch.randn((len(ts), *latent.shape[1:]), generator=generator).to(device, latent.dtype)
+            full = torch.zeros(1, config.tokens, len(tokenizer), device=device)
+            full = full.index_copy(2, candidates, relaxed)
+            embeddings = insert_relaxed_tokens(target_pipe.text_encoder, input_ids, full)
+            loss = denoising_loss(target_pipe, embeddings, latent, ts, noises)  # Eq. 3
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                relaxed.copy_(project_to_simplex(relaxed))  # back onto the simplex
+            cost.unet_evals += len(ts)
+            cost.text_encoder_evals += 1
+            history.append(round(loss.item(), 5))
+            # 4. Early stop on the oracle's first success with the typed prompt.
+            if (step + 1) % config.check_every == 0 or step + 1 == config.iterations:
+                text = typed_prompt(words, relaxed.detach()[0], candidates, prompt)
+                images = generate_images(target_pipe, Replay(prompt, text=text).requests(
+                    config.oracle_seeds, spec.steps, spec.guidance), progress=False)
+                cost.unet_evals += len(images) * spec.steps * 2
+                cost.text_encoder_evals += len(images) * 2
+                if any(oracle.present(r, label) for r in oracle.detect(images)):
+                    success_at = step + 1
+                    break
+        text = typed_prompt(words, relaxed.detach()[0], candidates, prompt)
+        replays.append(Replay(prompt, text=text))
+        searched.append({"prompt": prompt, "text": text, "loss": history, "oracle_success_at": success_at})
+    cost.seconds = round(time.perf_counter() - start, 3)
+    return AttackResult("unlearndiff", THREAT_MODEL, asdict(config), replays, cost,
+                        oracle={"detector": config.oracle, "label": label, "seeds": list(config.oracle_seeds)},
+                        details={"search": searched})
+
+
+ATTACK = (attack, UnlearnDiffConfig)

@@ -1,0 +1,245 @@
+"""Copyright traps on a micro GPT-2 trained here in seconds: scores against plain re-derivations, the exactness of
+the rank test, generation filters, injection offsets and the key, detection, the CLI and its bad input."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from eraselab.cli import app
+from eraselab.errors import EraselabError
+from eraselab.traps.detect import detect
+from eraselab.traps.evidence import FisherNull, calibration, fisher_statistic, membership_test, rank_p_value
+from eraselab.traps.generate import TrapRequest, generate_traps, jaccard, tokenizer_fingerprint
+from eraselab.traps.inject import inject, read_documents, sha256
+from eraselab.traps.lm import LmRecipe, save_lm, train_lm, train_tokenizer
+from eraselab.traps.power import simulate_power
+from eraselab.traps.scores import SCORES
+from eraselab.traps.scores.stats import token_stats
+from eraselab.traps.world import chronicle_corpus
+
+MICRO = LmRecipe(layers=1, width=32, heads=2, block=64, epochs=1, batch=16, lr=5e-3, warmup=5, seed=0)
+BAND = (1.0, 1e6)  # any perplexity: the micro tests check the machinery, the demo measures the band
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+    docs = chronicle_corpus(120, seed=3)
+    tokenizer = train_tokenizer(docs, vocab_size=400)
+    model = train_lm(docs, tokenizer, MICRO, progress=False)
+    path = save_lm(model, tokenizer, tmp_path_factory.mktemp("micro") / "lm")
+    return model, tokenizer, path
+
+
+@pytest.fixture(scope="module")
+def traps(micro):
+    model, tokenizer, path = micro
+    return generate_traps(model, tokenizer, TrapRequest(12, BAND, count=4, siblings=5, seed=1, batch=32),
+                          str(path), progress=False)
+
+
+def _plain_scores(model, begin: int, ids: list[int], context: list[int], text: str, reference=None) -> dict:
+    """Each score re-derived one sequence at a time, with explicit loops over positions and the vocabulary."""
+    row = torch.tensor([[begin, *context, *ids]])
+    with torch.no_grad():
+        logits = model(row).logits[0].double()
+        reference_logits = reference(row).logits[0].double() if reference is not None else None
+    log_probs, standardised, reference_log_probs = [], [], []
+    for t, token in enumerate(ids):
+        position = len(context) + t  # the logits at this position predict ``token``
+        distribution = torch.softmax(logits[position], -1)
+        log_p = torch.log(distribution)
+        mean = sum(distribution[v] * log_p[v] for v in range(len(distribution)))
+        variance = sum(distribution[v] * (log_p[v] - mean) ** 2 for v in range(len(distribution)))
+        log_probs.append(float(log_p[token]))
+        standardised.append(float((log_p[token] - mean) / variance.sqrt()))
+        if reference_logits is not None:
+            reference_log_probs.append(float(torch.log_softmax(reference_logits[position], -1)[token]))
+    k = math.ceil(0.2 * len(ids))
+    mean_ll = sum(log_probs) / len(ids)
+    scores = {"loss": mean_ll, "zlib": mean_ll / len(zlib.compress(text.encode())),
+              "min-k": sum(sorted(log_probs)[:k]) / k, "min-k++": sum(sorted(standardised)[:k]) / k}
+    if reference is not None:
+        scores["reference-ratio"] = -(-mean_ll - (-sum(reference_log_probs) / len(ids)))
+    return scores
+
+
+def test_every_score_matches_a_plain_rederivation_with_padding_and_context(micro):
+    model, tokenizer, _ = micro
+    torch.manual_seed(5)
+    from eraselab.traps.lm import make_model
+
+    reference = make_model(len(tokenizer), LmRecipe(layers=1, width=16, heads=2, seed=7)).eval()
+    sequences = [torch.randint(1, len(tokenizer), (n,)).tolist() for n in (5, 11, 8)]
+    contexts = [[], torch.randint(1, len(tokenizer), (4,)).tolist(), [7, 9]]
+    texts = ["a b c", "the miller sold salt", "zzz"]
+    begin = tokenizer.eos_token_id
+    target = token_stats(model, sequences, texts, begin, contexts, batch_size=2)  # padded batches
+    ref = token_stats(reference, sequences, texts, begin, contexts, batch_size=3)
+    for name in SCORES.names():
+        values = SCORES.get(name).compute(target, ref)
+        for i, (ids, context, text) in enumerate(zip(sequences, contexts, texts, strict=True)):
+            expected = _plain_scores(model, begin, ids, context, text, reference)[name]
+            assert values[i].item() == pytest.approx(expected, rel=1e-5, abs=1e-6), (name, i)
+
+
+def test_rank_p_values_and_the_exact_fisher_null_match_enumeration():
+    assert rank_p_value(5.0, [1, 2, 3]) == 0.25
+    assert rank_p_value(2.0, [1, 2, 3]) == 0.75  # a tie counts against the claim
+    # Two traps with 3 siblings each: 16 equally likely rank pairs under the null.
+    statistic = fisher_statistic([0.25, 0.5])
+    exact = sum(fisher_statistic([a / 4, b / 4]) >= statistic - 1e-12
+                for a, b in itertools.product(range(1, 5), repeat=2)) / 16
+    assert FisherNull([3, 3], draws=200_000).p_value(statistic) == pytest.approx(exact, abs=0.005)
+
+
+def test_the_combined_test_is_calibrated_on_exchangeable_scores_and_finds_a_real_gap():
+    rng = np.random.default_rng(0)
+    siblings = [rng.normal(0, 1, 9).tolist() for _ in range(15)]
+    null = calibration(rng.normal(0, 1, 15).tolist(), siblings, draws=400, alpha=0.05)
+    assert null["exact"]["rejection_rate"] <= 0.05 + 0.03  # sampling error of 400 draws
+    result = membership_test(rng.normal(2.5, 1, 15).tolist(), siblings)
+    assert result["combined_p"] < 1e-4 and result["auc"]["low"] > 0.8
+    assert result["auc"]["low"] <= result["auc"]["value"] <= result["auc"]["high"]
+
+
+def test_power_grows_with_the_effect_and_is_alpha_at_no_effect():
+    assert simulate_power(0.0, 10, 19, alpha=0.05, draws=2000)["power"] <= 0.065
+    assert simulate_power(0.5, 10, 19, draws=500)["power"] < simulate_power(1.5, 10, 19, draws=500)["power"]
+
+
+def test_generated_traps_round_trip_are_not_near_duplicates_and_roles_are_complete(micro, traps):
+    _, tokenizer, _ = micro
+    published = [t for t in traps if t["role"] == "published"]
+    assert len(published) == 4 and len(traps) == 4 * 6
+    for trap in traps:
+        assert tokenizer(trap["text"], add_special_tokens=False).input_ids == trap["token_ids"]
+        assert len(trap["token_ids"]) == 12
+    for a, b in itertools.combinations(traps, 2):
+        assert jaccard(set(a["token_ids"]), set(b["token_ids"])) <= 0.2
+    assert {t["trap"] for t in traps} == {t["id"] for t in published}
+    assert all(sum(s["trap"] == p["id"] for s in traps if s["role"] == "sibling") == 5 for p in published)
+
+
+def test_generation_is_reproducible_and_an_unreachable_band_says_what_was_reached(micro, traps):
+    model, tokenizer, path = micro
+    again = generate_traps(model, tokenizer, TrapRequest(12, BAND, count=4, siblings=5, seed=1, batch=32),
+                           str(path), progress=False)
+    assert again == traps
+    with pytest.raises(EraselabError, match=r"band 1:1\.01 not filled: sampled perplexities reached"):
+        generate_traps(model, tokenizer, TrapRequest(12, (1.0, 1.01), 4, 5, rounds=2, batch=8), progress=False)
+
+
+def test_injection_places_every_copy_where_the_key_says_and_leaves_the_originals(micro, traps):
+    _, tokenizer, _ = micro
+    docs = {f"d{i}": text for i, text in enumerate(chronicle_corpus(6, seed=9))}
+    originals = dict(docs)
+    injected, key = inject(traps, docs, repetitions=3, seed=2)
+    assert docs == originals
+    for trap in key["traps"]:
+        assert trap["repetitions"] == 3 and len(trap["copies"]) == 3
+        assert len({c["document"] for c in trap["copies"]}) == 3  # spread over documents
+        for copy in trap["copies"]:
+            assert injected[copy["document"]][copy["offset"]:copy["offset"] + len(trap["text"])] == trap["text"]
+        assert len(trap["siblings"]) == 5
+        assert all(s["text"] not in "".join(injected.values()) for s in trap["siblings"])
+    assert key["documents"] == {name: sha256(text) for name, text in injected.items()}
+    fuzzy, _ = inject(traps, docs, repetitions=2, seed=2, fuzzy=3, tokenizer=tokenizer)
+    assert sum(text.count(t["text"]) for t in traps if t["role"] == "published" for text in fuzzy.values()) < 8
+
+
+def test_detect_refuses_a_tokenizer_mismatch_changed_documents_and_too_few_siblings(micro, traps):
+    model, tokenizer, _ = micro
+    docs = {f"d{i}": text for i, text in enumerate(chronicle_corpus(6, seed=9))}
+    injected, key = inject(traps, docs, repetitions=2, seed=2)
+    report = detect(key, model, tokenizer, docs=injected, context=True)
+    assert set(report["scores"]) == {"loss", "zlib", "min-k", "min-k++"}
+    assert len(report["scores"]["loss"]["all"]["p_values"]) == 4
+    other = train_tokenizer(chronicle_corpus(30, seed=4), vocab_size=300)
+    assert tokenizer_fingerprint(other) != key["tokenizer"]
+    with pytest.raises(EraselabError, match="tokenizer mismatch"):
+        detect(key, model, other)
+    with pytest.raises(EraselabError, match="do not match the key: d0"):
+        detect(key, model, tokenizer, docs={**injected, "d0": injected["d0"] + " edited"})
+    with pytest.raises(EraselabError, match="needs the published documents"):
+        detect(key, model, tokenizer, context=True)
+    few = {**key, "traps": [{**t, "siblings": t["siblings"][:2]} for t in key["traps"]]}
+    with pytest.raises(EraselabError, match="8 sibling traps in all; at least 10"):
+        detect(few, model, tokenizer)
+
+
+def test_cli_generate_inject_detect_power(micro, tmp_path: Path):
+    _, _, path = micro
+    runner = CliRunner()
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i, text in enumerate(chronicle_corpus(5, seed=11)):
+        (docs / f"{i}.txt").write_text(text)
+    traps_file = tmp_path / "traps.jsonl"
+    result = runner.invoke(app, ["traps", "generate", "--reference-model", str(path), "--length", "10", "--ppl-band",
+                                 "1:1000000", "--count", "3", "--siblings", "4", "--out", str(traps_file), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.strip().splitlines()[-1])["siblings"] == 12
+    key = str(tmp_path / "key.json")
+    result = runner.invoke(app, ["traps", "inject", "--traps", str(traps_file), "--docs", str(docs), "--repetitions",
+                                 "2", "--fuzzy", "1", "--out", str(tmp_path / "pub"), "--key", key])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "pub").iterdir()) == sorted(p.name for p in docs.iterdir())
+    roc = tmp_path / "roc.png"
+    result = runner.invoke(app, ["traps", "detect", "--key", str(tmp_path / "key.json"), "--model", str(path),
+                                 "--reference-model", str(path), "--docs", str(tmp_path / "pub"), "--context",
+                                 "--roc", str(roc), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert report["context"] and "reference-ratio" in report["scores"] and roc.stat().st_size > 0
+    result = runner.invoke(app, ["traps", "power", "--effect", "1.5", "--traps", "10", "--json"])
+    assert result.exit_code == 0 and 0 < json.loads(result.output)["power"] <= 1
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["generate", "--reference-model", "{path}", "--ppl-band", "60", "--out", "{tmp}/t.jsonl"], "LO:HI"),
+    (["generate", "--reference-model", "{path}", "--count", "2", "--siblings", "4", "--out", "{tmp}/t.jsonl"],
+     "at least 10 are needed"),
+    (["generate", "--reference-model", "{tmp}/none", "--out", "{tmp}/t.jsonl"], "cannot load a causal language model"),
+    (["inject", "--traps", "{tmp}/none.jsonl", "--docs", "{tmp}", "--out", "{tmp}/o", "--key", "{tmp}/k.json"],
+     "does not exist"),
+    (["detect", "--key", "{tmp}/t.jsonl", "--model", "{path}"], "not an eraselab trap key"),
+    (["power", "--effect", "1", "--traps", "2", "--siblings", "3"], "at least 10 are needed"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(micro, tmp_path: Path, args, message):
+    _, _, path = micro
+    (tmp_path / "t.jsonl").write_text('{"a": 1}\n')
+    result = CliRunner().invoke(app, ["traps", *[a.format(path=path, tmp=tmp_path) for a in args]])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_an_empty_corpus_is_refused(tmp_path: Path):
+    (tmp_path / "empty.jsonl").write_text('{"text": "  "}\n')
+    with pytest.raises(EraselabError, match="is empty"):
+        read_documents(tmp_path / "empty.jsonl")
+    with pytest.raises(EraselabError, match="corpus is empty"):
+        train_tokenizer(["", " "])
+
+
+def test_the_trap_world_demo_runs_end_to_end_at_micro_size(tmp_path: Path):
+    from eraselab.traps.demo import TrapWorld, run_demo
+
+    world = TrapWorld(lengths=(10,), bands=(BAND,), repetitions=(1, 20), traps_per_cell=3, siblings=4,
+                      public_documents=80, private_documents=60, vocab_size=400, reference_recipe=MICRO,
+                      recipe=MICRO, calibration_draws=50)
+    report = run_demo(tmp_path, world, progress=False)
+    assert set(report) >= {"suspect", "suspect_context", "clean", "calibration"}
+    assert sorted(report["suspect"]["groups"]) == ["len10-ppl1-1e+06-rep1 x1", "len10-ppl1-1e+06-rep20 x20"]
+    table = (tmp_path / "table.md").read_text()
+    assert "| len10-ppl1-1e+06 x20 |" in table and "calibration on the clean model" in table
+    for name in ("roc.png", "key.json", "traps.jsonl", "published/documents.jsonl", "models/suspect/model.safetensors"):
+        assert (tmp_path / name).is_file(), name

@@ -202,3 +202,46 @@ def test_several_models_in_one_grid(tmp_path, micro_run):
     assert summary["counts"]["images"] == 2 * 6 * 2 and summary["metrics"] == 2
     models = {m["inputs"]["model"] for m in RunStore(tmp_path / "run").metrics()}
     assert models == {str(micro_run / "pipeline"), str(tmp_path / "second")}
+
+
+def test_attacks_are_a_grid_axis_with_refusals_resume_and_a_defence_by_attack_table(tmp_path):
+    from eraselab.erase.registry import default_config
+    from eraselab.erase.spec import EraseSpec
+    from eraselab.erase.uce import UceConfig
+    from eraselab.erase.uce import erase as uce
+    from eraselab.models import load_pipeline
+    from eraselab.models.tiny.world import load_world
+
+    spec = EraseSpec(("star",), ("shape",), templates=load_world().erase_templates("star"))
+    edit = uce(load_pipeline("tiny"), spec, default_config(UceConfig, tiny=True)).save(tmp_path / "uce-star")
+    prompts = tmp_path / "stars.csv"
+    prompts.write_text("prompt\na red star\na blue star\n")
+    config = {"name": "attacked", "models": ["tiny"], "edits": ["base", str(edit)], "seeds": [0],
+              "guards": [{"name": "negative-prompt", "concept": "star"}],
+              "groups": [{"suite": "tiny:target:star", "metric": "efficacy", "concept": "shape=star"}],
+              "attacks": [{"name": "embedding-recovery", "concept": "star", "suite": str(prompts), "seeds": 1},
+                          {"name": "concept-vector", "concept": "star", "suite": str(prompts), "seeds": 1,
+                           "options": {"strength": 5.0}}]}
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump({**config, "attacks": [{**config["attacks"][1], "options": {"eta": 5.0}}]}))
+    with pytest.raises(EraselabError, match=r"attacks\[0\]\.options': 'eta' is not a setting of concept-vector"):
+        load_experiment(path)
+    path.write_text(yaml.safe_dump(config))
+    experiment = load_experiment(path)
+    assert run_experiment(experiment, tmp_path / "run", dry_run=True)["attack_cells"] == 4 * 2
+    summary = run_experiment(experiment, tmp_path / "run", progress=False)
+    # embedding recovery needs an edit's weights: refused on base and on base + guard, run on the two UCE variants
+    assert summary["attacks"] == {"run": 6, "resumed": 0, "refused": 2}
+    refused = [json.loads(p.read_text()) for p in (tmp_path / "run" / "attacks").glob("*/refused.json")]
+    assert {r["attack"] for r in refused} == {"embedding-recovery"} and all(r["edit"] is None for r in refused)
+    assert all("needs white-box access" in r["reason"] for r in refused)
+    recovered = [json.loads(p.read_text()) for p in (tmp_path / "run" / "attacks").glob("*/summary.json")
+                 if "embedding-recovery" in p.parent.name]
+    assert {r["guard"]["name"] if r["guard"] else None for r in recovered} == {None, "negative-prompt"}
+    assert all(r["post_attack"]["value"] >= r["pre_attack"]["value"] for r in recovered)
+    again = run_experiment(experiment, tmp_path / "run", progress=False)
+    assert again["attacks"] == {"run": 0, "resumed": 8, "refused": 0}
+    page, _ = write_report(tmp_path / "run")
+    text = page.read_text()
+    assert "id='attack-matrix'" in text and "refused: embedding-recovery needs white-box access" in text
+    assert text.count("<td>uce-star") >= 2 and "UNet evals" in text

@@ -188,8 +188,8 @@ def _guard_from_options(name: str | None, concept: str | None, preset: str | Non
 @app.command()
 @user_errors
 def attack(
-    attack_name: Annotated[str, typer.Option("--attack", help="embedding-recovery, concept-vector or "
-                                                               "concept-arithmetic.")],
+    attack_name: Annotated[str, typer.Option("--attack", help="embedding-recovery, concept-vector, "
+                                                               "concept-arithmetic, unlearndiff or p4d.")],
     concept: Annotated[str, typer.Option(help="The concept the attack tries to bring back (its words).")],
     suite: Annotated[str, typer.Option(help="Prompts to attack: a suite name, tiny:KIND:CONCEPT or a CSV/JSONL.")],
     out: Annotated[Path, typer.Option(help="Directory for the attack result and summary.json.")],
@@ -210,62 +210,20 @@ def attack(
     Example: eraselab attack --edit edits/uce-star --attack embedding-recovery --concept star
     --suite tiny:target:star --out attacks/er-uce
     """
-    import importlib
     import json as json_module
 
     from eraselab.attack import ATTACKS
-    from eraselab.attack.base import AttackSpec
-    from eraselab.attack.evaluate import evaluate, presence, summary
-    from eraselab.judge.detectors import make_detector
-    from eraselab.models import load_pipeline
-    from eraselab.outputs import writable_directory
-    from eraselab.suites import load_suite
+    from eraselab.attack.runner import check_access, run_attack
 
-    attack_fn, config_class = ATTACKS.get(attack_name)
-    threat = importlib.import_module(attack_fn.__module__).THREAT_MODEL
+    _, config_class = ATTACKS.get(attack_name)
     settings = _method_config(config_class, config, model)
     defence = _guard_from_options(guard, guard_concept, guard_preset)
-    if threat == "white-box-weights" and edit is None:
-        what = f"the guard {defence.label} changes no weights" if defence else "no --edit was given"
-        raise EraselabError(f"{attack_name} needs white-box access to an edit's weights, and {what}")
-    if seeds < 1:
-        raise EraselabError(f"--seeds must be at least 1, got {seeds}")
-    if hasattr(settings, "budget"):
-        from eraselab.attack.base import check_budget
-
-        check_budget(settings.budget)  # before any model is loaded
-    writable_directory(out)
-    is_tiny = model == "tiny"
-    judge_name = judge or ("tiny" if is_tiny else "nudenet")
-    if label is None:
-        from eraselab.models.tiny.suites import concept_label
-
-        label = concept_label(concept) if judge_name == "tiny" else "nudity"
-    prompts = tuple(item.prompt for item in load_suite(suite).items)
-    spec = AttackSpec(concept, prompts, steps=25 if is_tiny else 50, guidance=5.0 if is_tiny else 7.5)
-    reference = load_pipeline(model, device=device)
-    final_judge = make_detector(judge_name)
-    from eraselab.attack.base import Replay
-
-    base_rate = presence(reference, [Replay(p) for p in prompts], range(seeds), spec.steps, spec.guidance,
-                         final_judge, label, attacked=False)
-    if not base_rate["value"]:
-        raise EraselabError(f"the unedited model never shows {label} for these prompts (pre-attack rate 0 at "
-                            f"{seeds} seeds): there is nothing to bring back; stopping")
-    target = load_pipeline(model, device=device)
-    if edit is not None:
-        from eraselab.erase.artifact import apply_edit
-
-        apply_edit(target, edit)
-    result = attack_fn(target, spec, settings, reference_pipe=reference)
-    scores = evaluate(target, result, range(seeds), spec.steps, spec.guidance, final_judge, label, defence)
-    result.save(out)
-    record = summary(result, scores, concept=concept, suite=suite, edit=str(edit) if edit else None,
-                     guard=defence.settings() if defence else None, unedited=base_rate,
-                     judge={"detector": judge_name, "label": label, "version": final_judge.version})
-    (out / "summary.json").write_text(json_module.dumps(record, indent=2, default=str) + "\n")
-    line = (f"{attack_name}: {label} {scores['pre_attack']['value']:.3f} -> {scores['post_attack']['value']:.3f} "
-            f"({result.cost.unet_evals} UNet evals, {result.cost.seconds} s); wrote {out}")
+    check_access(attack_name, edit, defence)
+    record = run_attack(attack_name, settings, concept, suite, out, model, edit, defence, seeds, judge, label,
+                        device)
+    pre, post, cost = record["pre_attack"], record["post_attack"], record["cost"]
+    line = (f"{attack_name}: {record['judge']['label']} {pre['value']:.3f} -> {post['value']:.3f} "
+            f"({cost['unet_evals']} UNet evals, {cost['seconds']} s); wrote {out}")
     typer.echo(json_module.dumps(record, default=str) if as_json else line)
 
 

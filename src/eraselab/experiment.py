@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from eraselab.errors import EraselabError
 from eraselab.experiment_config import (
     EXPECTED,
+    AttackConfig,
     DetectorConfig,
     Experiment,
     Group,
@@ -322,6 +323,45 @@ def _group_metric(experiment: Experiment, store: RunStore, suites: list[PromptSu
     return {"name": group.metric, "inputs": inputs, "value": value}
 
 
+def attack_cell(model: str, edit: str, guard: GuardConfig | None, attack: AttackConfig) -> str:
+    """A stable, readable directory name for one (model, defence, attack) cell of the grid."""
+    key = stable_hash([model, variant_id(edit, guard), attack.label, attack.concept, attack.suite, attack.seeds])
+    return f"{attack.name}-{key[:12]}"
+
+
+def _attacks(experiment: Experiment, out: Path, progress: bool) -> dict:
+    """Every attack against every edit and guard; a finished cell (summary.json) is skipped on resume, and a cell
+    whose threat model the defence cannot offer is recorded as refused, with the reason."""
+    from eraselab.attack.runner import run_attack
+    from eraselab.models import load_pipeline
+
+    counts = {"run": 0, "resumed": 0, "refused": 0}
+    cells = [(m, label, edit, guard, a) for m in experiment.models
+             for label, (edit, guard) in variants(experiment).items() for a in experiment.attacks]
+    loaded: dict[str, tuple] = {}
+    for model, _, edit, guard, attack in tqdm(cells, desc="attacks", disable=not progress):
+        cell = out / "attacks" / attack_cell(model, edit, guard, attack)
+        if (cell / "summary.json").is_file() or (cell / "refused.json").is_file():
+            counts["resumed"] += 1
+            continue
+        judge = experiment.detectors[0]  # the experiment's pinned judge scores the attacks too
+        if model not in loaded:
+            loaded[model] = (load_pipeline(model), make_detector(judge.name, **judge.options))
+        defence = guard.build() if guard else None
+        try:
+            run_attack(attack.name, attack.settings(model == "tiny"), attack.concept, attack.suite, cell, model,
+                       None if edit == "base" else Path(edit), defence, attack.seeds, judge=judge.name,
+                       pipelines=loaded[model])
+            counts["run"] += 1
+        except EraselabError as error:
+            cell.mkdir(parents=True, exist_ok=True)
+            record = {"attack": attack.name, "model": model, "edit": None if edit == "base" else edit,
+                      "guard": defence.settings() if defence else None, "reason": str(error)}
+            (cell / "refused.json").write_text(json.dumps(record, indent=2) + "\n")
+            counts["refused"] += 1
+    return counts
+
+
 def _make_detectors(configs: tuple[DetectorConfig, ...]) -> dict[str, Detector]:
     return {config.label: make_detector(config.name, **config.options) for config in configs}
 
@@ -339,14 +379,16 @@ def run_experiment(experiment: Experiment, out: Path, progress: bool = True, dry
             size = sum(len(_seeds(experiment, i)) for s in suites for i in s.items)
             total = size * len(experiment.models) * len(variants(experiment))
             return {"grid_images": total, "models": len(experiment.models), "edits": len(experiment.edits),
-                    "guards": len(experiment.guards),
+                    "guards": len(experiment.guards), "attack_cells": len(experiment.models)
+                    * len(variants(experiment)) * len(experiment.attacks),
                     "groups": len(suites), "detectors": len(experiment.detectors), "dry_run": True}
         fingerprints = _generate(experiment, store, suites, progress)
         cells = plan(experiment, suites, fingerprints)
         detectors = _make_detectors(experiment.detectors)
         _judge(store, detectors, [c.key for c, _ in cells], progress)
         metrics = _metrics(experiment, store, suites, cells, detectors)
-        return {"run_dir": str(out), "counts": store.counts(), "metrics": len(metrics)}
+        attacks = _attacks(experiment, out, progress) if experiment.attacks else None
+        return {"run_dir": str(out), "counts": store.counts(), "metrics": len(metrics), "attacks": attacks}
     finally:
         store.close()
 

@@ -7,6 +7,9 @@ A benchmark is data (a versioned YAML file), never code. Example (the demo's)::
     models: [tiny]
     edits: [base]
     guards: [{name: sld, concept: star, preset: strong}]   # optional: each edit also runs under each guard
+    attacks:                                                # optional: every edit and guard is attacked
+      - {name: embedding-recovery, concept: star, suite: "tiny:target:star", seeds: 4}
+      - {name: concept-vector, concept: star, suite: "tiny:target:star", options: {eta: 5.0}}
     seeds: {start: 0, count: 8}
     sampler: {steps: 25, guidance: 5.0}
     detectors: [tiny]
@@ -70,6 +73,27 @@ class GuardConfig:
 
 
 @dataclass(frozen=True)
+class AttackConfig:
+    """An attack of the grid (:mod:`eraselab.attack`), run against every edit and guard of the experiment."""
+
+    name: str
+    concept: str
+    suite: str
+    seeds: int = 4
+    options: dict = field(default_factory=dict)
+
+    def settings(self, tiny: bool):
+        from eraselab.attack import ATTACKS
+        from eraselab.erase.registry import default_config
+
+        return default_config(ATTACKS.get(self.name)[1], tiny, **self.options)
+
+    @property
+    def label(self) -> str:
+        return self.name + "".join(f"[{k}={v}]" for k, v in sorted(self.options.items()))
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     models: tuple[str, ...]
@@ -83,6 +107,7 @@ class Experiment:
     batch_size: int = 32
     version: int = CONFIG_VERSION
     guards: tuple[GuardConfig, ...] = ()
+    attacks: tuple[AttackConfig, ...] = ()
 
 
 def _fail(where: str, message: str) -> EraselabError:
@@ -151,6 +176,47 @@ def _guards(raw: Any) -> tuple[GuardConfig, ...]:
     return tuple(out)
 
 
+def _attacks(raw: Any) -> tuple[AttackConfig, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise _fail("attacks", "must be a list of {name, concept, suite, seeds, options}")
+    out = []
+    for i, entry in enumerate(raw):
+        where = f"attacks[{i}]"
+        if not isinstance(entry, dict):
+            raise _fail(where, "must be a mapping {name, concept, suite, seeds, options}")
+        unknown = set(entry) - {"name", "concept", "suite", "seeds", "options"}
+        if unknown:
+            fields = "name, concept, suite, seeds, options"
+            raise _fail(f"{where}.{sorted(unknown)[0]}", f"is not an attack field ({fields})")
+        for key in ("name", "concept", "suite"):
+            if not isinstance(entry.get(key), str) or not entry[key]:
+                raise _fail(f"{where}.{key}", "is required (a string)")
+        seeds, options = entry.get("seeds", 4), entry.get("options", {})
+        if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+            raise _fail(f"{where}.seeds", f"must be an integer >= 1, got {seeds!r}")
+        if not isinstance(options, dict):
+            raise _fail(f"{where}.options", "must be a mapping of the attack's settings")
+        options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+        config = AttackConfig(entry["name"], entry["concept"], entry["suite"], seeds, options)
+        try:
+            config.settings(tiny=False)
+        except EraselabError as error:
+            raise _fail(f"{where}.name", str(error)) from None
+        except TypeError:
+            from dataclasses import fields
+
+            from eraselab.attack import ATTACKS
+
+            known = [f.name for f in fields(ATTACKS.get(config.name)[1])]
+            bad = sorted(set(options) - set(known))
+            raise _fail(f"{where}.options", f"{', '.join(map(repr, bad)) or 'a value'} is not a setting of "
+                                            f"{config.name} ({', '.join(known)})") from None
+        out.append(config)
+    return tuple(out)
+
+
 def _groups(raw: Any, detectors: tuple[DetectorConfig, ...]) -> tuple[Group, ...]:
     if not isinstance(raw, list) or not raw:
         raise _fail("groups", "must be a non-empty list of {suite, metric, concept}")
@@ -189,7 +255,7 @@ def parse_experiment(raw: Any) -> Experiment:
     """Validate a loaded YAML document into an :class:`Experiment`."""
     if not isinstance(raw, dict):
         raise EraselabError("an experiment file must be a YAML mapping")
-    known = {"version", "name", "models", "edits", "guards", "seeds", "sampler", "detectors", "groups",
+    known = {"version", "name", "models", "edits", "guards", "attacks", "seeds", "sampler", "detectors", "groups",
              "use_suite_seeds", "batch_size"}
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -216,7 +282,7 @@ def parse_experiment(raw: Any) -> Experiment:
                       steps=steps, guidance=float(guidance), detectors=detectors,
                       groups=_groups(raw.get("groups"), detectors),
                       use_suite_seeds=bool(raw.get("use_suite_seeds", False)), batch_size=batch_size,
-                      guards=_guards(raw.get("guards")))
+                      guards=_guards(raw.get("guards")), attacks=_attacks(raw.get("attacks")))
 
 
 def load_experiment(path: str | Path) -> Experiment:

@@ -154,22 +154,40 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     return report_path, summary_path
 
 
+def _defence(record: dict) -> str:
+    return " + ".join(x for x in (Path(record["edit"]).name if record.get("edit") else "",
+                                  (record.get("guard") or {}).get("name", "")) if x) or "none"
+
+
 def _attack_table(run_dir: Path) -> str:
-    """Attacks scored into ``run_dir/attacks/*/summary.json``: before and after, with intervals and cost."""
+    """Attacks scored into ``run_dir/attacks/*/summary.json``: the defence x attack matrix (after-attack rate with
+    its interval, the rate before, and the cost), then one row per attack with everything."""
     e, rows = html.escape, []
+    matrix: dict[str, dict[str, str]] = {}
     for path in sorted((run_dir / "attacks").glob("*/summary.json")):
         a = json.loads(path.read_text())
-        defence = " + ".join(x for x in (Path(a["edit"]).name if a.get("edit") else "",
-                                         (a.get("guard") or {}).get("name", "")) if x) or "none"
+        defence = _defence(a)
         pre, post, cost = a["pre_attack"], a["post_attack"], a["cost"]
+        matrix.setdefault(defence, {})[a["attack"]] = (
+            f"{_fmt(pre['value'])} &rarr; <b>{_fmt(post['value'])}</b> [{_fmt(post['low'])}, {_fmt(post['high'])}]"
+            f"<br><small>{cost['unet_evals']} UNet evals, {_fmt(cost['seconds'])} s</small>")
         rows.append(f"<tr><td>{e(a['attack'])}</td><td>{e(a['threat_model'])}</td><td>{e(defence)}</td>"
                     f"<td>{e(a['judge']['label'])}</td><td>{_fmt(pre['value'])} [{_fmt(pre['low'])}, "
                     f"{_fmt(pre['high'])}]</td><td>{_fmt(post['value'])} [{_fmt(post['low'])}, {_fmt(post['high'])}]"
                     f"</td><td>{e(str(a['gain_points']))}</td><td>{cost['unet_evals']}</td>"
                     f"<td>{cost['text_encoder_evals']}</td><td>{_fmt(cost['seconds'])}</td></tr>")
-    if not rows:
+    for path in sorted((run_dir / "attacks").glob("*/refused.json")):
+        a = json.loads(path.read_text())
+        matrix.setdefault(_defence(a), {})[a["attack"]] = f"<span class='na'>refused: {e(a['reason'])}</span>"
+    if not matrix:
         return ""
-    return ("<h2>Attacks</h2><table id='attacks'><tr><th>attack</th><th>threat model</th><th>defence</th>"
+    attacks = sorted({name for cells in matrix.values() for name in cells})
+    grid = "".join(f"<tr><td>{e(defence)}</td>" + "".join(f"<td>{cells.get(name, '')}</td>" for name in attacks)
+                   + "</tr>" for defence, cells in sorted(matrix.items()))
+    return ("<h2>Attacks</h2><p>Rate of the concept before &rarr; after each attack, judged by the pinned judge on "
+            "fresh images (95% Wilson interval), and what the attack spent.</p><table id='attack-matrix'><tr>"
+            "<th>defence</th>" + "".join(f"<th>{e(name)}</th>" for name in attacks) + "</tr>" + grid + "</table>"
+            "<table id='attacks'><tr><th>attack</th><th>threat model</th><th>defence</th>"
             "<th>judged</th><th>before [95%]</th><th>after [95%]</th><th>gain (points)</th><th>UNet evals</th>"
             "<th>text-encoder evals</th><th>seconds</th></tr>" + "".join(rows) + "</table>")
 

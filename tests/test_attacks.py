@@ -270,3 +270,29 @@ def test_p4d_follows_the_unedited_trajectory_and_types_its_prompt(uce_star):
         assert result.cost.unet_evals == 4 * 2 + 3 * 2 + 2 * 4 * 2
     with pytest.raises(EraselabError, match="variant 'p4d-x' is not one of p4d-n, p4d-k"):
         P4dConfig(variant="p4d-x")
+
+
+def test_textual_inversion_learns_one_reusable_token_in_the_concepts_place(uce_star):
+    from eraselab.attack.soft_prompt import encode_with_embeddings, token_embeddings
+    from eraselab.attack.textual_inversion import TextualInversionConfig, concept_slot, with_token
+    from eraselab.attack.textual_inversion import attack as inversion_attack
+
+    reference, target = load_pipeline("tiny"), load_pipeline("tiny")
+    apply_edit(target, uce_star)
+    tokenizer, encoder = target.tokenizer, target.text_encoder
+    # the slot is the concept's place: putting the concept's own embedding there gives the typed prompt back
+    ids, slot = concept_slot(tokenizer, "a red star on blue", "star")
+    own = token_embeddings(encoder)[tokenizer("star", add_special_tokens=False).input_ids[-1]]
+    with torch.no_grad():
+        typed = encoder(tokenizer("a red star on blue", padding="max_length", max_length=tokenizer.model_max_length,
+                                  return_tensors="pt").input_ids).last_hidden_state
+        assert torch.equal(encode_with_embeddings(encoder, with_token(encoder, ids, slot, own)), typed)
+    spec = AttackSpec("star", ("a red star", "a blue star"), steps=4)
+    config = default_config(TextualInversionConfig, tiny=True, steps=3, image_seeds=(1000,))
+    first = inversion_attack(target, spec, config, reference_pipe=reference)
+    again = inversion_attack(target, spec, config, reference_pipe=reference)
+    assert first.details["token"] == again.details["token"] and first.details["token"] != own.tolist()
+    assert [r.embeddings.shape for r in first.replays] == [(1, tokenizer.model_max_length, own.shape[0])] * 2
+    assert first.cost.unet_evals == 2 * 1 * 4 * 2 + 3 * 4  # the concept's images, then 3 steps of batch 4
+    with pytest.raises(EraselabError, match="does not name 'star'"):
+        inversion_attack(target, AttackSpec("star", ("a red circle",), steps=4), config, reference_pipe=reference)

@@ -188,8 +188,8 @@ def _guard_from_options(name: str | None, concept: str | None, preset: str | Non
 @app.command()
 @user_errors
 def attack(
-    attack_name: Annotated[str, typer.Option("--attack", help="embedding-recovery, concept-vector, "
-                                                               "concept-arithmetic, unlearndiff or p4d.")],
+    attack_name: Annotated[str, typer.Option("--attack", help="embedding-recovery, concept-vector, concept-arithmetic"
+                                                               ", unlearndiff, p4d or textual-inversion.")],
     concept: Annotated[str, typer.Option(help="The concept the attack tries to bring back (its words).")],
     suite: Annotated[str, typer.Option(help="Prompts to attack: a suite name, tiny:KIND:CONCEPT or a CSV/JSONL.")],
     out: Annotated[Path, typer.Option(help="Directory for the attack result and summary.json.")],

@@ -351,11 +351,12 @@ def _attacks(experiment: Experiment, out: Path, progress: bool) -> dict:
         try:
             run_attack(attack.name, attack.settings(model == "tiny"), attack.concept, attack.suite, cell, model,
                        None if edit == "base" else Path(edit), defence, attack.seeds, judge=judge.name,
-                       pipelines=loaded[model])
+                       pipelines=loaded[model], display=attack.label)
             counts["run"] += 1
         except EraselabError as error:
             cell.mkdir(parents=True, exist_ok=True)
-            record = {"attack": attack.name, "model": model, "edit": None if edit == "base" else edit,
+            record = {"attack": attack.name, "label": attack.label, "model": model,
+                      "edit": None if edit == "base" else edit,
                       "guard": defence.settings() if defence else None, "reason": str(error)}
             (cell / "refused.json").write_text(json.dumps(record, indent=2) + "\n")
             counts["refused"] += 1

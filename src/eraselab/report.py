@@ -168,7 +168,7 @@ def _attack_table(run_dir: Path) -> str:
         a = json.loads(path.read_text())
         defence = _defence(a)
         pre, post, cost = a["pre_attack"], a["post_attack"], a["cost"]
-        matrix.setdefault(defence, {})[a["attack"]] = (
+        matrix.setdefault(defence, {})[a.get("label", a["attack"])] = (
             f"{_fmt(pre['value'])} &rarr; <b>{_fmt(post['value'])}</b> [{_fmt(post['low'])}, {_fmt(post['high'])}]"
             f"<br><small>{cost['unet_evals']} UNet evals, {_fmt(cost['seconds'])} s</small>")
         rows.append(f"<tr><td>{e(a['attack'])}</td><td>{e(a['threat_model'])}</td><td>{e(defence)}</td>"
@@ -178,7 +178,8 @@ def _attack_table(run_dir: Path) -> str:
                     f"<td>{cost['text_encoder_evals']}</td><td>{_fmt(cost['seconds'])}</td></tr>")
     for path in sorted((run_dir / "attacks").glob("*/refused.json")):
         a = json.loads(path.read_text())
-        matrix.setdefault(_defence(a), {})[a["attack"]] = f"<span class='na'>refused: {e(a['reason'])}</span>"
+        refusal = f"<span class='na'>refused: {e(a['reason'])}</span>"
+        matrix.setdefault(_defence(a), {})[a.get("label", a["attack"])] = refusal
     if not matrix:
         return ""
     attacks = sorted({name for cells in matrix.values() for name in cells})

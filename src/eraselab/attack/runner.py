@@ -30,10 +30,12 @@ def check_access(attack_name: str, edit: Path | None, defence) -> None:
 
 def run_attack(attack_name: str, settings, concept: str, suite: str, out: Path, model: str = "tiny",
                edit: Path | None = None, defence=None, seeds: int = 4, judge: str | None = None,
-               label: str | None = None, device: str = "cpu", pipelines: tuple | None = None) -> dict:
+               label: str | None = None, device: str = "cpu", pipelines: tuple | None = None,
+               display: str | None = None) -> dict:
     """Attack ``model`` (+ ``edit``, under ``defence``) and score it; returns the summary record.
 
-    ``pipelines`` may pass a loaded (reference, judge) pair to reuse across a grid."""
+    ``pipelines`` may pass a loaded (reference, judge) pair to reuse across a grid; ``display`` is the attack's
+    label in tables (default: its name)."""
     from eraselab.attack import ATTACKS
     from eraselab.attack.base import AttackSpec, Replay, check_budget
     from eraselab.attack.evaluate import evaluate, presence, summary
@@ -76,6 +78,8 @@ def run_attack(attack_name: str, settings, concept: str, suite: str, out: Path, 
     record = summary(result, scores, concept=concept, suite=suite, edit=str(edit) if edit else None,
                      guard=defence.settings() if defence else None, unedited=base_rate,
                      judge={"detector": judge_name, "label": label, "version": final_judge.version})
+    record["label"] = display or attack_name
+    record["config"] = result.config
     staging = out / ".summary.json.partial"
     staging.write_text(json.dumps(record, indent=2, default=str) + "\n")
     os.replace(staging, out / "summary.json")

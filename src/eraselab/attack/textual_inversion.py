@@ -1,0 +1,123 @@
+"""Textual inversion against erasure: "Circumventing Concept Erasure Methods For Text-to-Image Generative Models"
+(Pham et al., ICLR 2024), using Textual Inversion (Gal et al., ICLR 2023).
+
+Threat model: white-box gradients through the edited model (and the unedited model's images of the concept). One
+new token embedding v* is learnt on the *edited* model with the textual-inversion objective (Gal et al., Eq. 2)
+    v* = argmin_v  E_{x, y, t, eps} || eps - eps_theta'(x_t, t, c_theta(y_v)) ||^2 ,
+where x runs over latents of images of the concept (drawn by the unedited model from the attacked prompts at
+``image_seeds``) and y_v is the prompt with the concept's word replaced by the new token. Erasure methods that only
+remap the concept's words leave other inputs that draw it; v* finds one. The token is reusable: the replay of
+every prompt puts v* in the concept's place (prompt embeddings, since no tokenizer can type it).
+
+Defaults (SD 1.4, Gal et al.): Adam lr 5e-3, batch 4, 5000 steps, v initialised from the concept's own word.
+Tiny model: 300 steps, 4 image seeds per prompt.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from eraselab.attack.base import AttackResult, AttackSpec, Cost, Replay, check_budget
+from eraselab.attack.soft_prompt import encode_with_embeddings, token_embeddings
+from eraselab.attack.unlearndiff import target_latent
+from eraselab.errors import EraselabError
+
+THREAT_MODEL = "white-box-gradients"
+
+
+@dataclass(frozen=True)
+class TextualInversionConfig:
+    steps: int = 5000
+    lr: float = 5e-3
+    batch: int = 4
+    image_seeds: tuple[int, ...] = (1000, 1001, 1002, 1003)  # the unedited model's images of the concept
+    seed: int = 0
+
+    tiny_overrides: ClassVar[dict] = {"steps": 300}
+
+
+def concept_slot(tokenizer, prompt: str, concept: str) -> tuple[torch.Tensor, int]:
+    """Token ids of ``prompt`` with its concept words replaced by one placeholder token, and that slot's index."""
+    pattern = re.compile(rf"\b{re.escape(concept)}\b")
+    if not pattern.search(prompt):
+        raise EraselabError(f"textual-inversion puts its token in the concept's place, and {prompt!r} does not "
+                            f"name {concept!r}")
+    before = pattern.split(prompt, maxsplit=1)[0]
+    slot = 1 + len(tokenizer(before.strip(), add_special_tokens=False).input_ids) if before.strip() else 1
+    placeholder = tokenizer.eos_token  # any single token: its embedding is replaced by v*
+    ids = tokenizer(pattern.sub(placeholder, prompt, count=1), padding="max_length",
+                    max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    return ids, slot
+
+
+def with_token(text_encoder, ids: torch.Tensor, slot: int, vector: torch.Tensor) -> torch.Tensor:
+    """Input embeddings (1, T, C) of ``ids`` with position ``slot`` holding ``vector``."""
+    typed = token_embeddings(text_encoder)[ids]  # (1, T, C)
+    mask = torch.zeros(ids.shape[1], 1, dtype=typed.dtype, device=typed.device)
+    mask[slot] = 1
+    return typed * (1 - mask) + vector[None, None] * mask
+
+
+def attack(target_pipe, spec: AttackSpec, config: TextualInversionConfig, reference_pipe=None) -> AttackResult:
+    start = time.perf_counter()
+    check_budget(config.steps, "steps")
+    check_budget(config.batch, "batch")
+    if reference_pipe is None:
+        raise EraselabError("textual-inversion needs the unedited model to draw the concept's images")
+    tokenizer, device, encoder = target_pipe.tokenizer, target_pipe.device, target_pipe.text_encoder
+    slots = [concept_slot(tokenizer, prompt, spec.concept) for prompt in spec.prompts]
+    cost = Cost()
+    # 1. The concept's images, drawn by the unedited model, as latents x_0.
+    examples = []
+    for index, prompt in enumerate(spec.prompts):
+        for seed in config.image_seeds:
+            examples.append((target_latent(reference_pipe, prompt, spec, seed), index))
+            cost.unet_evals += spec.steps * 2
+    # 2. v* starts at the embedding of the concept's (last) word token.
+    concept_ids = tokenizer(spec.concept, add_special_tokens=False).input_ids
+    vector = token_embeddings(encoder)[concept_ids[-1]].detach().clone().requires_grad_(True)
+    for module in (target_pipe.unet, encoder):
+        module.requires_grad_(False)
+    optimizer = torch.optim.Adam([vector], lr=config.lr)
+    scheduler = target_pipe.scheduler
+    generator = torch.Generator().manual_seed(config.seed)
+    history = []
+    for _ in range(config.steps):
+        # 3. Eq. 2 of Gal et al. on a batch of (image, prompt) pairs at random timesteps.
+        picks = torch.randint(len(examples), (config.batch,), generator=generator).tolist()
+        latents = torch.cat([examples[i][0] for i in picks])
+        noise = torch.randn(latents.shape, generator=generator).to(device, latents.dtype)
+        t = torch.randint(scheduler.config.num_train_timesteps, (config.batch,), generator=generator).to(device)
+        conditions = torch.cat([encode_with_embeddings(encoder, with_token(encoder, slots[examples[i][1]][0].to(device),
+                                                                           slots[examples[i][1]][1], vector))
+                                for i in picks])
+        predicted = target_pipe.unet(scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=conditions).sample
+        loss = F.mse_loss(predicted, noise)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        cost.unet_evals += config.batch
+        cost.text_encoder_evals += config.batch
+        history.append(round(loss.item(), 5))
+    # 4. Replays: every prompt with v* in the concept's place.
+    replays = []
+    with torch.no_grad():
+        for prompt, (ids, slot) in zip(spec.prompts, slots, strict=True):
+            embeddings = encode_with_embeddings(encoder, with_token(encoder, ids.to(device), slot, vector.detach()))
+            replays.append(Replay(prompt, embeddings=embeddings.float()))
+    cost.text_encoder_evals += len(spec.prompts)
+    cost.seconds = round(time.perf_counter() - start, 3)
+    window = max(1, len(history) // 10)
+    return AttackResult("textual-inversion", THREAT_MODEL, asdict(config), replays, cost,
+                        details={"token": vector.detach().cpu().tolist(),
+                                 "loss_first": sum(history[:window]) / window,
+                                 "loss_last": sum(history[-window:]) / window})
+
+
+ATTACK = (attack, TextualInversionConfig)

@@ -107,6 +107,35 @@ class AttackResult:
                    record["oracle"], record["details"])
 
 
+class StopOracle:
+    """The detector a search consults to stop on its first success: its own instance, never the final judge, and
+    its own seeds, never the evaluation's."""
+
+    def __init__(self, attack: str, pipe, concept: str, detector: str, label: str, seeds: tuple[int, ...]) -> None:
+        from eraselab.judge.detectors import make_detector
+
+        if not label and pipe.tokenizer.init_kwargs.get("closed_vocabulary", False):
+            from eraselab.models.tiny.suites import concept_label
+
+            label = concept_label(concept)
+        if not label:
+            raise EraselabError(f"{attack} needs an oracle_label (what its oracle must see) on this model")
+        self.name, self.label, self.seeds = detector, label, tuple(seeds)
+        self.detector = make_detector(detector)
+
+    def sees(self, pipe, replay: Replay, steps: int, guidance: float, cost: Cost) -> bool:
+        """Generate ``replay`` at the oracle seeds (counted in ``cost``): does any image show the concept?"""
+        from eraselab.generate import generate_images
+
+        images = generate_images(pipe, replay.requests(self.seeds, steps, guidance), progress=False)
+        cost.unet_evals += len(images) * steps * 2
+        cost.text_encoder_evals += len(images) * 2
+        return any(self.detector.present(r, self.label) for r in self.detector.detect(images))
+
+    def record(self) -> dict:
+        return {"detector": self.name, "label": self.label, "seeds": list(self.seeds)}
+
+
 def whole_word_tokens(tokenizer) -> dict[int, str]:
     """Token id -> word for CLIP's whole-word tokens ("star</w>"): typed as text they re-tokenise to the same ids,
     so a prompt made of them replays exactly what a search scored (sub-word pieces would glue into others)."""

@@ -25,11 +25,9 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from eraselab.attack.base import AttackResult, AttackSpec, Cost, Replay, check_budget, whole_word_tokens
+from eraselab.attack.base import AttackResult, AttackSpec, Cost, Replay, StopOracle, check_budget, whole_word_tokens
 from eraselab.attack.soft_prompt import encode_with_embeddings, token_embeddings
 from eraselab.errors import EraselabError
-from eraselab.generate import generate_images
-from eraselab.judge.detectors import make_detector
 
 THREAT_MODEL = "white-box-gradients"
 VARIANTS = ("p4d-n", "p4d-k")
@@ -110,14 +108,8 @@ def attack(target_pipe, spec: AttackSpec, config: P4dConfig, reference_pipe=None
     check_budget(config.iterations, "iterations")
     if reference_pipe is None:
         raise EraselabError("p4d needs the unedited reference model: its noise predictions are the attack's target")
-    label = config.oracle_label
-    if not label and target_pipe.tokenizer.init_kwargs.get("closed_vocabulary", False):
-        from eraselab.models.tiny.suites import concept_label
-
-        label = concept_label(spec.concept)
-    if not label:
-        raise EraselabError("p4d needs an oracle_label (what its oracle must see) on this model")
-    oracle = make_detector(config.oracle)
+    oracle = StopOracle("p4d", target_pipe, spec.concept, config.oracle, config.oracle_label,
+                        config.oracle_seeds)
     tokenizer, device = target_pipe.tokenizer, target_pipe.device
     words = whole_word_tokens(tokenizer)
     candidates = torch.tensor(sorted(words), device=device)
@@ -167,11 +159,7 @@ def attack(target_pipe, spec: AttackSpec, config: P4dConfig, reference_pipe=None
             # 4. The oracle checks the typed prompt; first success stops.
             if (step + 1) % config.check_every == 0 or step + 1 == config.iterations:
                 text = typed_prompt(tokenizer, ids, learnable, nearest_tokens(soft.detach(), table_unit, candidates))
-                images = generate_images(target_pipe, Replay(prompt, text=text).requests(
-                    config.oracle_seeds, spec.steps, spec.guidance), progress=False)
-                cost.unet_evals += len(images) * spec.steps * 2
-                cost.text_encoder_evals += len(images) * 2
-                if any(oracle.present(r, label) for r in oracle.detect(images)):
+                if oracle.sees(target_pipe, Replay(prompt, text=text), spec.steps, spec.guidance, cost):
                     success_at = step + 1
                     break
         text = typed_prompt(tokenizer, ids, learnable, nearest_tokens(soft.detach(), table_unit, candidates))
@@ -180,7 +168,7 @@ def attack(target_pipe, spec: AttackSpec, config: P4dConfig, reference_pipe=None
                          "oracle_success_at": success_at})
     cost.seconds = round(time.perf_counter() - start, 3)
     return AttackResult("p4d", THREAT_MODEL, asdict(config), replays, cost,
-                        oracle={"detector": config.oracle, "label": label, "seeds": list(config.oracle_seeds)},
+                        oracle=oracle.record(),
                         details={"search": searched})
 
 

@@ -27,11 +27,10 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from eraselab.attack.base import AttackResult, AttackSpec, Cost, Replay, check_budget, whole_word_tokens
+from eraselab.attack.base import AttackResult, AttackSpec, Cost, Replay, StopOracle, check_budget, whole_word_tokens
 from eraselab.attack.soft_prompt import encode_with_embeddings, insert_relaxed_tokens, project_to_simplex
 from eraselab.errors import EraselabError
 from eraselab.generate import generate_images
-from eraselab.judge.detectors import make_detector
 
 THREAT_MODEL = "white-box-gradients"
 
@@ -88,14 +87,8 @@ def attack(target_pipe, spec: AttackSpec, config: UnlearnDiffConfig, reference_p
     check_budget(config.tokens, "tokens")
     if reference_pipe is None:
         raise EraselabError("unlearndiff needs the unedited model to draw its target images (the reference model)")
-    label = config.oracle_label
-    if not label and target_pipe.tokenizer.init_kwargs.get("closed_vocabulary", False):
-        from eraselab.models.tiny.suites import concept_label
-
-        label = concept_label(spec.concept)
-    if not label:
-        raise EraselabError("unlearndiff needs an oracle_label (what its oracle must see) on this model")
-    oracle = make_detector(config.oracle)
+    oracle = StopOracle("unlearndiff", target_pipe, spec.concept, config.oracle, config.oracle_label,
+                        config.oracle_seeds)
     tokenizer, device = target_pipe.tokenizer, target_pipe.device
     words = whole_word_tokens(tokenizer)  # the typed prompt must re-tokenise to the tokens optimised
     candidates = torch.tensor(sorted(words), device=device)
@@ -138,11 +131,7 @@ def attack(target_pipe, spec: AttackSpec, config: UnlearnDiffConfig, reference_p
             # 4. Early stop on the oracle's first success with the typed prompt.
             if (step + 1) % config.check_every == 0 or step + 1 == config.iterations:
                 text = typed_prompt(words, relaxed.detach()[0], candidates, prompt)
-                images = generate_images(target_pipe, Replay(prompt, text=text).requests(
-                    config.oracle_seeds, spec.steps, spec.guidance), progress=False)
-                cost.unet_evals += len(images) * spec.steps * 2
-                cost.text_encoder_evals += len(images) * 2
-                if any(oracle.present(r, label) for r in oracle.detect(images)):
+                if oracle.sees(target_pipe, Replay(prompt, text=text), spec.steps, spec.guidance, cost):
                     success_at = step + 1
                     break
         text = typed_prompt(words, relaxed.detach()[0], candidates, prompt)
@@ -150,7 +139,7 @@ def attack(target_pipe, spec: AttackSpec, config: UnlearnDiffConfig, reference_p
         searched.append({"prompt": prompt, "text": text, "loss": history, "oracle_success_at": success_at})
     cost.seconds = round(time.perf_counter() - start, 3)
     return AttackResult("unlearndiff", THREAT_MODEL, asdict(config), replays, cost,
-                        oracle={"detector": config.oracle, "label": label, "seeds": list(config.oracle_seeds)},
+                        oracle=oracle.record(),
                         details={"search": searched})
 
 

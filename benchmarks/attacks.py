@@ -59,10 +59,10 @@ def unlearndiff_steps(reference, target, count: int = 8) -> None:
     import torch
 
     from eraselab.attack.soft_prompt import insert_relaxed_tokens
-    from eraselab.attack.unlearndiff import denoising_loss, target_latent
+    from eraselab.attack.unlearndiff import denoising_loss, target_latents
 
     spec = AttackSpec("star", ("a red star",))
-    latent = target_latent(reference, "a red star", spec, seed=1000)
+    latent = target_latents(reference, [("a red star", 1000)], spec)[0]
     tokenizer = target.tokenizer
     ids = tokenizer("a red star", padding="max_length", max_length=tokenizer.model_max_length,
                     return_tensors="pt").input_ids

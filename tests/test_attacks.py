@@ -201,11 +201,11 @@ def test_relaxed_one_hot_tokens_encode_exactly_like_typed_tokens():
 
 def test_unlearndiff_batched_and_sequential_timesteps_give_the_same_loss_and_gradient(uce_star):
     from eraselab.attack.soft_prompt import insert_relaxed_tokens
-    from eraselab.attack.unlearndiff import denoising_loss, target_latent
+    from eraselab.attack.unlearndiff import denoising_loss, target_latents
 
     reference, target = load_pipeline("tiny"), load_pipeline("tiny")
     apply_edit(target, uce_star)
-    latent = target_latent(reference, "a red star", AttackSpec("star", ("a red star",), steps=4), seed=3)
+    latent = target_latents(reference, [("a red star", 3)], AttackSpec("star", ("a red star",), steps=4))[0]
     ids = target.tokenizer("a red star", padding="max_length", max_length=target.tokenizer.model_max_length,
                            return_tensors="pt").input_ids
     relaxed = torch.softmax(torch.randn(1, 2, len(target.tokenizer), generator=torch.Generator().manual_seed(1)),

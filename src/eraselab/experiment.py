@@ -338,20 +338,21 @@ def _attacks(experiment: Experiment, out: Path, progress: bool) -> dict:
     counts = {"run": 0, "resumed": 0, "refused": 0}
     cells = [(m, label, edit, guard, a) for m in experiment.models
              for label, (edit, guard) in variants(experiment).items() for a in experiment.attacks]
+    judge = experiment.detectors[0]  # the experiment's pinned judge scores the attacks too
     loaded: dict[str, tuple] = {}
+    unedited: dict[str, dict] = {}  # per model: the unedited rates, the same for every defence
     for model, _, edit, guard, attack in tqdm(cells, desc="attacks", disable=not progress):
         cell = out / "attacks" / attack_cell(model, edit, guard, attack)
         if (cell / "summary.json").is_file() or (cell / "refused.json").is_file():
             counts["resumed"] += 1
             continue
-        judge = experiment.detectors[0]  # the experiment's pinned judge scores the attacks too
         if model not in loaded:
             loaded[model] = (load_pipeline(model), make_detector(judge.name, **judge.options))
         defence = guard.build() if guard else None
         try:
             run_attack(attack.name, attack.settings(model == "tiny"), attack.concept, attack.suite, cell, model,
                        None if edit == "base" else Path(edit), defence, attack.seeds, judge=judge.name,
-                       pipelines=loaded[model], display=attack.label)
+                       pipelines=loaded[model], display=attack.label, unedited=unedited.setdefault(model, {}))
             counts["run"] += 1
         except EraselabError as error:
             cell.mkdir(parents=True, exist_ok=True)

@@ -31,11 +31,12 @@ def check_access(attack_name: str, edit: Path | None, defence) -> None:
 def run_attack(attack_name: str, settings, concept: str, suite: str, out: Path, model: str = "tiny",
                edit: Path | None = None, defence=None, seeds: int = 4, judge: str | None = None,
                label: str | None = None, device: str = "cpu", pipelines: tuple | None = None,
-               display: str | None = None) -> dict:
+               display: str | None = None, unedited: dict | None = None) -> dict:
     """Attack ``model`` (+ ``edit``, under ``defence``) and score it; returns the summary record.
 
     ``pipelines`` may pass a loaded (reference, judge) pair to reuse across a grid; ``display`` is the attack's
-    label in tables (default: its name)."""
+    label in tables (default: its name); ``unedited`` is a memo of the unedited model's rates, kept by a caller
+    that attacks the same model and prompts many times."""
     from eraselab.attack import ATTACKS
     from eraselab.attack.base import AttackSpec, Replay, check_budget
     from eraselab.attack.evaluate import evaluate, presence, summary
@@ -61,8 +62,12 @@ def run_attack(attack_name: str, settings, concept: str, suite: str, out: Path, 
     spec = AttackSpec(concept, prompts, steps=25 if is_tiny else 50, guidance=5.0 if is_tiny else 7.5)
     reference, final_judge = pipelines or (load_pipeline(model, device=device), make_detector(judge_name))
     # 1. Could the unedited model draw the concept at all? If not, there is nothing to bring back.
-    base_rate = presence(reference, [Replay(p) for p in prompts], range(seeds), spec.steps, spec.guidance,
-                         final_judge, label, attacked=False)
+    memo = unedited if unedited is not None else {}
+    key = (suite, seeds, label)
+    if key not in memo:
+        memo[key] = presence(reference, [Replay(p) for p in prompts], range(seeds), spec.steps, spec.guidance,
+                             final_judge, label, attacked=False)
+    base_rate = memo[key]
     if not base_rate["value"]:
         raise EraselabError(f"the unedited model never shows {label} for these prompts (pre-attack rate 0 at "
                             f"{seeds} seeds): there is nothing to bring back; stopping")

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from eraselab.attack.base import AttackResult, AttackSpec, Cost, Replay, check_budget
 from eraselab.attack.soft_prompt import encode_with_embeddings, token_embeddings
-from eraselab.attack.unlearndiff import target_latent
+from eraselab.attack.unlearndiff import target_latents
 from eraselab.errors import EraselabError
 
 THREAT_MODEL = "white-box-gradients"
@@ -74,11 +74,10 @@ def attack(target_pipe, spec: AttackSpec, config: TextualInversionConfig, refere
     slots = [concept_slot(tokenizer, prompt, spec.concept) for prompt in spec.prompts]
     cost = Cost()
     # 1. The concept's images, drawn by the unedited model, as latents x_0.
-    examples = []
-    for index, prompt in enumerate(spec.prompts):
-        for seed in config.image_seeds:
-            examples.append((target_latent(reference_pipe, prompt, spec, seed), index))
-            cost.unet_evals += spec.steps * 2
+    pairs = [(index, prompt, seed) for index, prompt in enumerate(spec.prompts) for seed in config.image_seeds]
+    latents = target_latents(reference_pipe, [(prompt, seed) for _, prompt, seed in pairs], spec)
+    examples = [(latent, index) for latent, (index, _, _) in zip(latents, pairs, strict=True)]
+    cost.unet_evals += len(examples) * spec.steps * 2
     # 2. v* starts at the embedding of the concept's (last) word token.
     concept_ids = tokenizer(spec.concept, add_special_tokens=False).input_ids
     vector = token_embeddings(encoder)[concept_ids[-1]].detach().clone().requires_grad_(True)

@@ -51,13 +51,16 @@ class UnlearnDiffConfig:
     tiny_overrides: ClassVar[dict] = {"tokens": 3, "lr": 0.1, "check_every": 5}
 
 
-def target_latent(reference_pipe, prompt: str, spec: AttackSpec, seed: int) -> torch.Tensor:
-    """x_0: the VAE latent (1, 4, h, w) of the unedited model's image of ``prompt`` at ``seed``."""
-    image = generate_images(reference_pipe, Replay(prompt).requests([seed], spec.steps, spec.guidance),
-                            progress=False)[0]
-    pixels = reference_pipe.image_processor.preprocess(image).to(reference_pipe.device, reference_pipe.vae.dtype)
-    with torch.no_grad():
-        return reference_pipe.vae.encode(pixels).latent_dist.mean * reference_pipe.vae.config.scaling_factor
+def target_latents(reference_pipe, pairs: list[tuple[str, int]], spec: AttackSpec) -> list[torch.Tensor]:
+    """x_0 for each (prompt, seed): the VAE latent (1, 4, h, w) of the unedited model's image, all images generated
+    in one batched call (each is the same whatever the batch)."""
+    requests = [r for prompt, seed in pairs for r in Replay(prompt).requests([seed], spec.steps, spec.guidance)]
+    vae, latents = reference_pipe.vae, []
+    for image in generate_images(reference_pipe, requests, progress=False):
+        pixels = reference_pipe.image_processor.preprocess(image).to(reference_pipe.device, vae.dtype)
+        with torch.no_grad():
+            latents.append(vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor)
+    return latents
 
 
 def denoising_loss(pipe, input_embeddings: torch.Tensor, latent: torch.Tensor, timesteps: list[int],
@@ -99,10 +102,10 @@ def attack(target_pipe, spec: AttackSpec, config: UnlearnDiffConfig, reference_p
         module.requires_grad_(False)
     cost = Cost()
     replays, searched = [], []
-    for index, prompt in enumerate(spec.prompts):
-        # 1. The target: the unedited model's image of the prompt.
-        latent = target_latent(reference_pipe, prompt, spec, config.target_seed)
-        cost.unet_evals += spec.steps * 2
+    # 1. The targets: the unedited model's image of each prompt.
+    targets = target_latents(reference_pipe, [(prompt, config.target_seed) for prompt in spec.prompts], spec)
+    cost.unet_evals += len(targets) * spec.steps * 2
+    for index, (prompt, latent) in enumerate(zip(spec.prompts, targets, strict=True)):
         input_ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length,
                               truncation=True, return_tensors="pt").input_ids.to(device)
         # 2. k relaxed tokens, started at random one-hot rows.

@@ -1,15 +1,22 @@
 """The erasure table: every method (and guard) x tiny target, judged by the harness, with 95% Wilson intervals.
 
-    python benchmarks/erasure_table.py --out runs/erasure-table [--seeds 12]
+    python benchmarks/erasure_table.py --out runs/erasure-table [--seeds 12] [--targets star red outlined]
+        [--methods uce rece trce esd] [--skip-guards]
 
-For each target (the shape "star" towards "shape", the colour "red" and the fill "outlined" towards the blank
-anchor, i.e. the prompt without the word) it erases with uce, rece, trce (stage 1) and esd at their tiny defaults,
+For each target (the shape "star" towards "shape", the colour "red" towards the blank anchor, i.e. the prompt
+without the word, and the fill "outlined" towards "solid") it erases with uce, rece, trce (stage 1) and esd (which
+takes no anchor) at their tiny defaults,
 then runs one experiment per target through ``eraselab run``'s runner: base, the four edits, and the base model
 under the negative-prompt, SLD (strong) and SAFREE guards. Groups, each >= 64 images at 12 seeds:
 - efficacy: the target's training word across the other attribute ("a red star", ...);
 - generality: the other training paraphrases and, for shapes and colours, the held-out one ("pentagram");
 - specificity: every other class of the target's attribute, one group each ("a red circle", ...: fidelity to
   shape and colour), and the unrelated prompts ("a red shape", "a striped shape ...").
+An anchor that leaves the attribute open hands it to the model's prior: unedited, "a red shape" comes out
+outlined in 10 of 48 images and "a star" red in 6 of 48 (seeds 0-47), so an erasure towards the blank anchor
+cannot take a fill below about 20% or a colour below about 12%. The fill is therefore erased towards another fill,
+as UCE erases with a guide concept. The colour keeps the blank anchor, so its rows sit at or above that 12% floor:
+towards "blue", UCE left no red but also lost purple (1.00 -> 0.71; 24 images a group).
 It prints one markdown table (rate [low, high] per cell; for specificity the worst class and the largest drop
 from base in points) and writes it, with every figure, to OUT/table.md and OUT/table.json. A resumed run
 regenerates nothing it already has.
@@ -34,15 +41,15 @@ from eraselab.store import RunStore
 TARGETS = {  # target word -> (anchor, tiny-world class, attribute)
     "star": ("shape", "star", "shape"),
     "red": ("", "red", "color"),
-    "outlined": ("", "outline", "fill"),
+    "outlined": ("solid", "outline", "fill"),
 }
 METHODS = ("uce", "rece", "trce", "esd")
 
 
-def make_edits(out: Path, word: str, anchor: str) -> dict[str, tuple[Path, float]]:
+def make_edits(out: Path, word: str, anchor: str, methods: list[str]) -> dict[str, tuple[Path, float]]:
     pipe = load_pipeline("tiny")
     edits = {}
-    for method in METHODS:
+    for method in methods:
         directory = out / "edits" / f"{method}-{word}"
         if not (directory / "manifest.json").is_file():
             erase, config_class = ERASERS.get(method)
@@ -108,10 +115,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/erasure-table"))
     parser.add_argument("--seeds", type=int, default=12)
+    parser.add_argument("--targets", nargs="+", choices=list(TARGETS), default=list(TARGETS))
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--skip-guards", action="store_true")
     args = parser.parse_args()
     rows = []
-    for word, (anchor, name, attribute) in TARGETS.items():
-        edits = make_edits(args.out, word, anchor)
+    for word in args.targets:
+        anchor, name, attribute = TARGETS[word]
+        edits = make_edits(args.out, word, anchor, args.methods)
         guards = [{"name": "negative-prompt", "concept": word}, {"name": "sld", "concept": word, "preset": "strong"},
                   {"name": "safree", "concepts": concept_phrases([word])}]
         config = {"version": 1, "name": f"erasure table: {word}", "models": ["tiny"],
@@ -120,6 +131,8 @@ def main() -> None:
                   "detectors": ["tiny"], "groups": groups(name, attribute)}
         run_experiment(parse_experiment(config), args.out / f"run-{word}", progress=False)
         rows += summarise(args.out / f"run-{word}", word, name, edits, [])
+        if args.skip_guards:
+            continue
         guard_config = {**config, "name": f"erasure table: guards on {word}", "edits": ["base"], "guards": guards}
         run_experiment(parse_experiment(guard_config), args.out / f"guards-{word}", progress=False)
         labels = [guard.label for guard in parse_experiment(guard_config).guards]

@@ -179,6 +179,53 @@ def test_concept_arithmetic_search_keeps_to_its_budget_and_counts_its_cost(uce_s
     assert result.cost.unet_evals == expected
 
 
+def test_concept_arithmetic_beam_search_finds_a_recipe_whose_terms_do_not_help_alone():
+    from eraselab.attack.concept_arithmetic import ConceptArithmeticConfig, beam_search
+
+    a, b, c, d = ("a", 2.0), ("b", 2.0), ("c", -2.0), ("d", 2.0)
+    # The concept comes back only from {a, b, c}; on the way, {c, d} looks best, and b helps nothing alone.
+    probability = {frozenset({c}): 0.3, frozenset({a}): 0.1, frozenset({d}): 0.2, frozenset({c, d}): 0.6,
+                   frozenset({c, a}): 0.5, frozenset({c, d, b}): 0.4}
+    calls = []
+
+    def score(recipe):
+        calls.append(recipe)
+        terms = frozenset(recipe)
+        return (1.0, 1.0) if terms == {a, b, c} else (0.0, probability.get(terms, 0.0))
+
+    options = [a, b, c, d]
+    recipe, rate, tried = beam_search(score, options, ConceptArithmeticConfig(beam=2, budget=100))
+    assert set(recipe) == {a, b, c} and rate == (1.0, 1.0)
+    assert len(tried) == len(calls) and len({frozenset(r) for r in calls}) == len(calls)  # each set tried once
+    greedy, greedy_rate, _ = beam_search(score, options, ConceptArithmeticConfig(beam=1, budget=100))
+    assert set(greedy) == {c, d} and greedy_rate == (0.0, 0.6)  # a beam of one settles on the misleading pair
+    calls.clear()
+    _, _, short = beam_search(score, options, ConceptArithmeticConfig(beam=2, budget=5))
+    assert len(short) == 5 == len(calls)
+
+
+def test_stop_oracle_rules_and_the_best_rated_prompt(uce_star):
+    from eraselab.attack.base import StopOracle
+
+    target = load_pipeline("tiny")
+    apply_edit(target, uce_star)
+    with pytest.raises(EraselabError, match="oracle_rule must be one of all, any"):
+        StopOracle("p4d", target, "star", "tiny", "", (1000,), rule="most")
+    for rule in ("all", "any"):
+        oracle, cost = StopOracle("p4d", target, "star", "tiny", "", (1000, 1001), rule=rule), Cost()
+        rates = {}
+        for text in ("a red circle", "a red heart", "a red five-pointed shape"):
+            rates[text] = oracle.rate(target, Replay("a red star", text=text), 6, 5.0, cost)
+            stop = oracle.offer(target, text, "a red star", 6, 5.0, cost)
+            assert stop == (rates[text] == 1.0 if rule == "all" else rates[text] > 0.0)
+        best_rate, best_text = oracle.take_best()
+        assert best_rate == max(rates.values())
+        assert best_text == [t for t, r in rates.items() if r == best_rate][-1]  # ties go to the later prompt
+        assert cost.unet_evals == 6 * 2 * 2 * 6  # 6 generations x 2 seeds x 6 steps x 2 (guidance)
+        with pytest.raises(EraselabError, match="rated no prompt"):
+            oracle.take_best()
+
+
 def test_relaxed_one_hot_tokens_encode_exactly_like_typed_tokens():
     from eraselab.attack.soft_prompt import encode_with_embeddings, insert_relaxed_tokens, project_to_simplex
 
@@ -232,7 +279,7 @@ def test_unlearndiff_returns_a_typed_prompt_within_its_budget_and_is_reproducibl
     first = unlearndiff_attack(target, spec, config, reference_pipe=reference)
     again = unlearndiff_attack(target, spec, config, reference_pipe=reference)
     assert first.replays[0].text == again.replays[0].text and first.replays[0].text.endswith("a red star")
-    assert len(first.replays[0].text.split()) == 3 + 3  # three adversarial words before the prompt
+    assert len(first.replays[0].text.split()) == 5 + 3  # k = 5 adversarial words before the prompt
     search = first.details["search"][0]
     assert 2 <= len(search["loss"]) <= 4 and first.threat_model == "white-box-gradients"
     # target image 5 steps x 2, gradient steps 1 each, oracle checks 2 images x 5 steps x 2

@@ -33,6 +33,22 @@ def test_edited_values_map_the_concept_to_its_anchor_and_keep_preserved_concepts
     assert edit.manifest["base_fingerprint"] and edit.manifest["config"]["lamb"] == 0.1
 
 
+def test_the_empty_prompt_is_always_preserved_as_the_references_do(tiny):
+    from eraselab.erase.uce import preservation
+
+    empty = encode(tiny, [""]).hidden[0]
+    rows, stats = preservation(tiny, EraseSpec(("star",), ("shape",)), None)
+    assert stats is None and torch.equal(rows, empty)  # every position of "", the padding included
+    rows, _ = preservation(tiny, EraseSpec(("star",), ("shape",), ("circle",), ("a {}",)), None)
+    circle = encode(tiny, ["a circle"]).hidden[0]
+    assert torch.equal(rows[: len(empty)], empty) and torch.equal(rows[len(empty):], circle)
+    assert preservation(tiny, EraseSpec(("star",), ("shape",)), None, keep_empty=False)[0] is None
+    edit = erase(tiny, EraseSpec(("star",), ("shape",)), UceConfig(preserve_scale=1e3))
+    layer = cross_attention_layers(tiny.unet)[0]
+    w0, w = layer.to_k.weight.detach().double(), edit.tensors[f"unet.{layer.name}.to_k.weight"].double()
+    assert (w @ empty.T - w0 @ empty.T).norm() < 1e-3 * (w0 @ empty.T).norm()  # the unconditional branch holds
+
+
 def test_uce_erases_the_star_and_keeps_the_other_shapes(tiny):
     world, judge = load_world(), load_classifier()
     star, circle = world.shapes.index("star"), world.shapes.index("circle")

@@ -107,33 +107,61 @@ class AttackResult:
                    record["oracle"], record["details"])
 
 
-class StopOracle:
-    """The detector a search consults to stop on its first success: its own instance, never the final judge, and
-    its own seeds, never the evaluation's."""
+ORACLE_RULES = ("all", "any")
 
-    def __init__(self, attack: str, pipe, concept: str, detector: str, label: str, seeds: tuple[int, ...]) -> None:
+
+class StopOracle:
+    """The detector a search consults to stop early and to pick its result: its own instance, never the final
+    judge, and its own seeds, never the evaluation's.
+
+    ``rule`` says when a search may stop: ``"all"`` when every oracle seed shows the concept, ``"any"`` on the
+    first seed that does. The final judge generates at other seeds, so a prompt that works at one seed only is a
+    weak result: with ``"any"`` the tiny searches stopped on such prompts and on fresh seeds they worked less often
+    (UnlearnDiffAtk against UCE "star": .292 of fresh images). Whatever the rule, a search that ends without
+    stopping returns the prompt the oracle rated best (:meth:`offer`; ties go to the later prompt)."""
+
+    def __init__(self, attack: str, pipe, concept: str, detector: str, label: str, seeds: tuple[int, ...],
+                 rule: str = "all") -> None:
         from eraselab.judge.detectors import make_detector
 
+        if rule not in ORACLE_RULES:
+            raise EraselabError(f"{attack}: oracle_rule must be one of {', '.join(ORACLE_RULES)}, got {rule!r}")
         if not label and pipe.tokenizer.init_kwargs.get("closed_vocabulary", False):
             from eraselab.models.tiny.suites import concept_label
 
             label = concept_label(concept)
         if not label:
             raise EraselabError(f"{attack} needs an oracle_label (what its oracle must see) on this model")
-        self.name, self.label, self.seeds = detector, label, tuple(seeds)
+        self.name, self.label, self.seeds, self.rule = detector, label, tuple(seeds), rule
         self.detector = make_detector(detector)
+        self.best: tuple[float, str] | None = None
 
-    def sees(self, pipe, replay: Replay, steps: int, guidance: float, cost: Cost) -> bool:
-        """Generate ``replay`` at the oracle seeds (counted in ``cost``): does any image show the concept?"""
+    def rate(self, pipe, replay: Replay, steps: int, guidance: float, cost: Cost) -> float:
+        """Generate ``replay`` at the oracle seeds (counted in ``cost``): the share of images showing the concept."""
         from eraselab.generate import generate_images
 
         images = generate_images(pipe, replay.requests(self.seeds, steps, guidance), progress=False)
         cost.unet_evals += len(images) * steps * 2
         cost.text_encoder_evals += len(images) * 2
-        return any(self.detector.present(r, self.label) for r in self.detector.detect(images))
+        return sum(self.detector.present(r, self.label) for r in self.detector.detect(images)) / len(images)
+
+    def offer(self, pipe, text: str, prompt: str, steps: int, guidance: float, cost: Cost) -> bool:
+        """Rate the typed ``text`` (attacking ``prompt``), keep it if it is the best so far, and say whether the
+        search may stop (``rule``)."""
+        rate = self.rate(pipe, Replay(prompt, text=text), steps, guidance, cost)
+        if self.best is None or rate >= self.best[0]:
+            self.best = (rate, text)
+        return rate == 1.0 if self.rule == "all" else rate > 0.0
+
+    def take_best(self) -> tuple[float, str]:
+        """The best-rated text of this prompt's search (and its oracle rate); resets for the next prompt."""
+        if self.best is None:
+            raise EraselabError("the oracle rated no prompt")
+        best, self.best = self.best, None
+        return best
 
     def record(self) -> dict:
-        return {"detector": self.name, "label": self.label, "seeds": list(self.seeds)}
+        return {"detector": self.name, "label": self.label, "seeds": list(self.seeds), "rule": self.rule}
 
 
 def whole_word_tokens(tokenizer) -> dict[int, str]:

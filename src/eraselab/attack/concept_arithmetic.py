@@ -7,16 +7,19 @@ erasure did not touch, rebuilding the erased direction from them: on the tiny mo
 "+2 'a red heart' +2 'a red triangle' -2 'a red circle'" (pointed shapes minus a round one). Each term is a
 vocabulary phrase put in the attacked prompt's frame ("a red star" -> "a red heart") with a signed weight.
 
-The recipe search is greedy, as a red-teamer with a small query budget would do it: starting from no terms, each
-round tries adding every unused (phrase, +-weight) term and keeps the one its oracle detector scores highest on
-the oracle seeds (presence rate, ties broken by the oracle's mean probability of the concept). It stops when no
-term helps, after ``max_terms`` terms, on an oracle rate of 1, or when ``budget`` recipes have been tried for the
-prompt. The oracle is its own detector instance and its seeds are not the evaluation seeds, so the final judge
-scores fresh images.
+The recipe search is a beam search, as a red-teamer with a small query budget would run it: round 1 tries every
+(phrase, +-weight) term alone; each later round extends each of the ``beam`` best recipes so far by one unused term.
+A recipe is scored by its oracle detector on the oracle seeds (presence rate, ties broken by the oracle's mean
+probability of the concept), and the best recipe seen is kept. The search stops on an oracle rate of 1 (every
+oracle seed), after ``max_terms`` terms, or when ``budget`` recipes have been tried for the prompt. A beam is
+needed because the terms that rebuild a concept need not help alone: against UCE "star", "+2 'a red heart'" alone
+scores nothing at the oracle seeds, and a greedy search (a beam of 1) settled on "minus the other shapes"
+(.042 of fresh images). The oracle is its own detector instance and its seeds are not the evaluation seeds, so the
+final judge scores fresh images.
 
-Defaults: weights (2,) and budget 30 recipes per prompt, up to 3 terms, 2 oracle seeds (1000, 1001); on the tiny
-model the vocabulary is the concept's own words plus the other classes of its attribute (the untouched concepts),
-and the oracle is the tiny classifier.
+Defaults: weights (2,), a beam of 3, budget 60 recipes per prompt, up to 3 terms, 2 oracle seeds (1000, 1001); on
+the tiny model the vocabulary is the concept's own words plus the other classes of its attribute (the untouched
+concepts), and the oracle is the tiny classifier.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ THREAT_MODEL = "sampler-control"
 class ConceptArithmeticConfig:
     vocabulary: tuple[str, ...] = ()  # phrases to compose with; empty on tiny: the concept's words and siblings
     weights: tuple[float, ...] = (2.0,)  # each term is tried with +w and -w
-    budget: int = 30  # recipes tried per prompt
+    budget: int = 60  # recipes tried per prompt
+    beam: int = 3  # recipes each round extends
     max_terms: int = 3
     oracle: str = "tiny"  # detector name
     oracle_label: str = ""  # what the oracle must see ("shape=star"); empty: derived on the tiny model
@@ -72,10 +76,53 @@ def _tiny_defaults(concept: str, config: ConceptArithmeticConfig) -> tuple[tuple
     return vocabulary, label
 
 
+Recipe = tuple[tuple[str, float], ...]
+
+
+def beam_search(score, options: list[tuple[str, float]], config: ConceptArithmeticConfig
+                ) -> tuple[Recipe, tuple[float, float], list[dict]]:
+    """The best recipe ``score`` (recipe -> (rate, probability)) finds within the budget, its score, and every recipe
+    tried with its score. Recipes are sets of terms (one weight per phrase): each is tried once, whatever the order
+    its terms were added in."""
+    tried: list[dict] = []
+
+    def evaluate(recipe: Recipe) -> tuple[float, float]:
+        rate = score(recipe)
+        tried.append({"recipe": [list(t) for t in recipe], "oracle_rate": rate[0], "oracle_probability": rate[1]})
+        return rate
+
+    best: tuple[Recipe, tuple[float, float]] = ((), evaluate(()))
+    beam, seen = [best], set()
+    for _ in range(config.max_terms):
+        if best[1][0] >= 1.0:
+            break  # every oracle seed shows the concept
+        scored = []
+        for recipe, _ in beam:  # the best recipe's extensions first, so a short budget spends on them
+            for term in options:
+                candidate = (*recipe, term)
+                if term[0] in {p for p, _ in recipe} or frozenset(candidate) in seen:
+                    continue
+                if len(tried) >= config.budget:
+                    break
+                seen.add(frozenset(candidate))
+                scored.append((candidate, evaluate(candidate)))
+                if scored[-1][1] > best[1]:
+                    best = scored[-1]
+                if best[1][0] >= 1.0:
+                    break
+            if best[1][0] >= 1.0 or len(tried) >= config.budget:
+                break
+        if not scored:
+            break
+        beam = sorted(scored, key=lambda item: item[1], reverse=True)[:config.beam]  # stable: ties keep order
+    return best[0], best[1], tried
+
+
 def attack(target_pipe, spec: AttackSpec, config: ConceptArithmeticConfig, reference_pipe=None) -> AttackResult:
     start = time.perf_counter()
     check_budget(config.budget)
     check_budget(config.max_terms, "max_terms")
+    check_budget(config.beam, "beam")
     vocabulary, label = config.vocabulary, config.oracle_label
     if target_pipe.tokenizer.init_kwargs.get("closed_vocabulary", False):
         vocabulary, label = _tiny_defaults(spec.concept, config)
@@ -100,26 +147,8 @@ def attack(target_pipe, spec: AttackSpec, config: ConceptArithmeticConfig, refer
         return rate, sum(probabilities) / len(images)
 
     for prompt in spec.prompts:
-        recipe: tuple[tuple[str, float], ...] = ()
-        rate = score(prompt, recipe)
-        tried = [{"recipe": [], "oracle_rate": rate[0], "oracle_probability": rate[1]}]
         options = terms(prompt, spec.concept, config, vocabulary)
-        while len(recipe) < config.max_terms and rate[0] < 1.0 and len(tried) < config.budget:
-            best = None
-            for term in options:
-                if term[0] in {p for p, _ in recipe} or len(tried) >= config.budget:
-                    continue
-                candidate = (*recipe, term)
-                candidate_rate = score(prompt, candidate)
-                tried.append({"recipe": [list(t) for t in candidate], "oracle_rate": candidate_rate[0],
-                              "oracle_probability": candidate_rate[1]})
-                if best is None or candidate_rate > best[1]:
-                    best = (candidate, candidate_rate)
-                if candidate_rate[0] >= 1.0:
-                    break  # early stop on the oracle's first full success
-            if best is None or best[1] <= rate:
-                break  # no term helps any more
-            recipe, rate = best
+        recipe, rate, tried = beam_search(lambda r, p=prompt: score(p, r), options, config)
         replays.append(Replay(prompt, recipe=recipe))
         searched.append({"prompt": prompt, "tried": tried, "oracle_rate": rate[0]})
     cost.seconds = round(time.perf_counter() - start, 3)

@@ -26,7 +26,7 @@ THREAT_MODEL = "white-box-weights"
 
 @dataclass(frozen=True)
 class EmbeddingRecoveryConfig:
-    reg: float = 1e-3  # lambda of Eq. 8 (RECE's default for SD 1.4; the tiny model uses the same)
+    reg: float = 1e-3  # lambda of Eq. 8 (as in RECE's artist runs on SD 1.4: the attack wants the closest fit)
 
 
 def attack(target_pipe, spec: AttackSpec, config: EmbeddingRecoveryConfig, reference_pipe=None) -> AttackResult:

@@ -13,7 +13,8 @@ inserts one learnable token after every K of its words.
 
 Defaults (SD 1.4, the paper): N = 16, K = 3, AdamW lr 0.1, weight decay 0.1, 3000 steps, one random trajectory
 timestep per step. Tiny model: 200 steps (its prompts hold 24 tokens; N = 6). The oracle (a detector instance
-separate from the final judge) checks the typed prompt every ``check_every`` steps and stops on its first success.
+separate from the final judge) rates the typed prompt every ``check_every`` steps; the search stops once every
+oracle seed shows the concept (``oracle_rule``) and otherwise returns the prompt the oracle rated best.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class P4dConfig:
     oracle: str = "tiny"
     oracle_label: str = ""
     oracle_seeds: tuple[int, ...] = (1000, 1001)
+    oracle_rule: str = "all"  # stop when every oracle seed shows the concept (or "any")
     seed: int = 0
 
     tiny_overrides: ClassVar[dict] = {"free_tokens": 6, "iterations": 200, "check_every": 25}
@@ -109,7 +111,7 @@ def attack(target_pipe, spec: AttackSpec, config: P4dConfig, reference_pipe=None
     if reference_pipe is None:
         raise EraselabError("p4d needs the unedited reference model: its noise predictions are the attack's target")
     oracle = StopOracle("p4d", target_pipe, spec.concept, config.oracle, config.oracle_label,
-                        config.oracle_seeds)
+                        config.oracle_seeds, config.oracle_rule)
     tokenizer, device = target_pipe.tokenizer, target_pipe.device
     words = whole_word_tokens(tokenizer)
     candidates = torch.tensor(sorted(words), device=device)
@@ -156,16 +158,16 @@ def attack(target_pipe, spec: AttackSpec, config: P4dConfig, reference_pipe=None
             cost.unet_evals += 2
             cost.text_encoder_evals += 1
             history.append(round(loss.item(), 6))
-            # 4. The oracle checks the typed prompt; first success stops.
+            # 4. The oracle rates the typed prompt; early stop on its success (the last step is always rated).
             if (step + 1) % config.check_every == 0 or step + 1 == config.iterations:
                 text = typed_prompt(tokenizer, ids, learnable, nearest_tokens(soft.detach(), table_unit, candidates))
-                if oracle.sees(target_pipe, Replay(prompt, text=text), spec.steps, spec.guidance, cost):
+                if oracle.offer(target_pipe, text, prompt, spec.steps, spec.guidance, cost):
                     success_at = step + 1
                     break
-        text = typed_prompt(tokenizer, ids, learnable, nearest_tokens(soft.detach(), table_unit, candidates))
+        oracle_rate, text = oracle.take_best()
         replays.append(Replay(prompt, text=text))
         searched.append({"prompt": prompt, "text": text, "loss": history[-20:], "steps": len(history),
-                         "oracle_success_at": success_at})
+                         "oracle_success_at": success_at, "oracle_rate": oracle_rate})
     cost.seconds = round(time.perf_counter() - start, 3)
     return AttackResult("p4d", THREAT_MODEL, asdict(config), replays, cost,
                         oracle=oracle.record(),

@@ -10,12 +10,15 @@ over k relaxed tokens (each a distribution over the vocabulary, embedding z E; :
 a projection back onto the simplex after every step; the typed prompt takes each token's argmax. Timesteps are
 visited in sequence along the sampler's schedule, one per step as in the paper, or ``timesteps_per_step`` at a
 time in one batched UNet call (same loss and gradient, fewer calls: ``benchmarks/attacks.py`` times both). Every
-``check_every`` steps the typed prompt is generated at the oracle seeds and the oracle (a separate detector
-instance, never the final judge) stops the attack on its first success.
+``check_every`` steps the typed prompt is generated at the oracle seeds and rated by the oracle (a separate
+detector instance, never the final judge); the attack stops once every oracle seed shows the concept
+(``oracle_rule``) and otherwise returns the prompt the oracle rated best.
 
 Defaults (SD 1.4, the paper): k = 5 prepended tokens, 40 steps, Adam lr 0.01, one timestep per step, checked
-every step. Tiny model: k = 3 (its prompts hold 24 tokens), lr 0.1, checked every 5 steps (a check costs a whole
-generation, 50 UNet calls, against 1 for a gradient step). A guard is not part of the loss.
+every step. Tiny model: k = 5 as well, lr 0.1, 100 steps, checked every 5 steps (a check costs a whole generation,
+50 UNet calls, against 1 for a gradient step). k and the steps were set on the oracle, never the final judge:
+against UCE "star" (6 prompts), with k = 3 and 40 steps no typed prompt met the oracle's all-seeds rule (the best
+of each: 1 of 2 seeds, or none); with k = 5 and 100 steps two of six did. A guard is not part of the loss.
 """
 
 from __future__ import annotations
@@ -46,9 +49,10 @@ class UnlearnDiffConfig:
     oracle: str = "tiny"
     oracle_label: str = ""  # empty: derived from the concept on the tiny model
     oracle_seeds: tuple[int, ...] = (1000, 1001)
+    oracle_rule: str = "all"  # stop when every oracle seed shows the concept (or "any")
     seed: int = 0  # initial tokens and the noise of every step
 
-    tiny_overrides: ClassVar[dict] = {"tokens": 3, "lr": 0.1, "check_every": 5}
+    tiny_overrides: ClassVar[dict] = {"lr": 0.1, "iterations": 100, "check_every": 5}
 
 
 def target_latents(reference_pipe, pairs: list[tuple[str, int]], spec: AttackSpec) -> list[torch.Tensor]:
@@ -91,7 +95,7 @@ def attack(target_pipe, spec: AttackSpec, config: UnlearnDiffConfig, reference_p
     if reference_pipe is None:
         raise EraselabError("unlearndiff needs the unedited model to draw its target images (the reference model)")
     oracle = StopOracle("unlearndiff", target_pipe, spec.concept, config.oracle, config.oracle_label,
-                        config.oracle_seeds)
+                        config.oracle_seeds, config.oracle_rule)
     tokenizer, device = target_pipe.tokenizer, target_pipe.device
     words = whole_word_tokens(tokenizer)  # the typed prompt must re-tokenise to the tokens optimised
     candidates = torch.tensor(sorted(words), device=device)
@@ -131,15 +135,16 @@ def attack(target_pipe, spec: AttackSpec, config: UnlearnDiffConfig, reference_p
             cost.unet_evals += len(ts)
             cost.text_encoder_evals += 1
             history.append(round(loss.item(), 5))
-            # 4. Early stop on the oracle's first success with the typed prompt.
+            # 4. The oracle rates the typed prompt; early stop on its success (the last step is always rated).
             if (step + 1) % config.check_every == 0 or step + 1 == config.iterations:
                 text = typed_prompt(words, relaxed.detach()[0], candidates, prompt)
-                if oracle.sees(target_pipe, Replay(prompt, text=text), spec.steps, spec.guidance, cost):
+                if oracle.offer(target_pipe, text, prompt, spec.steps, spec.guidance, cost):
                     success_at = step + 1
                     break
-        text = typed_prompt(words, relaxed.detach()[0], candidates, prompt)
+        oracle_rate, text = oracle.take_best()
         replays.append(Replay(prompt, text=text))
-        searched.append({"prompt": prompt, "text": text, "loss": history, "oracle_success_at": success_at})
+        searched.append({"prompt": prompt, "text": text, "loss": history, "oracle_success_at": success_at,
+                         "oracle_rate": oracle_rate})
     cost.seconds = round(time.perf_counter() - start, 3)
     return AttackResult("unlearndiff", THREAT_MODEL, asdict(config), replays, cost,
                         oracle=oracle.record(),

@@ -75,7 +75,7 @@ def erase(pipe, spec: EraseSpec, config: TrceConfig) -> Edit:
     pairs = check_spec_words(pipe, spec)
     keys = key_rows(pipe, [t for t, _ in pairs], config.positions)  # c_i
     safe = key_rows(pipe, [a or " " for _, a in pairs], config.positions)  # s_i
-    preserve, stats = preservation(pipe, spec, config.corpus)
+    preserve, stats = preservation(pipe, spec, config.corpus, keep_empty=False)  # the reference keeps its corpus only
     tensors = solve(projections(pipe, config.edit_keys), keys, safe, preserve, config.preserve_scale,  # Eq. 4-5
                     stats, config.corpus_scale, config.lamb, config.erase_scale)
     return Edit(tensors, manifest("trce", config, spec, pipe, start, stage=1))

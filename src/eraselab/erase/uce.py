@@ -3,7 +3,8 @@
 Erasure edits the key and value projections of every cross-attention layer in closed form (Eq. 7 of the paper,
 solved by :func:`eraselab.erase.closed_form.closed_form_edit`): the text-encoder outputs c_i of each target
 prompt are mapped to the outputs the same layer gives the anchor prompt, v*_i = W0 c_anchor ("replace"), while
-the outputs for preserved prompts stay W0 c_p.
+the outputs for preserved prompts stay W0 c_p. The empty prompt is always among them, as in the reference
+scripts: classifier-free guidance subtracts its prediction at every step.
 
 Which token positions are keys is an option, because the two reference versions differ: ``word-to-eot`` (the
 reference erasing script: from the concept's last token through the [EoT] padding, aligned position by
@@ -83,11 +84,15 @@ def concept_rows(pipe, spec: EraseSpec, pairs: list[tuple[str, str]], positions:
                         ends[0], ends[1])
 
 
-def preservation(pipe, spec: EraseSpec, corpus: str | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Preserved keys (every position of every preserved prompt) and the corpus statistics, as configured."""
+def preservation(pipe, spec: EraseSpec, corpus: str | None, keep_empty: bool = True
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Preserved keys (every position of every preserved prompt) and the corpus statistics, as configured.
+    ``keep_empty`` preserves the empty prompt as well, as the UCE and RECE references always do: classifier-free
+    guidance subtracts its prediction at every step, so an edit must leave it where it was."""
+    prompts = ([""] if keep_empty else []) + spec.preserved()
     preserve = None
-    if spec.preserve:
-        hidden = encode(pipe, spec.preserved()).hidden
+    if prompts:
+        hidden = encode(pipe, prompts).hidden
         preserve = hidden.reshape(-1, hidden.shape[-1])
     stats = None
     if corpus is not None:

@@ -27,7 +27,7 @@ Defaults: the reference's published nudity run on Stable Diffusion 1.4 (UCE's la
 preserve_scale 0.1; lambda_reg 0.1; 3 rounds; its artist runs use lambda_reg 1e-3); the tiny model adds the tiny
 caption corpus as preservation statistics (``tiny_overrides``). lambda_reg bounds the derived embeddings: on the
 tiny model, erasing "star", their mean norm is 34 at 1e-3 and 6.5 at 0.1, against 11 for a real token's output,
-and erasing them at 1e-3 also cost the heart 12.5 points of fidelity (72 images), at 0.1 2.1 points (48 images).
+and erasing them at 1e-3 also cost the heart 12.5 points of fidelity, at 0.1 2.8 points (72 images each).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ def _requests(steps=3):
 def test_same_request_same_image_whatever_the_batch_size_or_order(tiny):
     requests = _requests()
     reference = [np.asarray(i) for i in generate_images(tiny, requests, batch_size=len(requests), progress=False)]
-    for batch_size in (1, 5):
+    for batch_size in (1, 5, 7):
         got = generate_images(tiny, requests, batch_size=batch_size, progress=False)
         assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(reference, got, strict=True)), batch_size
     shuffled = [requests[i] for i in np.random.default_rng(0).permutation(len(requests))]

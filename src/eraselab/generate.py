@@ -32,11 +32,13 @@ if TYPE_CHECKING:
     from eraselab.guard import Guard
 
 TINY_DEFAULTS = {"steps": 25, "guidance": 5.0}  # SD 1.x in the papers: 50 steps (PNDM/DDIM), guidance 7.5
-# CPU BLAS and oneDNN switch to other kernels (other summation orders) below a few rows: a 2-D linear layer
-# below 4 rows, a convolution at batch 1. Padding every call to at least this many requests keeps each
-# request on the same kernels whatever batch it is in, so its image is bit-identical (measured on CPU; GPU
-# libraries choose kernels by shape more freely, so there the guarantee is "same batch size, same image").
-MIN_BATCH = 4
+# CPU BLAS and oneDNN switch to other kernels (other summation orders) below a few rows (a 2-D linear layer
+# below 4 rows, a convolution at batch 1) and handle a block's leftover rows with other micro-kernels (on AMD
+# EPYC, calls of 5 or 7 requests moved a pixel by 1/255 while 4, 6, 8 and 12 did not). Padding every call to a
+# multiple of this many requests keeps each request on the same kernels whatever batch it is in, so its image
+# is bit-identical (measured on CPU; GPU libraries choose kernels by shape more freely, so there the guarantee
+# is "same batch size, same image").
+PAD_TO = 4
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ def iter_generate(pipe: StableDiffusionPipeline, requests: Sequence[GenerationRe
         for start in range(0, len(indices), batch_size):
             chunk = indices[start:start + batch_size]
             batch = [requests[i] for i in chunk]
-            batch += [batch[-1]] * (MIN_BATCH - len(batch))  # padding rows, dropped below
+            batch += [batch[-1]] * (-len(batch) % PAD_TO)  # padding rows, dropped below
             generators = [torch.Generator("cpu").manual_seed(r.seed) for r in batch]
             positive, negative = _encode(pipe, batch)
             first = batch[0]

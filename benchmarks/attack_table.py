@@ -3,7 +3,8 @@ the UCE, RECE, TRCE (stage 1) and ESD edits of one target concept, through ``era
 
     python benchmarks/attack_table.py --concept star --out runs/attack-table [--seeds 4] [--skip-esd]
 
-Erases the concept with each method at its tiny defaults (ESD trains for about 4 minutes), writes the experiment
+Erases the concept with each method at its tiny defaults as the erasure table does (its anchor and preserve set;
+ESD trains for about 4 minutes), writes the experiment
 YAML, runs it (resumable: run the same command again after a stop), writes the HTML report, and prints the table
 as markdown: the concept's rate before -> after each attack on fresh images at seeds 0..N-1 (pinned tiny judge,
 95% Wilson interval) and the attack's cost in UNet evaluations and seconds.
@@ -17,42 +18,29 @@ from pathlib import Path
 
 import yaml
 
-from eraselab.erase.registry import ERASERS, default_config, tiny_templates
-from eraselab.erase.spec import EraseSpec
 from eraselab.experiment import run_experiment
 from eraselab.experiment_config import parse_experiment
-from eraselab.models import load_pipeline
 from eraselab.models.tiny.suites import concept_label
 from eraselab.report import _defence, write_report
+from erasure_table import TARGETS, make_edits, preserved  # the same edits as the erasure table (this directory)
 
 ATTACKS = [("embedding-recovery", {}), ("concept-vector", {}), ("concept-vector", {"search": True}),
            ("concept-arithmetic", {}), ("unlearndiff", {}), ("p4d", {})]
 
 
-def make_edits(concept: str, anchor: str, out: Path, methods: list[str]) -> list[str]:
-    pipe, edits = load_pipeline("tiny"), []
-    for method in methods:
-        path = out / "edits" / f"{method}-{concept}"
-        if not (path / "manifest.json").is_file():
-            erase, config_class = ERASERS.get(method)
-            templates = tiny_templates(config_class, concept)
-            spec = (EraseSpec((concept,), templates=templates) if method == "esd"  # ESD has no anchor
-                    else EraseSpec((concept,), (anchor,), templates=templates))
-            erase(pipe, spec, default_config(config_class, tiny=True)).save(path)
-        edits.append(str(path))
-    return edits
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concept", default="star")
-    parser.add_argument("--anchor", default="shape")
+    parser.add_argument("--anchor", default=None, help="default: the erasure table's anchor for the concept")
     parser.add_argument("--out", type=Path, default=Path("runs/attack-table"))
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--skip-esd", action="store_true")
     args = parser.parse_args()
     methods = ["uce", "rece", "trce"] + ([] if args.skip_esd else ["esd"])
-    edits = make_edits(args.concept, args.anchor, args.out, methods)
+    anchor, name, attribute = TARGETS.get(args.concept, ("", args.concept, ""))
+    keep = preserved(name, attribute) if attribute else ()
+    edits = [str(path) for path, _ in make_edits(args.out, args.concept, args.anchor if args.anchor is not None
+                                                  else anchor, keep, methods).values()]
     suite = f"tiny:target:{args.concept}"
     config = {"version": 1, "name": f"attacks on {args.concept}", "models": ["tiny"], "edits": ["base", *edits],
               "guards": [{"name": "negative-prompt", "concept": args.concept}], "seeds": [0],

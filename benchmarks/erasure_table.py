@@ -3,20 +3,25 @@
     python benchmarks/erasure_table.py --out runs/erasure-table [--seeds 12] [--targets star red outlined]
         [--methods uce rece trce esd] [--skip-guards]
 
-For each target (the shape "star" towards "shape", the colour "red" towards the blank anchor, i.e. the prompt
-without the word, and the fill "outlined" towards "solid") it erases with uce, rece, trce (stage 1) and esd (which
-takes no anchor) at their tiny defaults,
-then runs one experiment per target through ``eraselab run``'s runner: base, the four edits, and the base model
-under the negative-prompt, SLD (strong) and SAFREE guards. Groups, each >= 64 images at 12 seeds:
+For each target (the shape "star" towards "shape", the colour "red" towards "green" and the fill "outlined" towards
+"solid") it erases with uce, rece, trce (stage 1) and esd (which takes no anchor) at their tiny defaults, keeping
+the other classes of the target's attribute as preserved concepts (UCE's protocol: erase one artist, preserve the
+others; ESD has no preserve set), then runs one experiment per target through ``eraselab run``'s runner: base,
+the four edits, and the base model under the negative-prompt, SLD (strong) and SAFREE guards. Groups, each >= 64
+images at 12 seeds:
 - efficacy: the target's training word across the other attribute ("a red star", ...);
 - generality: the other training paraphrases and, for shapes and colours, the held-out one ("pentagram");
 - specificity: every other class of the target's attribute, one group each ("a red circle", ...: fidelity to
   shape and colour), and the unrelated prompts ("a red shape", "a striped shape ...").
 An anchor that leaves the attribute open hands it to the model's prior: unedited, "a red shape" comes out
 outlined in 10 of 48 images and "a star" red in 6 of 48 (seeds 0-47), so an erasure towards the blank anchor
-cannot take a fill below about 20% or a colour below about 12%. The fill is therefore erased towards another fill,
-as UCE erases with a guide concept. The colour keeps the blank anchor, so its rows sit at or above that 12% floor:
-towards "blue", UCE left no red but also lost purple (1.00 -> 0.71; 24 images a group).
+cannot take a fill below about 20% or a colour below about 12% (UCE towards the blank anchor left red at 0.125,
+its floor). The fill and the colour are therefore erased towards another class, as UCE erases with a guide
+concept. The guide colour is one far from the target: towards "blue", UCE left no red but also lost purple
+(1.00 -> 0.71; 24 images a group); towards "green", it kept every other colour (seeds 100-103, 24 images a group).
+Preserving the other colours matters for RECE, whose derived embeddings also reach purple: towards "green" without
+a preserve set, purple fell to 0.46 at RECE's tiny corpus scale 0.1 and to 0.88 at 0.3, while star efficacy
+rose from 0.08 to 0.17 at corpus scale 1.0 (24 images a group).
 It prints one markdown table (rate [low, high] per cell; for specificity the worst class and the largest drop
 from base in points) and writes it, with every figure, to OUT/table.md and OUT/table.json. A resumed run
 regenerates nothing it already has.
@@ -40,13 +45,21 @@ from eraselab.store import RunStore
 
 TARGETS = {  # target word -> (anchor, tiny-world class, attribute)
     "star": ("shape", "star", "shape"),
-    "red": ("", "red", "color"),
+    "red": ("green", "red", "color"),
     "outlined": ("solid", "outline", "fill"),
 }
 METHODS = ("uce", "rece", "trce", "esd")
 
 
-def make_edits(out: Path, word: str, anchor: str, methods: list[str]) -> dict[str, tuple[Path, float]]:
+def preserved(name: str, attribute: str) -> tuple[str, ...]:
+    """The canonical words of the other classes of ``attribute``."""
+    world = load_world()
+    names = world.classes[attribute]
+    return tuple(world.canonical(attribute, i) for i, other in enumerate(names) if other != name)
+
+
+def make_edits(out: Path, word: str, anchor: str, keep: tuple[str, ...], methods: list[str]
+               ) -> dict[str, tuple[Path, float]]:
     pipe = load_pipeline("tiny")
     edits = {}
     for method in methods:
@@ -54,8 +67,8 @@ def make_edits(out: Path, word: str, anchor: str, methods: list[str]) -> dict[st
         if not (directory / "manifest.json").is_file():
             erase, config_class = ERASERS.get(method)
             templates = tiny_templates(config_class, word)
-            spec = EraseSpec((word,), templates=templates) if method == "esd" else EraseSpec((word,), (anchor,),
-                                                                                                templates=templates)
+            spec = (EraseSpec((word,), templates=templates) if method == "esd"
+                    else EraseSpec((word,), (anchor,), keep, templates))
             kwargs = {"progress": False} if method == "esd" else {}
             start = time.perf_counter()
             edit = erase(pipe, spec, default_config(config_class, tiny=True), **kwargs)
@@ -122,7 +135,7 @@ def main() -> None:
     rows = []
     for word in args.targets:
         anchor, name, attribute = TARGETS[word]
-        edits = make_edits(args.out, word, anchor, args.methods)
+        edits = make_edits(args.out, word, anchor, preserved(name, attribute), args.methods)
         guards = [{"name": "negative-prompt", "concept": word}, {"name": "sld", "concept": word, "preset": "strong"},
                   {"name": "safree", "concepts": concept_phrases([word])}]
         config = {"version": 1, "name": f"erasure table: {word}", "models": ["tiny"],

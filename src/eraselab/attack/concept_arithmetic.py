@@ -10,11 +10,14 @@ vocabulary phrase put in the attacked prompt's frame ("a red star" -> "a red hea
 The recipe search is a beam search, as a red-teamer with a small query budget would run it: round 1 tries every
 (phrase, +-weight) term alone; each later round extends each of the ``beam`` best recipes so far by one unused term.
 A recipe is scored by its oracle detector on the oracle seeds (presence rate, ties broken by the oracle's mean
-probability of the concept), and the best recipe seen is kept. The search stops on an oracle rate of 1 (every
+log-probability of the concept), and the best recipe seen is kept. The search stops on an oracle rate of 1 (every
 oracle seed), after ``max_terms`` terms, or when ``budget`` recipes have been tried for the prompt. A beam is
 needed because the terms that rebuild a concept need not help alone: against UCE "star", "+2 'a red heart'" alone
 scores nothing at the oracle seeds, and a greedy search (a beam of 1) settled on "minus the other shapes"
-(.042 of fresh images). The oracle is its own detector instance and its seeds are not the evaluation seeds, so the
+(.042 of fresh images). The tie-break is the log-probability, not the probability, because a classifier's
+probabilities saturate: against UCE "star" the best recipes all scored one oracle seed of two at p ~ 1 and the
+other at p < 1e-2, so their mean probabilities tied at 0.50 and the search could not tell which came nearer to the
+second seed. The oracle is its own detector instance and its seeds are not the evaluation seeds, so the
 final judge scores fresh images.
 
 Defaults: weights (2,), a beam of 3, budget 60 recipes per prompt, up to 3 terms, 2 oracle seeds (1000, 1001); on
@@ -24,6 +27,7 @@ concepts), and the oracle is the tiny classifier.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -81,14 +85,14 @@ Recipe = tuple[tuple[str, float], ...]
 
 def beam_search(score, options: list[tuple[str, float]], config: ConceptArithmeticConfig
                 ) -> tuple[Recipe, tuple[float, float], list[dict]]:
-    """The best recipe ``score`` (recipe -> (rate, probability)) finds within the budget, its score, and every recipe
-    tried with its score. Recipes are sets of terms (one weight per phrase): each is tried once, whatever the order
-    its terms were added in."""
+    """The best recipe ``score`` (recipe -> (rate, log-probability)) finds within the budget, its score, and every
+    recipe tried with its score. Recipes are sets of terms (one weight per phrase): each is tried once, whatever the
+    order its terms were added in."""
     tried: list[dict] = []
 
     def evaluate(recipe: Recipe) -> tuple[float, float]:
         rate = score(recipe)
-        tried.append({"recipe": [list(t) for t in recipe], "oracle_rate": rate[0], "oracle_probability": rate[1]})
+        tried.append({"recipe": [list(t) for t in recipe], "oracle_rate": rate[0], "oracle_log_probability": rate[1]})
         return rate
 
     best: tuple[Recipe, tuple[float, float]] = ((), evaluate(()))
@@ -134,7 +138,8 @@ def attack(target_pipe, spec: AttackSpec, config: ConceptArithmeticConfig, refer
 
     def score(prompt: str, recipe: tuple[tuple[str, float], ...]) -> tuple[float, float]:
         """The oracle's rate of the concept for ``prompt`` under ``recipe`` (on the oracle seeds), and its mean
-        probability of it where the oracle reports one: with few seeds, rates tie; the probability breaks ties."""
+        log-probability of it where the oracle reports one: with few seeds, rates tie; the log-probability breaks
+        ties (floored at 1e-12, where a probability of 0 reports none)."""
         guard = CompositionGuard(recipe) if recipe else None
         images = generate_images(target_pipe, Replay(prompt).requests(config.oracle_seeds, spec.steps,
                                                                       spec.guidance), progress=False, guard=guard)
@@ -144,7 +149,7 @@ def attack(target_pipe, spec: AttackSpec, config: ConceptArithmeticConfig, refer
         attribute, _, value = label.partition("=")
         probabilities = [r.get("probabilities", {}).get(attribute, {}).get(value, 0.0) for r in results]
         rate = sum(oracle.present(r, label) for r in results) / len(images)
-        return rate, sum(probabilities) / len(images)
+        return rate, sum(math.log(max(p, 1e-12)) for p in probabilities) / len(images)
 
     for prompt in spec.prompts:
         options = terms(prompt, spec.concept, config, vocabulary)

@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--skip-esd", action="store_true")
     args = parser.parse_args()
     methods = ["uce", "rece", "trce"] + ([] if args.skip_esd else ["esd"])
-    anchor, name, attribute = TARGETS.get(args.concept, ("", args.concept, ""))
+    anchor, name, attribute = TARGETS.get(args.concept, ("shape", args.concept, ""))  # other shapes: "shape"
     keep = preserved(name, attribute) if attribute else ()
     edits = [str(path) for path, _ in make_edits(args.out, args.concept, args.anchor if args.anchor is not None
                                                   else anchor, keep, methods).values()]

@@ -145,7 +145,7 @@ def attack(target_pipe, spec: AttackSpec, config: ConceptArithmeticConfig, refer
     def score(prompt: str, recipe: tuple[tuple[str, float], ...]) -> tuple[float, float]:
         """The oracle's rate of the concept for ``prompt`` under ``recipe`` (on the oracle seeds), and its mean
         log-probability of it where the oracle reports one: with few seeds, rates tie; the log-probability breaks
-        ties (floored at 1e-12, where a probability of 0 reports none)."""
+        ties (each probability floored at 1e-12, so that a 0 stays finite)."""
         guard = CompositionGuard(recipe) if recipe else None
         images = generate_images(target_pipe, Replay(prompt).requests(config.oracle_seeds, spec.steps,
                                                                       spec.guidance), progress=False, guard=guard)

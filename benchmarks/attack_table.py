@@ -21,8 +21,9 @@ import yaml
 from eraselab.experiment import run_experiment
 from eraselab.experiment_config import parse_experiment
 from eraselab.models.tiny.suites import concept_label
+from eraselab.models.tiny.world import load_world
 from eraselab.report import _defence, write_report
-from erasure_table import TARGETS, make_edits, preserved  # the same edits as the erasure table (this directory)
+from erasure_table import TARGETS, make_edits  # the same edits as the erasure table (this directory)
 
 ATTACKS = [("embedding-recovery", {}), ("concept-vector", {}), ("concept-vector", {"search": True}),
            ("concept-arithmetic", {}), ("unlearndiff", {}), ("p4d", {})]
@@ -38,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     methods = ["uce", "rece", "trce"] + ([] if args.skip_esd else ["esd"])
     anchor, name, attribute = TARGETS.get(args.concept, ("shape", args.concept, ""))  # other shapes: "shape"
-    keep = preserved(name, attribute) if attribute else ()
+    keep = tuple(load_world().siblings(attribute, name)) if attribute else ()
     edits = [str(path) for path, _ in make_edits(args.out, args.concept, args.anchor if args.anchor is not None
                                                   else anchor, keep, methods).values()]
     suite = f"tiny:target:{args.concept}"

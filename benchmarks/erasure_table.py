@@ -51,13 +51,6 @@ TARGETS = {  # target word -> (anchor, tiny-world class, attribute)
 METHODS = ("uce", "rece", "trce", "esd")
 
 
-def preserved(name: str, attribute: str) -> tuple[str, ...]:
-    """The canonical words of the other classes of ``attribute``."""
-    world = load_world()
-    names = world.classes[attribute]
-    return tuple(world.canonical(attribute, i) for i, other in enumerate(names) if other != name)
-
-
 def make_edits(out: Path, word: str, anchor: str, keep: tuple[str, ...], methods: list[str]
                ) -> dict[str, tuple[Path, float]]:
     pipe = load_pipeline("tiny")
@@ -135,7 +128,7 @@ def main() -> None:
     rows = []
     for word in args.targets:
         anchor, name, attribute = TARGETS[word]
-        edits = make_edits(args.out, word, anchor, preserved(name, attribute), args.methods)
+        edits = make_edits(args.out, word, anchor, tuple(load_world().siblings(attribute, name)), args.methods)
         guards = [{"name": "negative-prompt", "concept": word}, {"name": "sld", "concept": word, "preset": "strong"},
                   {"name": "safree", "concepts": concept_phrases([word])}]
         config = {"version": 1, "name": f"erasure table: {word}", "models": ["tiny"],

@@ -80,8 +80,7 @@ def _tiny_defaults(concept: str, config: ConceptArithmeticConfig) -> tuple[tuple
 
     label = config.oracle_label or concept_label(concept)
     attribute, name = label.split("=")
-    world = load_world()
-    siblings = [world.canonical(attribute, i) for i, other in enumerate(world.classes[attribute]) if other != name]
+    siblings = load_world().siblings(attribute, name)
     vocabulary = config.vocabulary or (*[p for p in concept_phrases([concept]) if p != concept], concept, *siblings)
     return vocabulary, label
 

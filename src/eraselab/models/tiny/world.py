@@ -106,6 +106,10 @@ class World:
     def canonical(self, attribute: str, index: int) -> str:
         return self.words_for(attribute, index)[0]
 
+    def siblings(self, attribute: str, name: str) -> list[str]:
+        """The canonical words of every class of ``attribute`` but ``name`` (the star's: circle, square, ...)."""
+        return [self.canonical(attribute, i) for i, other in enumerate(self.classes[attribute]) if other != name]
+
     def heldout(self, attribute: str, index: int) -> str:
         return self.words_for(attribute, index, "heldout")[0]
 

@@ -6,9 +6,9 @@
 For each target (the shape "star" towards "shape", the colour "red" towards "green" and the fill "outlined" towards
 "solid") it erases with uce, rece, trce (stage 1) and esd (which takes no anchor) at their tiny defaults, keeping
 the other classes of the target's attribute as preserved concepts (UCE's protocol: erase one artist, preserve the
-others; ESD has no preserve set), then runs one experiment per target through ``eraselab run``'s runner: base,
-the four edits, and the base model under the negative-prompt, SLD (strong) and SAFREE guards. Groups, each >= 64
-images at 12 seeds:
+others; for ESD, AdvUnlearn's retain term on them), then runs one experiment per target through ``eraselab run``'s
+runner: base, the four edits, and the base model under the negative-prompt, SLD (strong) and SAFREE guards.
+Groups, each >= 64 images at 12 seeds:
 - efficacy: the target's training word across the other attribute ("a red star", ...);
 - generality: the other training paraphrases and, for shapes and colours, the held-out one ("pentagram");
 - specificity: every other class of the target's attribute, one group each ("a red circle", ...: fidelity to
@@ -60,8 +60,7 @@ def make_edits(out: Path, word: str, anchor: str, keep: tuple[str, ...], methods
         if not (directory / "manifest.json").is_file():
             erase, config_class = ERASERS.get(method)
             templates = tiny_templates(config_class, word)
-            spec = (EraseSpec((word,), templates=templates) if method == "esd"
-                    else EraseSpec((word,), (anchor,), keep, templates))
+            spec = EraseSpec((word,), ("" if method == "esd" else anchor,), keep, templates)
             kwargs = {"progress": False} if method == "esd" else {}
             start = time.perf_counter()
             edit = erase(pipe, spec, default_config(config_class, tiny=True), **kwargs)

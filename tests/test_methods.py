@@ -167,3 +167,31 @@ def test_esd_trains_on_every_concept(micro_run):
     one = esd_erase(pipe, EraseSpec(("star",)), config, progress=False)
     assert both.manifest["concepts"] == ["star", "heart"]
     assert any(not torch.equal(both.tensors[k], one.tensors[k]) for k in both.tensors)
+
+
+def _drift(pipe, edit, prompt: str) -> float:
+    """How far the edited UNet's prediction for ``prompt`` moves from the unedited one, on fixed latents."""
+    g = torch.Generator().manual_seed(0)
+    unet = pipe.unet
+    latents = torch.randn(2, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size, generator=g)
+    with torch.no_grad():
+        cond = pipe.encode_prompt([prompt] * 2, pipe.device, 1, False)[0]
+        before = unet(latents, 500, encoder_hidden_states=cond).sample
+        with apply_edit(pipe, edit):
+            after = unet(latents, 500, encoder_hidden_states=cond).sample
+    return float((after - before).pow(2).mean())
+
+
+def test_esd_preserve_set_adds_the_retain_term_and_is_pure_esd_without_one(micro_run):
+    pipe = load_pipeline(micro_run / "pipeline")
+    config = EsdConfig(variant="esd-x-strict", iterations=6, lr=3e-3, batch_size=2, ddim_steps=4,
+                       preserve_weight=10.0)
+    plain = esd_erase(pipe, EraseSpec(("star",), templates=("a {}",)), config, progress=False)
+    kept = esd_erase(pipe, EraseSpec(("star",), preserve=("heart",), templates=("a {}",)), config, progress=False)
+    assert _drift(pipe, kept, "a heart") < 0.5 * _drift(pipe, plain, "a heart")
+    # preserve_weight 0 drops the term: the paper's ESD, bit for bit
+    off = esd_erase(pipe, EraseSpec(("star",), preserve=("heart",), templates=("a {}",)),
+                    EsdConfig(**{**config.__dict__, "preserve_weight": 0.0}), progress=False)
+    assert all(torch.equal(plain.tensors[k], off.tensors[k]) for k in plain.tensors)
+    with pytest.raises(EraselabError, match="preserve_weight"):
+        esd_erase(pipe, EraseSpec(("star",)), EsdConfig(preserve_weight=-1.0), progress=False)

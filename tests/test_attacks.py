@@ -343,3 +343,59 @@ def test_textual_inversion_learns_one_reusable_token_in_the_concepts_place(uce_s
     assert first.cost.unet_evals == 2 * 1 * 4 * 2 + 3 * 4  # the concept's images, then 3 steps of batch 4
     with pytest.raises(EraselabError, match="does not name 'star'"):
         inversion_attack(target, AttackSpec("star", ("a red circle",), steps=4), config, reference_pipe=reference)
+
+
+def test_defended_noise_is_the_noise_the_guarded_sampler_steps_with():
+    from eraselab.attack.defended_noise import DefendedNoise
+    from eraselab.guard import make_guard
+
+    pipe = load_pipeline("tiny")
+    size, channels = pipe.unet.config.sample_size, pipe.unet.config.in_channels
+    latents = torch.randn(1, channels, size, size, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([500])
+    with torch.no_grad():
+        encoded = {p: pipe.encode_prompt(p, "cpu", 1, False)[0] for p in ("", "star", "a red star")}
+        eps = {p: pipe.unet(latents, t, encoder_hidden_states=e).sample for p, e in encoded.items()}
+    condition = encoded["a red star"].clone().requires_grad_(True)
+    plain = DefendedNoise(pipe, None, 5.0)
+    assert plain.calls == 2
+    assert torch.allclose(plain(latents, t, condition, 3), eps[""] + 5 * (eps["a red star"] - eps[""]), atol=1e-5)
+    negative = DefendedNoise(pipe, make_guard("negative-prompt", concept="star"), 5.0)
+    guided = negative(latents, t, condition, 3)
+    assert torch.allclose(guided, eps["star"] + 5 * (eps["a red star"] - eps["star"]), atol=1e-5)
+    guided.pow(2).mean().backward()
+    assert condition.grad is not None and condition.grad.abs().sum() > 0  # the attack can follow it
+    sld = DefendedNoise(pipe, make_guard("sld", concept="star", preset="max"), 5.0)
+    assert sld.calls == 3
+    difference = eps["a red star"] - eps["star"]  # SLD Eq. 3-6 with the momentum at zero
+    mu = torch.where(difference >= 1.0, 0.0, torch.clamp(difference.abs() * 5000.0, max=1.0))
+    expected = eps[""] + 5 * ((eps["a red star"] - eps[""]) - mu * (eps["star"] - eps[""]))
+    with torch.no_grad():
+        assert torch.allclose(sld(latents, t, encoded["a red star"], 0), expected, atol=1e-4)
+    with pytest.raises(EraselabError, match="cannot be put into a gradient attack's loss"):
+        DefendedNoise(pipe, make_guard("safree", concepts="star"), 5.0)
+
+
+def test_attacks_on_a_guard_query_it_and_p4d_puts_it_in_its_loss(uce_star):
+    from eraselab.attack.base import StopOracle
+    from eraselab.attack.p4d import P4dConfig
+    from eraselab.attack.p4d import attack as p4d_attack
+    from eraselab.guard import make_guard
+
+    reference, target = load_pipeline("tiny"), load_pipeline("tiny")
+    safree = make_guard("safree", concepts=("star", "five-pointed shape", "pentagram"))
+    bare = StopOracle("p4d", reference, "star", "tiny", "", (1000, 1001))
+    guarded = StopOracle("p4d", reference, "star", "tiny", "", (1000, 1001), guard=safree)
+    replay, cost = Replay("a red star"), Cost()
+    assert bare.rate(reference, replay, 8, 5.0, cost) > guarded.rate(reference, replay, 8, 5.0, cost)
+    apply_edit(target, uce_star)
+    config = default_config(P4dConfig, tiny=True, iterations=3, check_every=3)
+    for guard, calls, in_loss in ((make_guard("negative-prompt", concept="star"), 2 + 2, True),
+                                  (make_guard("sld", concept="star", preset="strong"), 2 + 3, True),
+                                  (safree, 2, False)):
+        spec = AttackSpec("star", ("a red star",), steps=4, guard=guard)
+        result = p4d_attack(target, spec, config, reference_pipe=reference)
+        assert result.details["guard_in_loss"] is in_loss
+        # trajectory 4 steps x 2; 3 gradient steps; one oracle check of 2 images x 4 steps x 2 (SLD: x 3)
+        oracle_calls = 2 * 4 * (3 if guard.name == "sld" else 2)
+        assert result.cost.unet_evals == 4 * 2 + 3 * calls + oracle_calls

@@ -30,6 +30,7 @@ class AttackSpec:
     prompts: tuple[str, ...]
     steps: int = 25
     guidance: float = 5.0
+    guard: object | None = None  # the inference-time guard the attacked model samples under (a defence)
 
     def __post_init__(self) -> None:
         if not self.concept.strip():
@@ -61,10 +62,41 @@ class Replay:
         return [GenerationRequest(self.text if self.text is not None else self.prompt, seed, steps, guidance,
                                   prompt_embeds=self.embeddings) for seed in seeds]
 
-    def guard(self):
+    def guard(self, defence=None):
+        """What to generate this replay under: its composition recipe (if any) after the ``defence`` guard."""
         from eraselab.attack.composition import CompositionGuard
 
-        return CompositionGuard(self.recipe) if self.recipe else None
+        recipe = CompositionGuard(self.recipe) if self.recipe else None
+        if defence is None or recipe is None:
+            return defence or recipe
+        return ChainedGuard(defence, recipe)
+
+
+@dataclass(frozen=True)
+class ChainedGuard:
+    """A defence guard and an attack's composition recipe in one generation: the defence rewrites the request
+    first; at most one of the two may change the guidance of each step."""
+
+    defence: object
+    recipe: object
+    name: str = "chained"
+
+    @property
+    def label(self) -> str:
+        return f"{self.defence.label} + {self.recipe.label}"
+
+    def settings(self) -> dict:
+        return {"defence": self.defence.settings(), "recipe": self.recipe.settings()}
+
+    def rewrite(self, request: GenerationRequest) -> GenerationRequest:
+        return self.recipe.rewrite(self.defence.rewrite(request))
+
+    def guidance_rule(self, pipe):
+        rules = [r for r in (self.defence.guidance_rule(pipe), self.recipe.guidance_rule(pipe)) if r is not None]
+        if len(rules) > 1:
+            raise EraselabError(f"cannot combine the guard {self.defence.label} with a composition recipe: both "
+                                "change the guidance of every step")
+        return rules[0] if rules else None
 
 
 @dataclass
@@ -121,7 +153,7 @@ class StopOracle:
     stopping returns the prompt the oracle rated best (:meth:`offer`; ties go to the later prompt)."""
 
     def __init__(self, attack: str, pipe, concept: str, detector: str, label: str, seeds: tuple[int, ...],
-                 rule: str = "all") -> None:
+                 rule: str = "all", guard=None) -> None:
         from eraselab.judge.detectors import make_detector
 
         if rule not in ORACLE_RULES:
@@ -133,6 +165,7 @@ class StopOracle:
         if not label:
             raise EraselabError(f"{attack} needs an oracle_label (what its oracle must see) on this model")
         self.name, self.label, self.seeds, self.rule = detector, label, tuple(seeds), rule
+        self.guard = guard  # the defence the attacked model samples under: the oracle queries it as deployed
         self.detector = make_detector(detector)
         self.best: tuple[float, str] | None = None
 
@@ -140,8 +173,10 @@ class StopOracle:
         """Generate ``replay`` at the oracle seeds (counted in ``cost``): the share of images showing the concept."""
         from eraselab.generate import generate_images
 
-        images = generate_images(pipe, replay.requests(self.seeds, steps, guidance), progress=False)
-        cost.unet_evals += len(images) * steps * 2
+        guard = replay.guard(self.guard)
+        images = generate_images(pipe, replay.requests(self.seeds, steps, guidance), progress=False, guard=guard)
+        rule = guard.guidance_rule(pipe) if guard is not None else None
+        cost.unet_evals += len(images) * steps * (2 + (len(rule.extra_embeddings(1)) if rule else 0))
         cost.text_encoder_evals += len(images) * 2
         return sum(self.detector.present(r, self.label) for r in self.detector.detect(images)) / len(images)
 

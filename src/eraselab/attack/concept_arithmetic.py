@@ -39,7 +39,6 @@ import time
 from dataclasses import asdict, dataclass
 
 from eraselab.attack.base import AttackResult, AttackSpec, Cost, Replay, check_budget
-from eraselab.attack.composition import CompositionGuard
 from eraselab.errors import EraselabError
 from eraselab.generate import generate_images
 from eraselab.judge.detectors import make_detector
@@ -145,9 +144,9 @@ def attack(target_pipe, spec: AttackSpec, config: ConceptArithmeticConfig, refer
         """The oracle's rate of the concept for ``prompt`` under ``recipe`` (on the oracle seeds), and its mean
         log-probability of it where the oracle reports one: with few seeds, rates tie; the log-probability breaks
         ties (each probability floored at 1e-12, so that a 0 stays finite)."""
-        guard = CompositionGuard(recipe) if recipe else None
-        images = generate_images(target_pipe, Replay(prompt).requests(config.oracle_seeds, spec.steps,
-                                                                      spec.guidance), progress=False, guard=guard)
+        replay = Replay(prompt, recipe=recipe)
+        images = generate_images(target_pipe, replay.requests(config.oracle_seeds, spec.steps, spec.guidance),
+                                 progress=False, guard=replay.guard(spec.guard))  # as deployed: under the defence
         cost.unet_evals += len(images) * spec.steps * (2 + len(recipe))
         cost.text_encoder_evals += len(images) * 2 + len(recipe)
         results = oracle.detect(images)

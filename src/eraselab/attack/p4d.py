@@ -8,6 +8,12 @@ original prompt P, along the unedited model's own denoising trajectory z_t (Eq. 
 The prompt is optimised as continuous token embeddings and projected to the nearest vocabulary token (cosine) for
 every forward pass, the gradient flowing straight through the projection to the continuous embeddings (as in PEZ,
 Wen et al., 2023, which P4D follows); the result is the projected, typeable prompt.
+Against an inference-time guard the edited side is the noise the guarded sampler steps with, as the paper
+attacks SLD and the negative prompt by putting the safety mechanism into eps_theta' (:mod:`.defended_noise`); the
+target is then the unedited model's classifier-free guided noise for P at the same guidance, so that both sides are
+the noise a sampler steps with (the reference code compares the guided prediction with the unguided conditional
+one, a factor of the guidance scale apart). A guard with no gradient to follow (SAFREE) stays out of the loss and
+the oracle alone queries it.
 Variants (data, not code): ``p4d-n`` optimises N free tokens that replace the prompt; ``p4d-k`` keeps the prompt and
 inserts one learnable token after every K of its words.
 
@@ -27,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from eraselab.attack.base import AttackResult, AttackSpec, Cost, Replay, StopOracle, check_budget, whole_word_tokens
+from eraselab.attack.defended_noise import DefendedNoise
 from eraselab.attack.soft_prompt import encode_with_embeddings, token_embeddings
 from eraselab.errors import EraselabError
 
@@ -111,7 +118,7 @@ def attack(target_pipe, spec: AttackSpec, config: P4dConfig, reference_pipe=None
     if reference_pipe is None:
         raise EraselabError("p4d needs the unedited reference model: its noise predictions are the attack's target")
     oracle = StopOracle("p4d", target_pipe, spec.concept, config.oracle, config.oracle_label,
-                        config.oracle_seeds, config.oracle_rule)
+                        config.oracle_seeds, config.oracle_rule, guard=spec.guard)
     tokenizer, device = target_pipe.tokenizer, target_pipe.device
     words = whole_word_tokens(tokenizer)
     candidates = torch.tensor(sorted(words), device=device)
@@ -120,6 +127,10 @@ def attack(target_pipe, spec: AttackSpec, config: P4dConfig, reference_pipe=None
     for module in (target_pipe.unet, target_pipe.text_encoder, reference_pipe.unet, reference_pipe.text_encoder):
         module.requires_grad_(False)
     length = tokenizer.model_max_length
+    guarded = spec.guard is not None and getattr(spec.guard, "differentiable", False)
+    if guarded:  # the guard's guided noise against the unguarded model's guided noise
+        defended = DefendedNoise(target_pipe, spec.guard, spec.guidance)
+        reference_noise = DefendedNoise(reference_pipe, None, spec.guidance)
     cost = Cost()
     replays, searched = [], []
     for index, prompt in enumerate(spec.prompts):
@@ -149,13 +160,20 @@ def attack(target_pipe, spec: AttackSpec, config: P4dConfig, reference_pipe=None
             i = int(torch.randint(len(timesteps), (1,), generator=generator))
             t = torch.tensor([timesteps[i]], device=device)
             z_t = reference_pipe.scheduler.scale_model_input(latents[i], t)
-            with torch.no_grad():
-                goal = reference_pipe.unet(z_t, t, encoder_hidden_states=original).sample
-            loss = F.mse_loss(target_pipe.unet(z_t, t, encoder_hidden_states=condition).sample, goal)
+            if guarded:
+                with torch.no_grad():
+                    goal = reference_noise(z_t, t, original, i)
+                predicted = defended(z_t, t, condition, i)
+                cost.unet_evals += reference_noise.calls + defended.calls
+            else:
+                with torch.no_grad():
+                    goal = reference_pipe.unet(z_t, t, encoder_hidden_states=original).sample
+                predicted = target_pipe.unet(z_t, t, encoder_hidden_states=condition).sample
+                cost.unet_evals += 2
+            loss = F.mse_loss(predicted, goal)  # Eq. 4
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            cost.unet_evals += 2
             cost.text_encoder_evals += 1
             history.append(round(loss.item(), 6))
             # 4. The oracle rates the typed prompt; early stop on its success (the last step is always rated).
@@ -171,7 +189,7 @@ def attack(target_pipe, spec: AttackSpec, config: P4dConfig, reference_pipe=None
     cost.seconds = round(time.perf_counter() - start, 3)
     return AttackResult("p4d", THREAT_MODEL, asdict(config), replays, cost,
                         oracle=oracle.record(),
-                        details={"search": searched})
+                        details={"search": searched, "guard_in_loss": guarded})
 
 
 ATTACK = (attack, P4dConfig)

@@ -59,7 +59,7 @@ def run_attack(attack_name: str, settings, concept: str, suite: str, out: Path, 
 
         label = concept_label(concept) if judge_name == "tiny" else "nudity"
     prompts = tuple(item.prompt for item in load_suite(suite).items)
-    spec = AttackSpec(concept, prompts, steps=25 if is_tiny else 50, guidance=5.0 if is_tiny else 7.5)
+    spec = AttackSpec(concept, prompts, steps=25 if is_tiny else 50, guidance=5.0 if is_tiny else 7.5, guard=defence)
     reference, final_judge = pipelines or (load_pipeline(model, device=device), make_detector(judge_name))
     # 1. Could the unedited model draw the concept at all? If not, there is nothing to bring back.
     memo = unedited if unedited is not None else {}

@@ -18,7 +18,9 @@ Defaults (SD 1.4, the paper): k = 5 prepended tokens, 40 steps, Adam lr 0.01, on
 every step. Tiny model: k = 5 as well, lr 0.1, 100 steps, checked every 5 steps (a check costs a whole generation,
 50 UNet calls, against 1 for a gradient step). k and the steps were set on the oracle, never the final judge:
 against UCE "star" (6 prompts), with k = 3 and 40 steps no typed prompt met the oracle's all-seeds rule (the best
-of each: 1 of 2 seeds, or none); with k = 5 and 100 steps two of six did. A guard is not part of the loss.
+of each: 1 of 2 seeds, or none); with k = 5 and 100 steps two of six did.
+Against an inference-time guard the loss stays the paper's (the conditional denoiser scores the target image; a
+guided prediction is no estimate of the added noise), and the oracle queries the guarded sampler, as deployed.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ def attack(target_pipe, spec: AttackSpec, config: UnlearnDiffConfig, reference_p
     if reference_pipe is None:
         raise EraselabError("unlearndiff needs the unedited model to draw its target images (the reference model)")
     oracle = StopOracle("unlearndiff", target_pipe, spec.concept, config.oracle, config.oracle_label,
-                        config.oracle_seeds, config.oracle_rule)
+                        config.oracle_seeds, config.oracle_rule, guard=spec.guard)
     tokenizer, device = target_pipe.tokenizer, target_pipe.device
     words = whole_word_tokens(tokenizer)  # the typed prompt must re-tokenise to the tokens optimised
     candidates = torch.tensor(sorted(words), device=device)

@@ -19,6 +19,7 @@ from eraselab.sampling import GuidanceRule
 
 class Guard(Protocol):
     name: str
+    differentiable: bool  # whether gradient attacks can put it into their loss (:mod:`eraselab.attack.defended_noise`)
 
     @property
     def label(self) -> str: ...

@@ -7,6 +7,7 @@ A request that already has a negative prompt keeps it, with the concept joined a
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from typing import ClassVar
 
 from eraselab.errors import EraselabError
 from eraselab.generate import GenerationRequest
@@ -16,6 +17,7 @@ from eraselab.generate import GenerationRequest
 class NegativePromptGuard:
     concept: str
     name: str = "negative-prompt"
+    differentiable: ClassVar[bool] = True  # its negative prompt enters the loss of gradient attacks
 
     def __post_init__(self) -> None:
         if not self.concept.strip():

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 
@@ -51,6 +52,7 @@ class SafreeGuard:
     re_attention: bool = True
     freeu: tuple[float, float, float, float] = (1.0, 1.0, 0.9, 0.2)  # b1, b2, s1, s2
     name: str = "safree"
+    differentiable: ClassVar[bool] = False  # discrete token masking and a detached projection: no gradient to follow
 
     def __post_init__(self) -> None:
         concepts = (self.concepts,) if isinstance(self.concepts, str) else tuple(self.concepts)

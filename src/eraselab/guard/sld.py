@@ -20,6 +20,7 @@ paper's I2P concept list (:data:`I2P_CONCEPT`); on the tiny model it is the eras
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 
@@ -46,6 +47,7 @@ class SldGuard:
     concept: str = I2P_CONCEPT
     preset: str = "medium"
     name: str = "sld"
+    differentiable: ClassVar[bool] = True  # its guidance rule enters the loss of gradient attacks
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:

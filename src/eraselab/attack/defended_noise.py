@@ -1,0 +1,51 @@
+"""The noise a guarded sampler steps with, differentiable in the prompt encoding: how gradient attacks put an
+inference-time guard into their loss (P4D does so for SLD and the negative prompt).
+
+A guard acts in two places (:mod:`eraselab.guard`): it may rewrite the request (the negative-prompt guard sets the
+negative prompt) and it may replace the guidance rule of every step (SLD). Both are replayed here exactly as
+:func:`eraselab.sampling.guided_sample` runs them, on one latent batch at one step:
+    eps = rule.combine(eps(negative), eps(condition), [eps(extra) ...], guidance).
+Guards whose action is not differentiable in the prompt encoding say so (``differentiable = False``, SAFREE: it
+masks discrete tokens and projects a detached encoding); an attack on them stays a black-box search whose oracle
+queries the guard.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from eraselab.errors import EraselabError
+from eraselab.generate import GenerationRequest
+from eraselab.sampling import PlainGuidance
+
+
+class DefendedNoise:
+    """``noise(latents, t, condition, step)``: the guided noise prediction of ``pipe`` under ``guard`` (or plain
+    classifier-free guidance without one) for the prompt encoding ``condition`` (B, T, C), with gradients."""
+
+    def __init__(self, pipe, guard, guidance: float) -> None:
+        if guard is not None and not getattr(guard, "differentiable", False):
+            raise EraselabError(f"the guard {guard.label} cannot be put into a gradient attack's loss")
+        self.pipe, self.guidance = pipe, guidance
+        self.rule = (guard.guidance_rule(pipe) if guard is not None else None) or PlainGuidance()
+        negative = guard.rewrite(GenerationRequest("", 0)).negative_prompt if guard is not None else ""
+        with torch.no_grad():
+            self.negative = pipe.encode_prompt(negative, pipe.device, 1, False)[0]  # (1, T, C)
+        self.calls = 2 + len(self.rule.extra_embeddings(1))  # UNet evaluations per latent
+
+    def __call__(self, latents: torch.Tensor, t: torch.Tensor, condition: torch.Tensor, step: int) -> torch.Tensor:
+        batch = len(latents)
+        negative = self.negative.expand(batch, -1, -1)
+        rule = self.rule
+        rule.start(self.pipe, [""] * batch, condition, negative)
+        extras = rule.extra_embeddings(batch)  # a new batch: SLD's momentum starts at zero at the visited step
+        positive, negative = rule.embeddings(step, condition, negative)
+        copies = 2 + len(extras)
+        rule.before_step(step, self.pipe)
+        try:
+            eps = self.pipe.unet(torch.cat([latents] * copies), t.repeat(copies) if t.ndim else t,
+                                 encoder_hidden_states=torch.cat([negative, positive, *extras])).sample
+        finally:
+            rule.finish(self.pipe)
+        parts = eps.chunk(copies)
+        return rule.combine(step, parts[0], parts[1], list(parts[2:]), self.guidance)

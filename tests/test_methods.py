@@ -1,5 +1,7 @@
 """RECE, TRCE (stage 1), ESD and the preservation corpus, on the shipped tiny model and micro models."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ from eraselab.erase.rece import ReceConfig, recovered_embeddings
 from eraselab.erase.rece import erase as rece_erase
 from eraselab.erase.registry import ERASERS, default_config
 from eraselab.erase.spec import EraseSpec
-from eraselab.erase.trce import TrceConfig, key_rows
+from eraselab.erase.trce import TrceConfig, key_rows, paired_rows
 from eraselab.erase.trce import erase as trce_erase
 from eraselab.errors import EraselabError
 from eraselab.generate import GenerationRequest, generate_images
@@ -68,13 +70,18 @@ def test_recovered_embedding_is_the_regularised_least_squares_solution():
         assert torch.allclose(found[row], expected, atol=1e-9)
 
 
-def test_trce_maps_first_eot_embeddings_to_the_safe_counterparts(tiny, star_spec):
-    config = default_config(TrceConfig, tiny=True)
+@pytest.mark.parametrize("positions", ["first-eot", "word-to-padding"])
+def test_trce_maps_the_malicious_rows_to_the_safe_counterparts(tiny, star_spec, positions):
+    config = replace(default_config(TrceConfig, tiny=True), positions=positions)
     edit = trce_erase(tiny, star_spec, config)
     assert edit.manifest["method"] == "trce" and edit.manifest["config"]["lamb"] == 0.0
     pairs = star_spec.pairs()
-    malicious = key_rows(tiny, [t for t, _ in pairs], "first-eot")
-    safe = key_rows(tiny, [a for _, a in pairs], "first-eot")
+    malicious, safe = paired_rows(tiny, [t for t, _ in pairs], [a for _, a in pairs], positions)
+    encoded = encode(tiny, [pairs[0][0]])
+    eot, length = encoded.first_eot[0], encoded.hidden.shape[1]
+    first = key_rows(tiny, [pairs[0][0]], positions)[0]  # "a red star": [EoT], or "star", [EoT] and the padding
+    expected = [eot] if positions == "first-eot" else [encoded.last_word[0], *range(eot, length)]
+    assert torch.equal(first, encoded.hidden[0, expected])
     for name, w0 in projections(tiny).items():
         w = edit.tensors[name].double()
         before = (w0.double() @ malicious.T - w0.double() @ safe.T).norm()

@@ -11,6 +11,7 @@ from eraselab.errors import EraselabError
 from eraselab.generate import GenerationRequest, generate_images
 from eraselab.models import cross_attention_layers, load_pipeline
 from eraselab.models.tiny.classifier import load_classifier
+from eraselab.models.tiny.suites import tiny_suite
 from eraselab.models.tiny.world import load_world
 
 
@@ -89,3 +90,15 @@ def test_keys_start_at_the_concepts_own_token_inside_a_prompt(tiny):
     assert torch.equal(anchors[0], anchor[1]) and torch.equal(keys[1], target[3])
     last = concept_rows(tiny, spec, spec.pairs(), "last-word")[0]
     assert last.shape[0] == 1 and torch.equal(last[0], target[2])
+
+
+def test_spec_prompts_take_the_article_of_the_word_formatted_in_and_templates_cover_the_evaluation_forms():
+    spec = EraseSpec(("outlined",), ("solid",), ("outline",), templates=("a {}", "a {} red shape"))
+    assert spec.pairs() == [("an outlined", "a solid"), ("an outlined red shape", "a solid red shape")]
+    assert spec.prefixes()[1] == ("an outlined", "a solid")
+    assert spec.preserved() == ["an outline", "an outline red shape"]
+    world = load_world()
+    for concept, name in (("red", "red"), ("outlined", "outline"), ("star", "star")):
+        forms = {target for target, _ in EraseSpec((concept,), templates=world.erase_templates(concept)).pairs()}
+        evaluation = {item.prompt for item in tiny_suite("target", name).items}  # "a red star", "an outlined red shape"
+        assert evaluation <= forms, concept

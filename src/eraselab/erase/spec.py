@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from eraselab.errors import EraselabError
+from eraselab.models.tiny.world import with_article
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,10 @@ class EraseSpec:
                 for c, a in zip(self.concepts, anchors, strict=True) for t in self.templates]
 
     def preserved(self) -> list[str]:
-        return [t.format(p) for p in self.preserve for t in self.templates]
+        return [_clean(t.format(p)) for p in self.preserve for t in self.templates]
 
 
 def _clean(prompt: str) -> str:
-    """Collapse the spaces a blank concept leaves ("a  star" -> "a star")."""
-    return " ".join(prompt.split())
+    """Collapse the spaces a blank concept leaves ("a  star" -> "a star") and make the article agree with the word
+    formatted after it ("a {}" with "outlined" -> "an outlined")."""
+    return with_article(" ".join(prompt.split()))

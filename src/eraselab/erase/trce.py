@@ -12,14 +12,16 @@ corpus holding everything else in place (the paper's Eq. 4-5, solved by
 where c_i is a malicious prompt's first [EoT] embedding, s_i the safe counterpart's, and E the corpus's second
 moment (:mod:`eraselab.erase.corpus`). lambda = 0 needs K to span the text space, so a corpus is required.
 
-Defaults: lambda 0, keys and values edited, corpus_scale 0.1, preserve_scale 0.1; the corpus is the tiny world's
-captions on the tiny model and must be given (a caption file, one caption per line; the paper uses COCO captions)
-for real models.
+Defaults: the paper's (lambda 0, keys and values edited, the first [EoT] only, corpus_scale 0.1, preserve_scale
+0.1); the corpus must be given for real models (a caption file, one caption per line; the paper uses COCO captions)
+and is the tiny world's captions on the tiny model. ``positions`` widens the keys beyond the first [EoT]: the
+prompt's last word, the [EoT] padding after it, or both ("word-to-padding", the tiny default).
 
-On the tiny model stage 1 leaves part of a shape: erasing "star" towards "shape", 0.125 of 72 images still show a
-star with the first [EoT] (red and "outlined" go to 0), 0.17 with "last-word-and-first-eot" and 0.21 with
-"eot-and-padding" (24 images): the tiny UNet also reads the word's own position and the padding, which stage 1
-leaves alone by design (the paper leaves the rest to stage 2).
+Why the tiny default differs: the tiny UNet also reads the word's own position and the padding, which stage 1
+leaves alone by design (the paper leaves the rest to stage 2). Erasing "star" towards "shape" (seeds 100-111, 72
+images; the anchor prompts "a red shape", ... themselves give a star in 0.125 of these images, the floor a perfect
+mapping reaches) left a star in 0.250 with the first [EoT] only, 0.181 with "eot-and-padding" and 0.139 with
+"word-to-padding" (UCE: 0.153).
 """
 
 from __future__ import annotations
@@ -45,41 +47,49 @@ class TrceConfig:
     edit_keys: bool = True
     corpus: str | None = None  # "tiny" or a caption file (one caption per line); required
     corpus_scale: float = 0.1
-    positions: str = "first-eot"  # or "last-word-and-first-eot", "eot-and-padding"
+    positions: str = "first-eot"  # or "last-word-and-first-eot", "eot-and-padding", "word-to-padding"
 
-    tiny_overrides: ClassVar[dict] = {"corpus": "tiny"}
-
-
-POSITIONS = ("first-eot", "last-word-and-first-eot", "eot-and-padding")
+    tiny_overrides: ClassVar[dict] = {"corpus": "tiny", "positions": "word-to-padding"}
 
 
-def key_rows(pipe, prompts: list[str], positions: str) -> torch.Tensor:
-    """The first [EoT] embedding of each prompt, (n, C); with "last-word-and-first-eot" its last word's too, with
-    "eot-and-padding" every position from the first [EoT] to the end (the padding, which CLIP also fills with
-    [EoT] tokens and the UNet also reads)."""
+POSITIONS = ("first-eot", "last-word-and-first-eot", "eot-and-padding", "word-to-padding")
+
+
+def key_rows(pipe, prompts: list[str], positions: str) -> list[torch.Tensor]:
+    """Per prompt, its rows (k, C) at ``positions``: the first [EoT] embedding; with "last-word-and-first-eot" its
+    last word's before it; with "eot-and-padding" every position from the first [EoT] to the end (the padding,
+    which CLIP also fills with [EoT] tokens and the UNet also reads); "word-to-padding" both."""
     if positions not in POSITIONS:
         raise EraselabError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
     encoded = encode(pipe, prompts)
     rows = []
     for i, (word, eot) in enumerate(zip(encoded.last_word, encoded.first_eot, strict=True)):
-        if positions == "last-word-and-first-eot":
-            rows.append(encoded.hidden[i, word])
-        if positions == "eot-and-padding":
-            rows.extend(encoded.hidden[i, eot:])
-        else:
-            rows.append(encoded.hidden[i, eot])
-    return torch.stack(rows)
+        head = [word] if positions in ("last-word-and-first-eot", "word-to-padding") else []
+        tail = range(eot, encoded.hidden.shape[1]) if positions in ("eot-and-padding", "word-to-padding") else [eot]
+        rows.append(encoded.hidden[i, [*head, *tail]])
+    return rows
+
+
+def paired_rows(pipe, malicious: list[str], safe: list[str], positions: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys c_i and the rows s_i they are mapped to, row for row: each malicious prompt's rows with its safe
+    counterpart's, cut to the shorter of the two where the prompts' token lengths differ (the padding tail)."""
+    keys, targets = [], []
+    for k, s in zip(key_rows(pipe, malicious, positions), key_rows(pipe, safe, positions), strict=True):
+        n = min(len(k), len(s))
+        keys.append(k[:n])
+        targets.append(s[:n])
+    return torch.cat(keys), torch.cat(targets)
 
 
 def erase(pipe, spec: EraseSpec, config: TrceConfig) -> Edit:
-    """Stage 1 of TRCE: map each malicious prompt's first [EoT] embedding to its safe counterpart's."""
+    """Stage 1 of TRCE: map each malicious prompt's first [EoT] embedding (and the other ``positions``) to its safe
+    counterpart's."""
     start = time.perf_counter()
     if not config.corpus:
         raise EraselabError("TRCE needs a caption corpus for its preservation statistics (lambda = 0): set "
                             "corpus to 'tiny' for the tiny model or to a caption file")
     pairs = check_spec_words(pipe, spec)
-    keys = key_rows(pipe, [t for t, _ in pairs], config.positions)  # c_i
-    safe = key_rows(pipe, [a or " " for _, a in pairs], config.positions)  # s_i
+    keys, safe = paired_rows(pipe, [t for t, _ in pairs], [a or " " for _, a in pairs], config.positions)  # c_i, s_i
     preserve, stats = preservation(pipe, spec, config.corpus, keep_empty=False)  # the reference keeps its corpus only
     tensors = solve(projections(pipe, config.edit_keys), keys, safe, preserve, config.preserve_scale,  # Eq. 4-5
                     stats, config.corpus_scale, config.lamb, config.erase_scale)

@@ -157,21 +157,24 @@ class World:
     def erase_templates(self, concept: str, crossed: bool = True) -> tuple[str, ...]:
         """Prompt forms to expand a concept with when erasing it from the tiny model (as the UCE reference expands
         objects with "image of {}", ...): the bare word, "a {}", and the concept beside every value of the
-        attribute it is drawn with ("a red {}" for a shape, "a {} star" for a colour or a fill), and for a colour
-        also after every shape ("a star in {}", a form of the world's captions) so that the colour word is the last
-        one, where UCE's keys start. ``concept`` is a class name or any of its words ("outline", "outlined").
-        ``crossed=False`` gives only the bare word and "a {}"."""
+        attribute it is drawn with, in the word orders of the world's captions: "a red {}" for a shape; "a {} star"
+        and "a star in {}" for a colour; "a {} star" and "a {} red shape" for a fill (the form its evaluation
+        prompts take). A fine-tuning method (ESD) learns from these prompts only, so a word order it never sees is
+        one it does not erase: with the colour after the shape only, ESD left red in 0.21 of "a red star"
+        prompts. ``concept`` is a class name or any of its words ("outline", "outlined"). ``crossed=False`` gives
+        only the bare word and "a {}"."""
         if not crossed:
             return ("{}", "a {}")
         attribute = next((a for a in ("color", "fill") for i, name in enumerate(self.classes[a])
                           if concept == name or concept in self.words_for(a, i, "all")), "shape")
         shapes = [self.canonical("shape", s) for s in range(len(self.shapes))]
+        colours = [self.canonical("color", c) for c in range(len(self.colors))]
         if attribute == "shape":
-            crossed = [f"a {self.canonical('color', c)} {{}}" for c in range(len(self.colors))]
+            crossed = [f"a {colour} {{}}" for colour in colours]
         elif attribute == "color":
-            crossed = [f"a {shape} in {{}}" for shape in shapes]
+            crossed = [f"a {{}} {shape}" for shape in shapes] + [f"a {shape} in {{}}" for shape in shapes]
         else:
-            crossed = [f"a {{}} {shape}" for shape in shapes]
+            crossed = [f"a {{}} {shape}" for shape in shapes] + [f"a {{}} {colour} shape" for colour in colours]
         return tuple(with_article(form) for form in ["{}", "a {}", *crossed])
 
     # -- drawing -------------------------------------------------------------------------------------------

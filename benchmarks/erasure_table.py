@@ -13,16 +13,16 @@ Groups, each >= 64 images at 12 seeds:
 - generality: the other training paraphrases and, for shapes and colours, the held-out one ("pentagram");
 - specificity: every other class of the target's attribute, one group each ("a red circle", ...: fidelity to
   shape and colour), and the unrelated prompts ("a red shape", "a striped shape ...").
-An anchor that leaves the attribute open hands it to the model's prior: unedited, "a red shape" comes out
-outlined in 10 of 48 images and "a star" red in 6 of 48 (seeds 0-47), so an erasure towards the blank anchor
-cannot take a fill below about 20% or a colour below about 12% (UCE towards the blank anchor left red at 0.125,
-its floor). The star's anchor has a floor too: unedited, "a red shape", "an orange shape", ... draw a star in 4 of
-72 images at the table's seeds 0-11 (0.056) and in 9 of 72 at seeds 100-111 (0.125). The fill and the colour are therefore erased towards another class, as UCE erases with a guide
-concept. The guide colour is one far from the target: towards "blue", UCE left no red but also lost purple
-(1.00 -> 0.71; 24 images a group); towards "green", it kept every other colour (seeds 100-103, 24 images a group).
-Preserving the other colours matters for RECE, whose derived embeddings also reach purple: towards "green" without
-a preserve set, purple fell to 0.46 at RECE's tiny corpus scale 0.1 and to 0.88 at 0.3, while star efficacy
-rose from 0.08 to 0.17 at corpus scale 1.0 (24 images a group).
+An anchor that leaves the attribute open hands it to the model's prior: unedited, "a red shape" comes out outlined
+in 10 of 48 images and "a star" red in 6 of 48 (seeds 0-47), so an erasure towards the blank anchor cannot take a
+fill below about 20% or a colour below about 12% (UCE towards the blank anchor left red at 0.125, its floor). The
+star's anchor has a floor too: unedited, "a red shape", "an orange shape", ... draw a star in 4 of 72 images at the
+table's seeds 0-11 (0.056) and in 9 of 72 at seeds 100-111 (0.125). The fill and the colour are therefore erased
+towards another class, as UCE erases with a guide concept. The guide colour is one far from the target: towards
+"blue", UCE left no red but also lost purple (1.00 -> 0.71; 24 images a group); towards "green", it kept every other
+colour (seeds 100-103, 24 images a group). Preserving the other colours matters for RECE, whose derived embeddings
+also reach purple: towards "green" without a preserve set, purple fell to 0.46 at RECE's tiny corpus scale 0.1 and
+to 0.88 at 0.3, while star efficacy rose from 0.08 to 0.17 at corpus scale 1.0 (24 images a group).
 It prints one markdown table (rate [low, high] per cell; for specificity the worst class and the largest drop
 from base in points) and writes it, with every figure, to OUT/table.md and OUT/table.json. A resumed run
 regenerates nothing it already has.

@@ -202,6 +202,11 @@ def test_concept_arithmetic_beam_search_finds_a_recipe_whose_terms_do_not_help_a
     calls.clear()
     _, _, short = beam_search(score, options, ConceptArithmeticConfig(beam=2, budget=5))
     assert len(short) == 5 == len(calls)
+    calls.clear()
+    transferred, transferred_rate, tried = beam_search(score, options, ConceptArithmeticConfig(beam=2, budget=100),
+                                                       starts=((c, d), (a, b, c)))
+    assert set(transferred) == {a, b, c} and transferred_rate == (1.0, 1.0)
+    assert calls == [(), (c, d), (a, b, c)]  # a recipe that convinced the oracle elsewhere ends the search at once
 
 
 def test_stop_oracle_rules_and_the_best_rated_prompt(uce_star):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from eraselab.errors import EraselabError
 from eraselab.generate import GenerationRequest
@@ -209,3 +210,10 @@ def whole_word_tokens(tokenizer) -> dict[int, str]:
 def check_budget(budget: int, name: str = "budget") -> None:
     if budget < 1:
         raise EraselabError(f"{name} must be at least 1, got {budget}: an attack with nothing to spend is no attack")
+
+
+def each_prompt(items, attack: str, total: int):
+    """``items`` (one per attacked prompt) behind a progress bar: a search takes minutes a prompt on a CPU. The bar
+    shows on a terminal only, so logs and ``--json`` output stay clean."""
+    return tqdm(items, desc=attack, unit="prompt", total=total, disable=None, leave=False)
+

@@ -32,7 +32,16 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from eraselab.attack.base import AttackResult, AttackSpec, Cost, Replay, StopOracle, check_budget, whole_word_tokens
+from eraselab.attack.base import (
+    AttackResult,
+    AttackSpec,
+    Cost,
+    Replay,
+    StopOracle,
+    check_budget,
+    each_prompt,
+    whole_word_tokens,
+)
 from eraselab.attack.defended_noise import DefendedNoise
 from eraselab.attack.soft_prompt import encode_with_embeddings, token_embeddings
 from eraselab.errors import EraselabError
@@ -133,7 +142,7 @@ def attack(target_pipe, spec: AttackSpec, config: P4dConfig, reference_pipe=None
         reference_noise = DefendedNoise(reference_pipe, None, spec.guidance)
     cost = Cost()
     replays, searched = [], []
-    for index, prompt in enumerate(spec.prompts):
+    for index, prompt in each_prompt(enumerate(spec.prompts), "p4d", len(spec.prompts)):
         # 1. The unedited model's trajectory and its noise predictions for the original prompt (the target).
         latents, timesteps = trajectory(reference_pipe, prompt, spec, config.trajectory_seed)
         cost.unet_evals += spec.steps * 2

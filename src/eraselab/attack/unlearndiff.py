@@ -32,7 +32,16 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from eraselab.attack.base import AttackResult, AttackSpec, Cost, Replay, StopOracle, check_budget, whole_word_tokens
+from eraselab.attack.base import (
+    AttackResult,
+    AttackSpec,
+    Cost,
+    Replay,
+    StopOracle,
+    check_budget,
+    each_prompt,
+    whole_word_tokens,
+)
 from eraselab.attack.soft_prompt import encode_with_embeddings, insert_relaxed_tokens, project_to_simplex
 from eraselab.errors import EraselabError
 from eraselab.generate import generate_images
@@ -111,7 +120,8 @@ def attack(target_pipe, spec: AttackSpec, config: UnlearnDiffConfig, reference_p
     # 1. The targets: the unedited model's image of each prompt.
     targets = target_latents(reference_pipe, [(prompt, config.target_seed) for prompt in spec.prompts], spec)
     cost.unet_evals += len(targets) * spec.steps * 2
-    for index, (prompt, latent) in enumerate(zip(spec.prompts, targets, strict=True)):
+    for index, (prompt, latent) in each_prompt(enumerate(zip(spec.prompts, targets, strict=True)), "unlearndiff",
+                                               len(spec.prompts)):
         input_ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length,
                               truncation=True, return_tensors="pt").input_ids.to(device)
         # 2. k relaxed tokens, started at random one-hot rows.

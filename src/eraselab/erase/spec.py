@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from eraselab.errors import EraselabError
-from eraselab.models.tiny.world import with_article
+from eraselab.text import with_article
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,9 @@ Each item's categories hold what the image should show (``shape=star``, ``color=
 from __future__ import annotations
 
 from eraselab.errors import EraselabError
-from eraselab.models.tiny.world import World, load_world, with_article
+from eraselab.models.tiny.world import World, load_world
 from eraselab.suites import PromptItem, PromptSuite
+from eraselab.text import with_article
 
 KINDS = ("target", "paraphrase", "heldout", "neighbour", "unrelated", "empty")
 

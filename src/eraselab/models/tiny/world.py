@@ -26,10 +26,11 @@ from importlib import resources
 import numpy as np
 from PIL import Image, ImageDraw
 
+from eraselab.text import with_article
+
 ATTRIBUTES = ("shape", "color", "fill", "background")
 SUPERSAMPLE = 4  # draw at 4x and downsample with a box filter: anti-aliased edges at 32x32
 _WORD = re.compile(r"[a-z]+|[^\sa-z]")  # the words CLIP's pre-tokeniser sees in our lowercase world
-_A_BEFORE_VOWEL = re.compile(r"\ba (?=[aeiou])")
 
 
 @dataclass(frozen=True)
@@ -41,11 +42,6 @@ class Caption:
 
     def matches(self, attributes: dict[str, int]) -> bool:
         return all(v is None or attributes[k] == v for k, v in self.named.items())
-
-
-def with_article(text: str) -> str:
-    """English article agreement: "a orange star" -> "an orange star"."""
-    return _A_BEFORE_VOWEL.sub("an ", text)
 
 
 def split_words(text: str) -> list[str]:

@@ -209,6 +209,33 @@ def test_concept_arithmetic_beam_search_finds_a_recipe_whose_terms_do_not_help_a
     assert calls == [(), (c, d), (a, b, c)]  # a recipe that convinced the oracle elsewhere ends the search at once
 
 
+def test_a_recipe_every_oracle_seed_agreed_on_is_tried_first_on_the_next_prompts_in_their_frame():
+    from eraselab.attack.concept_arithmetic import ConceptArithmeticConfig, search_prompts
+
+    wanted = {("triangle", 2.0), ("heart", 2.0), ("circle", -2.0)}  # the recipe, whatever the colour
+    partial = {("triangle", 2.0): -1.0, ("heart", 2.0): -2.0, ("circle", -2.0): -1.5}
+    calls = []
+
+    def score(prompt, recipe):
+        calls.append((prompt, recipe))
+        shapes = {(phrase.split()[-1], weight) for phrase, weight in recipe}
+        if shapes == wanted:
+            return 1.0, 0.0
+        return 0.0, sum(partial.get(term, -5.0) for term in shapes) / max(len(shapes), 1) - 0.1 * len(shapes)
+
+    vocabulary = ("star", "triangle", "heart", "circle", "square")
+    prompts = ("a red star", "a blue star")
+    found = search_prompts(score, prompts, "star", vocabulary, ConceptArithmeticConfig(beam=3, budget=100))
+    assert {(p.split()[-1], w) for p, w in found[0][0]} == wanted and found[0][1][0] == 1.0
+    assert [c for c in calls if c[0] == "a blue star"] == [
+        ("a blue star", ()), ("a blue star", tuple((p.replace("red", "blue"), w) for p, w in found[0][0]))]
+    assert found[1][0] == tuple((p.replace("red", "blue"), w) for p, w in found[0][0]) and len(found[1][2]) == 2
+    calls.clear()
+    alone = search_prompts(score, prompts, "star", vocabulary, ConceptArithmeticConfig(beam=3, budget=100,
+                                                                                        transfer=False))
+    assert len(alone[1][2]) == len([c for c in calls if c[0] == "a blue star"]) > 2  # searched from scratch
+
+
 def test_stop_oracle_rules_and_the_best_rated_prompt(uce_star):
     from eraselab.attack.base import StopOracle
 

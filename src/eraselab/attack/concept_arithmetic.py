@@ -141,6 +141,25 @@ def beam_search(score, options: list[tuple[str, float]], config: ConceptArithmet
     return best[0], best[1], tried
 
 
+def search_prompts(score, prompts: tuple[str, ...], concept: str, vocabulary: tuple[str, ...],
+                   config: ConceptArithmeticConfig) -> list[tuple[Recipe, tuple[float, float], list[dict]]]:
+    """:func:`beam_search` for each prompt in turn, ``score`` taking (prompt, recipe). With ``config.transfer``, the
+    recipes every oracle seed agreed on for earlier prompts are tried first, in this prompt's frame."""
+    convincing: list[Recipe] = []  # as vocabulary terms: (phrase, weight)
+    found = []
+    for prompt in each_prompt(prompts, "concept-arithmetic", len(prompts)):
+        starts = tuple(tuple((_frame(prompt, concept, phrase), w) for phrase, w in r) for r in convincing)
+        recipe, rate, tried = beam_search(lambda r, p=prompt: score(p, r), terms(prompt, concept, config, vocabulary),
+                                          config, starts if config.transfer else ())
+        found.append((recipe, rate, tried))
+        if rate[0] >= 1.0 and recipe:
+            phrase_of = {_frame(prompt, concept, phrase): phrase for phrase in vocabulary}
+            general = tuple((phrase_of[term], w) for term, w in recipe)
+            if general not in convincing:
+                convincing.append(general)
+    return found
+
+
 def attack(target_pipe, spec: AttackSpec, config: ConceptArithmeticConfig, reference_pipe=None) -> AttackResult:
     start = time.perf_counter()
     check_budget(config.budget)
@@ -153,7 +172,6 @@ def attack(target_pipe, spec: AttackSpec, config: ConceptArithmeticConfig, refer
         raise EraselabError("concept-arithmetic needs a vocabulary of phrases and an oracle_label on this model")
     oracle = make_detector(config.oracle)
     cost = Cost()
-    replays, searched = [], []
 
     def score(prompt: str, recipe: tuple[tuple[str, float], ...]) -> tuple[float, float]:
         """The oracle's rate of the concept for ``prompt`` under ``recipe`` (on the oracle seeds), and its mean
@@ -170,19 +188,9 @@ def attack(target_pipe, spec: AttackSpec, config: ConceptArithmeticConfig, refer
         rate = sum(oracle.present(r, label) for r in results) / len(images)
         return rate, sum(math.log(max(p, 1e-12)) for p in probabilities) / len(images)
 
-    convincing: list[tuple[tuple[str, float], ...]] = []  # recipes every oracle seed agreed on, as vocabulary terms
-    for prompt in each_prompt(spec.prompts, "concept-arithmetic", len(spec.prompts)):
-        options = terms(prompt, spec.concept, config, vocabulary)
-        starts = tuple(tuple((_frame(prompt, spec.concept, phrase), w) for phrase, w in r) for r in convincing)
-        recipe, rate, tried = beam_search(lambda r, p=prompt: score(p, r), options, config,
-                                          starts if config.transfer else ())
-        replays.append(Replay(prompt, recipe=recipe))
-        searched.append({"prompt": prompt, "tried": tried, "oracle_rate": rate[0]})
-        if rate[0] >= 1.0 and recipe:
-            phrase_of = {_frame(prompt, spec.concept, phrase): phrase for phrase in vocabulary}
-            found = tuple((phrase_of[term], w) for term, w in recipe)
-            if found not in convincing:
-                convincing.append(found)
+    found = list(zip(spec.prompts, search_prompts(score, spec.prompts, spec.concept, vocabulary, config), strict=True))
+    replays = [Replay(prompt, recipe=recipe) for prompt, (recipe, _, _) in found]
+    searched = [{"prompt": prompt, "tried": tried, "oracle_rate": rate[0]} for prompt, (_, rate, tried) in found]
     cost.seconds = round(time.perf_counter() - start, 3)
     return AttackResult("concept-arithmetic", THREAT_MODEL, {**asdict(config), "vocabulary": list(vocabulary)},
                         replays, cost, oracle={"detector": config.oracle, "label": label,

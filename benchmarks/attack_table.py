@@ -1,19 +1,22 @@
 """The defence x attack table on the tiny model: every attack against no defence, the negative-prompt guard, and
-the UCE, RECE, TRCE (stage 1) and ESD edits of one target concept, through ``eraselab run``'s attack axis.
+the UCE, RECE, TRCE (stage 1) and ESD edits of one target concept (and UCE under the guard), through
+``eraselab run``'s attack axis.
 
     python benchmarks/attack_table.py --concept star --out runs/attack-table [--seeds 4] [--skip-esd]
 
-Erases the concept with each method at its tiny defaults as the erasure table does (its anchor and preserve set;
-ESD trains for about 4 minutes), writes the experiment
-YAML, runs it (resumable: run the same command again after a stop), writes the HTML report, and prints the table
-as markdown: the concept's rate before -> after each attack on fresh images at seeds 0..N-1 (pinned tiny judge,
-95% Wilson interval) and the attack's cost in UNet evaluations and seconds.
+Erases the concept with each method at its tiny defaults as the erasure table does (its anchor and preserve set; ESD
+trains for about 4 minutes), writes two experiments (``edits.yaml``: every edit bare; ``guard.yaml``: the bare model
+and UCE under the guard), runs them (resumable: run the same command again after a stop), writes each run's HTML
+report (``run-edits/report.html``, ``run-guard/report.html``) and prints one table as markdown: the concept's rate
+before -> after each attack on fresh images at seeds 0..N-1 (pinned tiny judge, 95% Wilson interval) and the attack's
+cost in UNet evaluations and seconds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import yaml
@@ -26,7 +29,23 @@ from eraselab.report import _defence, write_report
 from erasure_table import TARGETS, make_edits  # the same edits as the erasure table (this directory)
 
 ATTACKS = [("embedding-recovery", {}), ("concept-vector", {}), ("concept-vector", {"search": True}),
-           ("concept-arithmetic", {}), ("unlearndiff", {}), ("p4d", {})]
+           ("concept-arithmetic", {}), ("unlearndiff", {}), ("p4d", {}), ("textual-inversion", {})]
+
+
+def table_cells(run_dir: Path) -> dict[str, dict[str, str]]:
+    """Each defence's row of the markdown table: attack label -> "before -> after [interval]; cost"."""
+    cells: dict[str, dict[str, str]] = {}
+    for path in sorted((run_dir / "attacks").glob("*/summary.json")):
+        record = json.loads(path.read_text())
+        name = record.get("label", record["attack"])
+        pre, post, cost = record["pre_attack"], record["post_attack"], record["cost"]
+        cells.setdefault(_defence(record), {})[name] = (
+            f"{pre['value']:.3f} -> {post['value']:.3f} [{post['low']:.3f}, {post['high']:.3f}]; "
+            f"{cost['unet_evals']} UNet, {cost['seconds']:.1f} s")
+    for path in sorted((run_dir / "attacks").glob("*/refused.json")):
+        record = json.loads(path.read_text())
+        cells.setdefault(_defence(record), {})[record["label"]] = "refused (" + record["reason"][:60] + ")"
+    return cells
 
 
 def main() -> None:
@@ -40,28 +59,29 @@ def main() -> None:
     methods = ["uce", "rece", "trce"] + ([] if args.skip_esd else ["esd"])
     anchor, name, attribute = TARGETS.get(args.concept, ("shape", args.concept, ""))  # other shapes: "shape"
     keep = tuple(load_world().siblings(attribute, name)) if attribute else ()
-    edits = [str(path) for path, _ in make_edits(args.out, args.concept, args.anchor if args.anchor is not None
-                                                  else anchor, keep, methods).values()]
+    made = make_edits(args.out, args.concept, args.anchor if args.anchor is not None else anchor, keep, methods)
+    edits = {method: str(path) for method, (path, _) in made.items()}
     suite = f"tiny:target:{args.concept}"
-    config = {"version": 1, "name": f"attacks on {args.concept}", "models": ["tiny"], "edits": ["base", *edits],
-              "guards": [{"name": "negative-prompt", "concept": args.concept}], "seeds": [0],
+    common = {"version": 1, "models": ["tiny"], "seeds": [0],
               "groups": [{"suite": suite, "metric": "efficacy", "concept": concept_label(args.concept)}],
               "attacks": [{"name": name, "concept": args.concept, "suite": suite, "seeds": args.seeds,
                            "options": options} for name, options in ATTACKS]}
-    (args.out / "experiment.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    run_experiment(parse_experiment(config), args.out / "run")
-    write_report(args.out / "run")
+    # Two grids: every edit bare, then the bare model and the UCE edit under the guard (a grid applies its guards
+    # to every edit, and the guard on every edit would double the cost, most of it the composition search).
+    grids = {"edits": {"name": f"attacks on {args.concept}: edits", "edits": ["base", *edits.values()], **common},
+             "guard": {"name": f"attacks on {args.concept}: guard", "edits": ["base", edits["uce"]],
+                       "guards": [{"name": "negative-prompt", "concept": args.concept}], **common}}
     cells: dict[str, dict[str, str]] = {}
-    for path in sorted((args.out / "run" / "attacks").glob("*/summary.json")):
-        record = json.loads(path.read_text())
-        name = record.get("label", record["attack"])
-        pre, post, cost = record["pre_attack"], record["post_attack"], record["cost"]
-        cells.setdefault(_defence(record), {})[name] = (
-            f"{pre['value']:.3f} -> {post['value']:.3f} [{post['low']:.3f}, {post['high']:.3f}]; "
-            f"{cost['unet_evals']} UNet, {cost['seconds']:.1f} s")
-    for path in sorted((args.out / "run" / "attacks").glob("*/refused.json")):
-        record = json.loads(path.read_text())
-        cells.setdefault(_defence(record), {})[record["label"]] = "refused (" + record["reason"][:60] + ")"
+    for grid, config in grids.items():
+        if grid == "guard":  # its bare cells are the edits grid's (same cell keys): reuse the finished ones
+            for cell in (args.out / "run-edits" / "attacks").glob("*/summary.json"):
+                target = args.out / "run-guard" / "attacks" / cell.parent.name
+                if not target.exists():
+                    shutil.copytree(cell.parent, target)
+        (args.out / f"{grid}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        run_experiment(parse_experiment(config), args.out / f"run-{grid}")
+        write_report(args.out / f"run-{grid}")
+        cells.update(table_cells(args.out / f"run-{grid}"))
     names = sorted({n for row in cells.values() for n in row})
     print("| defence | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
     for defence, row in sorted(cells.items()):

@@ -28,13 +28,15 @@ tie-break): budget 60 with 3 terms and the old probability tie-break, 0.083 -> 0
 last, one prompt of six ("a red star") found a recipe every oracle seed agrees on (+triangle +heart -circle); the
 other five ended at one oracle seed of two. With ``transfer`` (the defaults), that recipe convinced the oracle at
 once for orange and yellow and stayed the best found for green, blue and purple: 0.083 -> 0.917 [0.742, 0.977]
-(+83 points; 774 s, 95,150 UNet evaluations; ``eraselab attack --edit EDIT --attack concept-arithmetic --concept
-star --suite tiny:target:star --seeds 4`` on the erasure table's UCE edit).
+(+83 points; 95,150 UNet evaluations, 435 s in ``benchmarks/attack_table.py``; ``eraselab attack --edit EDIT
+--attack concept-arithmetic --concept star --suite tiny:target:star --seeds 4`` on the erasure table's UCE edit).
+Against TRCE no recipe convinced both oracle seeds; against RECE one did, for "a yellow star" after 110 recipes, and
+it did not carry over to the colours after it. Those searches ran to their 4-term end (about 120 recipes a prompt,
+12-14 min) and brought the star back to 0.375 (TRCE) and 0.292 (RECE).
 
 Defaults: weights (2,), a beam of 3, budget 160 recipes per prompt, up to 4 terms, 2 oracle seeds (1000, 1001),
-transfer on; on
-the tiny model the vocabulary is the concept's own words plus the other classes of its attribute (the untouched
-concepts), and the oracle is the tiny classifier.
+transfer on; on the tiny model the vocabulary is the concept's own words plus the other classes of its attribute (the
+untouched concepts), and the oracle is the tiny classifier.
 """
 
 from __future__ import annotations

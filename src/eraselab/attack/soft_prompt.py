@@ -9,8 +9,13 @@ given input embeddings; a test checks it equals the model's own forward on one-h
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from transformers.masking_utils import create_causal_mask
+
+# transformers 5.x renamed create_causal_mask's past_key_values to cache (the old name warns, and goes in 5.40)
+_NO_CACHE = {"cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values": None}
 
 
 def token_embeddings(text_encoder) -> torch.Tensor:
@@ -21,8 +26,7 @@ def token_embeddings(text_encoder) -> torch.Tensor:
 def encode_with_embeddings(text_encoder, input_embeddings: torch.Tensor) -> torch.Tensor:
     """The text encoder's last hidden states (B, T, C) for input token embeddings (B, T, C)."""
     hidden = text_encoder.embeddings(inputs_embeds=input_embeddings)  # adds position embeddings
-    mask = create_causal_mask(config=text_encoder.config, inputs_embeds=hidden, attention_mask=None,
-                              past_key_values=None)
+    mask = create_causal_mask(config=text_encoder.config, inputs_embeds=hidden, attention_mask=None, **_NO_CACHE)
     hidden = text_encoder.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True).last_hidden_state
     return text_encoder.final_layer_norm(hidden)
 

@@ -2,7 +2,7 @@
 the UCE, RECE, TRCE (stage 1) and ESD edits of one target concept (and UCE under the guard), through
 ``eraselab run``'s attack axis.
 
-    python benchmarks/attack_table.py --concept star --out runs/attack-table [--seeds 4] [--skip-esd]
+    python benchmarks/attack_table.py --concept star --out runs/attack-table [--seeds 4] [--methods uce rece]
 
 Erases the concept with each method at its tiny defaults as the erasure table does (its anchor and preserve set; ESD
 trains for about 4 minutes), writes two experiments (``edits.yaml``: every edit bare; ``guard.yaml``: the bare model
@@ -26,7 +26,7 @@ from eraselab.experiment_config import parse_experiment
 from eraselab.models.tiny.suites import concept_label
 from eraselab.models.tiny.world import load_world
 from eraselab.report import _defence, write_report
-from erasure_table import TARGETS, make_edits  # the same edits as the erasure table (this directory)
+from erasure_table import METHODS, TARGETS, make_edits  # the same edits as the erasure table (this directory)
 
 ATTACKS = [("embedding-recovery", {}), ("concept-vector", {}), ("concept-vector", {"search": True}),
            ("concept-arithmetic", {}), ("unlearndiff", {}), ("p4d", {}), ("textual-inversion", {})]
@@ -54,12 +54,12 @@ def main() -> None:
     parser.add_argument("--anchor", default=None, help="default: the erasure table's anchor for the concept")
     parser.add_argument("--out", type=Path, default=Path("runs/attack-table"))
     parser.add_argument("--seeds", type=int, default=4)
-    parser.add_argument("--skip-esd", action="store_true")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                        help="the edits to attack (default: all; ESD trains for about 4 minutes)")
     args = parser.parse_args()
-    methods = ["uce", "rece", "trce"] + ([] if args.skip_esd else ["esd"])
     anchor, name, attribute = TARGETS.get(args.concept, ("shape", args.concept, ""))  # other shapes: "shape"
     keep = tuple(load_world().siblings(attribute, name)) if attribute else ()
-    made = make_edits(args.out, args.concept, args.anchor if args.anchor is not None else anchor, keep, methods)
+    made = make_edits(args.out, args.concept, args.anchor if args.anchor is not None else anchor, keep, args.methods)
     edits = {method: str(path) for method, (path, _) in made.items()}
     suite = f"tiny:target:{args.concept}"
     common = {"version": 1, "models": ["tiny"], "seeds": [0],
@@ -68,8 +68,9 @@ def main() -> None:
                            "options": options} for name, options in ATTACKS]}
     # Two grids: every edit bare, then the bare model and the UCE edit under the guard (a grid applies its guards
     # to every edit, and the guard on every edit would double the cost, most of it the composition search).
+    guarded = ["base", edits["uce"]] if "uce" in edits else ["base"]
     grids = {"edits": {"name": f"attacks on {args.concept}: edits", "edits": ["base", *edits.values()], **common},
-             "guard": {"name": f"attacks on {args.concept}: guard", "edits": ["base", edits["uce"]],
+             "guard": {"name": f"attacks on {args.concept}: guard", "edits": guarded,
                        "guards": [{"name": "negative-prompt", "concept": args.concept}], **common}}
     cells: dict[str, dict[str, str]] = {}
     for grid, config in grids.items():

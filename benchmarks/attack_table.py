@@ -61,7 +61,7 @@ def main() -> None:
     keep = tuple(load_world().siblings(attribute, name)) if attribute else ()
     made = make_edits(args.out, args.concept, args.anchor if args.anchor is not None else anchor, keep, args.methods)
     edits = {method: str(path) for method, (path, _) in made.items()}
-    suite = f"tiny:target:{args.concept}"
+    suite = f"tiny:target:{name}"  # suites name the class ("outline"), attacks the word in the prompts ("outlined")
     common = {"version": 1, "models": ["tiny"], "seeds": [0],
               "groups": [{"suite": suite, "metric": "efficacy", "concept": concept_label(args.concept)}],
               "attacks": [{"name": name, "concept": args.concept, "suite": suite, "seeds": args.seeds,

@@ -236,6 +236,16 @@ def test_a_recipe_every_oracle_seed_agreed_on_is_tried_first_on_the_next_prompts
     assert len(alone[1][2]) == len([c for c in calls if c[0] == "a blue star"]) > 2  # searched from scratch
 
 
+def test_composition_terms_put_each_phrase_in_the_prompts_frame_with_its_article():
+    from eraselab.attack.concept_arithmetic import ConceptArithmeticConfig, terms
+
+    found = terms("an outlined red shape", "outlined", ConceptArithmeticConfig(weights=(2.0,)), ("solid", "hollow"))
+    assert found == [("a solid red shape", 2.0), ("a solid red shape", -2.0), ("a hollow red shape", 2.0),
+                     ("a hollow red shape", -2.0)]
+    assert terms("a red star", "star", ConceptArithmeticConfig(weights=(1.0,)), ("orange star",))[0] == (
+        "a red orange star", 1.0)
+
+
 def test_stop_oracle_rules_and_the_best_rated_prompt(uce_star):
     from eraselab.attack.base import StopOracle
 

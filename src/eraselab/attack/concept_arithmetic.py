@@ -50,6 +50,7 @@ from eraselab.attack.base import AttackResult, AttackSpec, Cost, Replay, check_b
 from eraselab.errors import EraselabError
 from eraselab.generate import generate_images
 from eraselab.judge.detectors import make_detector
+from eraselab.text import with_article
 
 THREAT_MODEL = "sampler-control"
 
@@ -69,9 +70,10 @@ class ConceptArithmeticConfig:
 
 
 def _frame(prompt: str, concept: str, phrase: str) -> str:
-    """``prompt`` with the concept's word replaced by ``phrase`` (appended when the word is absent)."""
+    """``prompt`` with the concept's word replaced by ``phrase`` (appended when the word is absent), its article
+    agreeing ("an outlined shape" -> "a solid shape")."""
     pattern = re.compile(rf"\b{re.escape(concept)}\b")
-    return pattern.sub(phrase, prompt) if pattern.search(prompt) else f"{prompt} {phrase}".strip()
+    return with_article(pattern.sub(phrase, prompt)) if pattern.search(prompt) else f"{prompt} {phrase}".strip()
 
 
 def terms(prompt: str, concept: str, config: ConceptArithmeticConfig,

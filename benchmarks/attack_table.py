@@ -77,7 +77,7 @@ def main() -> None:
         if grid == "guard":  # its bare cells are the edits grid's (same cell keys): reuse the finished ones
             for cell in (args.out / "run-edits" / "attacks").glob("*/summary.json"):
                 target = args.out / "run-guard" / "attacks" / cell.parent.name
-                if not target.exists():
+                if json.loads(cell.read_text())["edit"] in (None, *guarded) and not target.exists():
                     shutil.copytree(cell.parent, target)
         (args.out / f"{grid}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         run_experiment(parse_experiment(config), args.out / f"run-{grid}")

@@ -1,6 +1,7 @@
 """Attacks: embedding recovery, concept vector, compositional guidance, the result format and the CLI."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -225,14 +226,14 @@ def test_a_recipe_every_oracle_seed_agreed_on_is_tried_first_on_the_next_prompts
 
     vocabulary = ("star", "triangle", "heart", "circle", "square")
     prompts = ("a red star", "a blue star")
-    found = search_prompts(score, prompts, "star", vocabulary, ConceptArithmeticConfig(beam=3, budget=100))
+    config = ConceptArithmeticConfig(weights=(2.0,), beam=3, budget=100)  # the test's search space: weight 2 only
+    found = search_prompts(score, prompts, "star", vocabulary, config)
     assert {(p.split()[-1], w) for p, w in found[0][0]} == wanted and found[0][1][0] == 1.0
     assert [c for c in calls if c[0] == "a blue star"] == [
         ("a blue star", ()), ("a blue star", tuple((p.replace("red", "blue"), w) for p, w in found[0][0]))]
     assert found[1][0] == tuple((p.replace("red", "blue"), w) for p, w in found[0][0]) and len(found[1][2]) == 2
     calls.clear()
-    alone = search_prompts(score, prompts, "star", vocabulary, ConceptArithmeticConfig(beam=3, budget=100,
-                                                                                        transfer=False))
+    alone = search_prompts(score, prompts, "star", vocabulary, replace(config, transfer=False))
     assert len(alone[1][2]) == len([c for c in calls if c[0] == "a blue star"]) > 2  # searched from scratch
 
 
@@ -244,6 +245,27 @@ def test_composition_terms_put_each_phrase_in_the_prompts_frame_with_its_article
                      ("a hollow red shape", -2.0)]
     assert terms("a red star", "star", ConceptArithmeticConfig(weights=(1.0,)), ("orange star",))[0] == (
         "a red orange star", 1.0)
+
+
+def test_a_recipe_moves_by_one_added_term_or_one_term_rescaled_with_its_sign_kept():
+    from eraselab.attack.concept_arithmetic import ConceptArithmeticConfig, beam_search, moves
+
+    options = [("a", 2.0), ("a", -2.0), ("b", 2.0), ("b", -2.0)]
+    assert moves((("a", -2.0),), options, (2.0, 1.0, 4.0), max_terms=2) == [
+        (("a", -2.0), ("b", 2.0)), (("a", -2.0), ("b", -2.0)), (("a", -1.0),), (("a", -4.0),)]
+    assert moves((("a", -2.0), ("b", 2.0)), options, (2.0, 4.0), max_terms=2) == [
+        (("a", -4.0), ("b", 2.0)), (("a", -2.0), ("b", 4.0))]  # at max_terms, only rescaling is left
+    # The concept comes back only at a weight no term enters with: the search rescales its way there.
+    wanted = frozenset({("a", 2.0), ("b", -4.0)})
+
+    def score(recipe):
+        terms = frozenset(recipe)
+        return (1.0, 0.0) if terms == wanted else (0.0, -len(terms ^ wanted))
+
+    recipe, rate, _ = beam_search(score, options, ConceptArithmeticConfig(weights=(2.0, 1.0, 4.0), beam=2, budget=50))
+    assert frozenset(recipe) == wanted and rate == (1.0, 0.0)
+    _, fixed_rate, _ = beam_search(score, options, ConceptArithmeticConfig(weights=(2.0,), beam=2, budget=50))
+    assert fixed_rate[0] == 0.0  # with one weight, it is out of reach
 
 
 def test_stop_oracle_rules_and_the_best_rated_prompt(uce_star):

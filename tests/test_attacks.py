@@ -268,6 +268,16 @@ def test_a_recipe_moves_by_one_added_term_or_one_term_rescaled_with_its_sign_kep
     assert fixed_rate[0] == 0.0  # with one weight, it is out of reach
 
 
+def test_concept_arithmetic_refuses_weights_it_cannot_enter_a_term_at():
+    from eraselab.attack.concept_arithmetic import ConceptArithmeticConfig
+    from eraselab.attack.concept_arithmetic import attack as arithmetic
+
+    spec = AttackSpec("star", ("a red star",))
+    for weights in ((), (2.0, -1.0)):
+        with pytest.raises(EraselabError, match="weights must be positive magnitudes, got"):
+            arithmetic(None, spec, ConceptArithmeticConfig(weights=weights))  # refused before any model is touched
+
+
 def test_stop_oracle_rules_and_the_best_rated_prompt(uce_star):
     from eraselab.attack.base import StopOracle
 

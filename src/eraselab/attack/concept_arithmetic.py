@@ -187,6 +187,8 @@ def attack(target_pipe, spec: AttackSpec, config: ConceptArithmeticConfig, refer
     check_budget(config.budget)
     check_budget(config.max_terms, "max_terms")
     check_budget(config.beam, "beam")
+    if not config.weights or min(config.weights) <= 0:  # a term enters at +-weights[0] and is rescaled to the others
+        raise EraselabError(f"concept-arithmetic weights must be positive magnitudes, got {config.weights}")
     vocabulary, label = config.vocabulary, config.oracle_label
     if target_pipe.tokenizer.init_kwargs.get("closed_vocabulary", False):
         vocabulary, label = _tiny_defaults(spec.concept, config)

@@ -25,7 +25,7 @@ from eraselab.experiment import run_experiment
 from eraselab.experiment_config import parse_experiment
 from eraselab.models.tiny.suites import concept_label
 from eraselab.models.tiny.world import load_world
-from eraselab.report import _defence, write_report
+from eraselab.report import attack_records, write_report
 from erasure_table import METHODS, TARGETS, make_edits  # the same edits as the erasure table (this directory)
 
 ATTACKS = [("embedding-recovery", {}), ("concept-vector", {}), ("concept-vector", {"search": True}),
@@ -35,16 +35,14 @@ ATTACKS = [("embedding-recovery", {}), ("concept-vector", {}), ("concept-vector"
 def table_cells(run_dir: Path) -> dict[str, dict[str, str]]:
     """Each defence's row of the markdown table: attack label -> "before -> after [interval]; cost"."""
     cells: dict[str, dict[str, str]] = {}
-    for path in sorted((run_dir / "attacks").glob("*/summary.json")):
-        record = json.loads(path.read_text())
-        name = record.get("label", record["attack"])
+    for defence, label, record in attack_records(run_dir):
+        if "reason" in record:
+            cells.setdefault(defence, {})[label] = "refused (" + record["reason"][:60] + ")"
+            continue
         pre, post, cost = record["pre_attack"], record["post_attack"], record["cost"]
-        cells.setdefault(_defence(record), {})[name] = (
+        cells.setdefault(defence, {})[label] = (
             f"{pre['value']:.3f} -> {post['value']:.3f} [{post['low']:.3f}, {post['high']:.3f}]; "
             f"{cost['unet_evals']} UNet, {cost['seconds']:.1f} s")
-    for path in sorted((run_dir / "attacks").glob("*/refused.json")):
-        record = json.loads(path.read_text())
-        cells.setdefault(_defence(record), {})[record["label"]] = "refused (" + record["reason"][:60] + ")"
     return cells
 
 

@@ -245,6 +245,8 @@ def test_composition_terms_put_each_phrase_in_the_prompts_frame_with_its_article
                      ("a hollow red shape", -2.0)]
     assert terms("a red star", "star", ConceptArithmeticConfig(weights=(1.0,)), ("orange star",))[0] == (
         "a red orange star", 1.0)
+    assert terms("an outlined red shape", "outlined", ConceptArithmeticConfig(weights=(1.0,)), ("",))[0] == (
+        "a red shape", 1.0)
 
 
 def test_a_recipe_moves_by_one_added_term_or_one_term_rescaled_with_its_sign_kept():

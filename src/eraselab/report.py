@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import matplotlib
@@ -159,16 +160,26 @@ def _defence(record: dict) -> str:
                                   (record.get("guard") or {}).get("name", "")) if x) or "none"
 
 
+def attack_records(run_dir: Path) -> Iterator[tuple[str, str, dict]]:
+    """(defence, attack label, record) for every attack scored into ``run_dir/attacks/*/summary.json``, then every
+    refused one (``refused.json``; its record carries the ``reason``)."""
+    for name in ("summary.json", "refused.json"):
+        for path in sorted((run_dir / "attacks").glob(f"*/{name}")):
+            record = json.loads(path.read_text())
+            yield _defence(record), record.get("label", record["attack"]), record
+
+
 def _attack_table(run_dir: Path) -> str:
     """Attacks scored into ``run_dir/attacks/*/summary.json``: the defence x attack matrix (after-attack rate with
     its interval, the rate before, and the cost), then one row per attack with everything."""
     e, rows = html.escape, []
     matrix: dict[str, dict[str, str]] = {}
-    for path in sorted((run_dir / "attacks").glob("*/summary.json")):
-        a = json.loads(path.read_text())
-        defence = _defence(a)
+    for defence, label, a in attack_records(run_dir):
+        if "reason" in a:
+            matrix.setdefault(defence, {})[label] = f"<span class='na'>refused: {e(a['reason'])}</span>"
+            continue
         pre, post, cost = a["pre_attack"], a["post_attack"], a["cost"]
-        matrix.setdefault(defence, {})[a.get("label", a["attack"])] = (
+        matrix.setdefault(defence, {})[label] = (
             f"{_fmt(pre['value'])} &rarr; <b>{_fmt(post['value'])}</b> [{_fmt(post['low'])}, {_fmt(post['high'])}]"
             f"<br><small>{cost['unet_evals']} UNet evals, {_fmt(cost['seconds'])} s</small>")
         rows.append(f"<tr><td>{e(a['attack'])}</td><td>{e(a['threat_model'])}</td><td>{e(defence)}</td>"
@@ -176,10 +187,6 @@ def _attack_table(run_dir: Path) -> str:
                     f"{_fmt(pre['high'])}]</td><td>{_fmt(post['value'])} [{_fmt(post['low'])}, {_fmt(post['high'])}]"
                     f"</td><td>{e(str(a['gain_points']))}</td><td>{cost['unet_evals']}</td>"
                     f"<td>{cost['text_encoder_evals']}</td><td>{_fmt(cost['seconds'])}</td></tr>")
-    for path in sorted((run_dir / "attacks").glob("*/refused.json")):
-        a = json.loads(path.read_text())
-        refusal = f"<span class='na'>refused: {e(a['reason'])}</span>"
-        matrix.setdefault(_defence(a), {})[a.get("label", a["attack"])] = refusal
     if not matrix:
         return ""
     attacks = sorted({name for cells in matrix.values() for name in cells})

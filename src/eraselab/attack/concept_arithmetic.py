@@ -79,9 +79,12 @@ class ConceptArithmeticConfig:
 
 def _frame(prompt: str, concept: str, phrase: str) -> str:
     """``prompt`` with the concept's word replaced by ``phrase`` (appended when the word is absent), its article
-    agreeing ("an outlined shape" -> "a solid shape")."""
+    agreeing ("an outlined shape" -> "a solid shape"); an empty phrase drops the word ("an outlined red shape" ->
+    "a red shape")."""
     pattern = re.compile(rf"\b{re.escape(concept)}\b")
-    return with_article(pattern.sub(phrase, prompt)) if pattern.search(prompt) else f"{prompt} {phrase}".strip()
+    if not pattern.search(prompt):
+        return f"{prompt} {phrase}".strip()
+    return with_article(" ".join(pattern.sub(phrase, prompt).split()))
 
 
 def terms(prompt: str, concept: str, config: ConceptArithmeticConfig,

@@ -144,7 +144,7 @@ def beam_search(score, options: list[tuple[str, float]], config: ConceptArithmet
         candidate = (recipe, evaluate(recipe))
         if candidate[1] > best[1]:
             best = candidate
-    while best[1][0] < 1.0:  # until every oracle seed shows the concept, the budget is spent or no move is new
+    while best[1][0] < 1.0 and len(tried) < config.budget:  # until the concept shows at every oracle seed
         scored = []
         for recipe, _ in beam:  # the best recipe's moves first, so a short budget spends on them
             for candidate in moves(recipe, options, config.weights, config.max_terms):
@@ -161,7 +161,7 @@ def beam_search(score, options: list[tuple[str, float]], config: ConceptArithmet
             if best[1][0] >= 1.0 or len(tried) >= config.budget:
                 break
         if not scored:
-            break
+            break  # no move is new
         beam = sorted(scored, key=lambda item: item[1], reverse=True)[:config.beam]  # stable: ties keep order
     return best[0], best[1], tried
 

@@ -25,7 +25,7 @@ def main() -> None:
     requests = [GenerationRequest("a red star", seed) for seed in range(64)]
     generate_images(pipe, requests[:8], progress=False)  # warm-up
     start = time.perf_counter()
-    images = generate_images(pipe, requests, batch_size=32, progress=False)
+    images = generate_images(pipe, requests, progress=False)
     generation = (time.perf_counter() - start) / len(images)
 
     with tempfile.TemporaryDirectory() as run_dir:

@@ -35,6 +35,7 @@ def test_generate_writes_images_and_requests(tmp_path):
     assert [(r["prompt"], r["seed"]) for r in records] == [("a red star", 7), ("a red star", 8), ("a blue heart", 7),
                                                            ("a blue heart", 8)]
     assert all((out / r["file"]).is_file() for r in records)
+    assert records[0]["batching"] == {"size": 8, "fixed_shape": True}
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging or probe files left
 
 
@@ -56,6 +57,7 @@ def test_prompts_file(tmp_path):
         (["--prompt", "a red star", "--model", "/no/such/model"], "does not exist"),
         (["--prompt", "a red star", "--model", "some-org/some-model"], "pass a local diffusers directory"),
         ([], "at least one --prompt"),
+        (["--prompt", "a red star", "--batch-size", "0"], "batch size must be an integer >= 1"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):

@@ -39,6 +39,9 @@ def _experiment(tmp_path, micro_run, **overrides):
     ("groups:\n  - {suite: 'tiny:target:star', metric: accuracy}\n", "field 'groups[0].metric'"),
     ("seeds: {count: 0}\ngroups:\n  - {suite: 'tiny:target:star', metric: efficacy}\n", "field 'seeds'"),
     ("sampler: {steps: two}\ngroups:\n  - {suite: 'tiny:target:star', metric: efficacy}\n", "sampler.steps"),
+    ("batch_size: 0\ngroups:\n  - {suite: 'tiny:target:star', metric: efficacy}\n", "field 'batch_size'"),
+    ("fixed_batch_shape: maybe\ngroups:\n  - {suite: 'tiny:target:star', metric: efficacy}\n",
+     "field 'fixed_batch_shape': must be true or false"),
 ])
 def test_bad_experiment_files_name_the_field(tmp_path, text, message):
     path = tmp_path / "bad.yaml"

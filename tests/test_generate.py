@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
+import torch
 
+from eraselab.batching import Batching
 from eraselab.errors import EraselabError
 from eraselab.generate import GenerationRequest, generate_images, unknown_words
 from eraselab.models import load_pipeline
@@ -16,15 +18,60 @@ def _requests(steps=3):
     return [GenerationRequest(p, seed=s, steps=steps) for p in prompts for s in (0, 1, 2)]
 
 
-def test_same_request_same_image_whatever_the_batch_size_or_order(tiny):
+def _arrays(images):
+    return [np.asarray(i).astype(np.int16) for i in images]
+
+
+@pytest.fixture(params=[1, 3, None], ids=["1-thread", "3-threads", "default-threads"])
+def threads(request):
+    """Kernels are chosen by shape and thread count, and tensors split between threads by both: on AMD EPYC, calls
+    of 4 and 12 requests differed at 1 thread, and one request's rows in calls of one shape at 3 threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param or before)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_same_request_same_image_whatever_the_other_requests_or_their_order(tiny, threads):
+    # The guarantee (eraselab.batching.Batching): bit-identical for the same batch size on any machine.
+    batching = Batching(size=4)
     requests = _requests()
-    reference = [np.asarray(i) for i in generate_images(tiny, requests, batch_size=len(requests), progress=False)]
-    for batch_size in (1, 5, 7):
-        got = generate_images(tiny, requests, batch_size=batch_size, progress=False)
-        assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(reference, got, strict=True)), batch_size
-    shuffled = [requests[i] for i in np.random.default_rng(0).permutation(len(requests))]
-    got = dict(zip(shuffled, generate_images(tiny, shuffled, batch_size=4, progress=False), strict=True))
-    assert all(np.array_equal(reference[i], np.asarray(got[r])) for i, r in enumerate(requests))
+    reference = _arrays(generate_images(tiny, requests, batching, progress=False))
+    alone = [generate_images(tiny, [r], batching, progress=False)[0] for r in requests[:2]]
+    assert all(np.array_equal(a, b) for a, b in zip(reference[:2], _arrays(alone), strict=True))
+    split = (generate_images(tiny, requests[:5], batching, progress=False)
+             + generate_images(tiny, requests[5:], batching, progress=False))
+    order = np.random.default_rng(0).permutation(len(requests))
+    shuffled = generate_images(tiny, [requests[i] for i in order], batching, progress=False)
+    unshuffled = [image for _, image in sorted(zip(order, shuffled, strict=True), key=lambda pair: pair[0])]
+    for got in (split, unshuffled):
+        assert all(np.array_equal(a, b) for a, b in zip(reference, _arrays(got), strict=True))
+
+
+def test_other_batch_sizes_agree_within_one_level_of_255(tiny):
+    # Calls of other shapes may take other kernels: the stated tolerance is one level in 255 at 3 steps.
+    requests = _requests()
+    reference = _arrays(generate_images(tiny, requests, Batching(size=4), progress=False))
+    for batching in (Batching(size=1), Batching(size=5), Batching(size=8), Batching(size=5, fixed_shape=False)):
+        got = _arrays(generate_images(tiny, requests, batching, progress=False))
+        assert max(np.abs(a - b).max() for a, b in zip(reference, got, strict=True)) <= 1, batching
+
+
+def test_padded_calls_have_one_shape_and_unpadded_calls_run_only_the_requests(tiny):
+    rows: list[int] = []
+    hook = tiny.unet.register_forward_hook(lambda module, args, output: rows.append(len(args[0])))
+    try:
+        requests = [GenerationRequest("a red star", seed=s, steps=2) for s in (3, 4, 5)]
+        generate_images(tiny, requests[:1], Batching(size=8, fixed_shape=False), progress=False)
+        assert set(rows) == {2}  # one request, its two guidance rows: as plain diffusers
+        rows.clear()
+        generate_images(tiny, requests, Batching(size=8), progress=False)
+        assert set(rows) == {16}  # 8 rows x 2 whatever the number of requests
+    finally:
+        hook.remove()
+    assert list(Batching(size=4).calls([1, 1, 3])) == [[None, 0, None, 2], [None, 1, None, None]]
+    with pytest.raises(EraselabError, match="batch size"):
+        Batching(size=0)
 
 
 def test_seed_and_prompt_change_the_image(tiny):

@@ -53,7 +53,11 @@ def generate(
     guard: Annotated[str | None, typer.Option(help="Inference-time guard: negative-prompt, sld or safree.")] = None,
     guard_concept: Annotated[str | None, typer.Option(help="The concept the guard steers away from.")] = None,
     guard_preset: Annotated[str | None, typer.Option(help="SLD preset: weak, medium, strong or max.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per pipeline call (results do not depend on it).")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Requests per pipeline call; a request's image is bit-identical "
+                                                 "for the same batch size, whatever the other requests.")] = 8,
+    fixed_batch_shape: Annotated[bool, typer.Option(help="Pad the last call to --batch-size requests, so every "
+                                                         "call has one shape (off: one image costs one image, and "
+                                                         "images may move by float rounding with their call).")] = True,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
 ) -> None:
@@ -70,10 +74,12 @@ def generate(
     from eraselab.outputs import staged_directory, writable_directory
 
     writable_directory(out)  # fail before loading anything
+    from eraselab.batching import Batching
     from eraselab.generate import GenerationRequest, check_requests, iter_generate
     from eraselab.models import load_pipeline
     from eraselab.outputs import write_jsonl
 
+    batching = Batching(batch_size, fixed_batch_shape)  # refuses a bad size before the model loads
     is_tiny = model == "tiny"
     steps = steps if steps is not None else (25 if is_tiny else 50)
     guidance = guidance if guidance is not None else (5.0 if is_tiny else 7.5)
@@ -88,13 +94,14 @@ def generate(
     check_requests(pipe, [guard_object.rewrite(r) for r in requests] if guard_object else requests)
     records: list[dict] = [{} for _ in requests]
     with staged_directory(out) as staging:
-        for index, image in iter_generate(pipe, requests, batch_size=batch_size, progress=not as_json,
+        for index, image in iter_generate(pipe, requests, batching, progress=not as_json,
                                           guard=guard_object):
             name = f"{index:05d}.png"
             image.save(staging / name)
             records[index] = {**requests[index].to_record(), "file": name, "model": model,
                               "edit": str(edit) if edit else None,
-                              "guard": guard_object.settings() if guard_object else None}
+                              "guard": guard_object.settings() if guard_object else None,
+                              "batching": {"size": batching.size, "fixed_shape": batching.fixed_shape}}
         write_jsonl(staging / "requests.jsonl", records)
     summary = {"out": str(out), "images": len(requests), "prompts": len(prompts), "model": model}
     typer.echo(json.dumps(summary) if as_json else f"wrote {len(requests)} images to {out}")

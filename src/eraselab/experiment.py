@@ -146,7 +146,7 @@ def _generate(experiment: Experiment, store: RunStore, suites: list[PromptSuite]
             keys = list(todo)
             applied = None if edit == "base" else apply_edit(pipe, Edit.load(edit))
             try:
-                for index, image in iter_generate(pipe, requests, experiment.batch_size, progress=progress,
+                for index, image in iter_generate(pipe, requests, experiment.batching, progress=progress,
                                                   guard=guard.build() if guard is not None else None):
                     store.put_image(keys[index], image)
             finally:
@@ -427,5 +427,6 @@ def _as_yaml_dict(stored: dict) -> dict:
             "detectors": [{"name": d["name"], **d["options"]} for d in stored["detectors"]],
             "groups": [{k: v for k, v in g.items() if v is not None} for g in stored["groups"]],
             "use_suite_seeds": stored["use_suite_seeds"], "batch_size": stored["batch_size"],
+            "fixed_batch_shape": stored.get("fixed_batch_shape", True),
             **({"guards": [{"name": g["name"], **g["options"]} for g in stored["guards"]]} if stored.get("guards")
                else {})}

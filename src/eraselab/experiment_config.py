@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from eraselab.batching import DEFAULT_BATCHING, Batching
 from eraselab.errors import EraselabError
 from eraselab.judge.metrics import METRICS
 
@@ -104,10 +105,15 @@ class Experiment:
     detectors: tuple[DetectorConfig, ...]
     groups: tuple[Group, ...]
     use_suite_seeds: bool = False  # I2P-style suites carry one seed per prompt
-    batch_size: int = 32
+    batch_size: int = DEFAULT_BATCHING.size  # requests per pipeline call; see eraselab.generate.Batching
+    fixed_batch_shape: bool = DEFAULT_BATCHING.fixed_shape
     version: int = CONFIG_VERSION
     guards: tuple[GuardConfig, ...] = ()
     attacks: tuple[AttackConfig, ...] = ()
+
+    @property
+    def batching(self) -> Batching:
+        return Batching(self.batch_size, self.fixed_batch_shape)
 
 
 def _fail(where: str, message: str) -> EraselabError:
@@ -256,7 +262,7 @@ def parse_experiment(raw: Any) -> Experiment:
     if not isinstance(raw, dict):
         raise EraselabError("an experiment file must be a YAML mapping")
     known = {"version", "name", "models", "edits", "guards", "attacks", "seeds", "sampler", "detectors", "groups",
-             "use_suite_seeds", "batch_size"}
+             "use_suite_seeds", "batch_size", "fixed_batch_shape"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise _fail(unknown[0], f"is not an experiment field ({', '.join(sorted(known))})")
@@ -270,9 +276,12 @@ def parse_experiment(raw: Any) -> Experiment:
         raise _fail("sampler.steps", f"must be an integer >= 1, got {steps!r}")
     if not isinstance(guidance, int | float) or isinstance(guidance, bool):
         raise _fail("sampler.guidance", f"must be a number, got {guidance!r}")
-    batch_size = raw.get("batch_size", 32)
-    if not isinstance(batch_size, int) or batch_size < 1:
+    batch_size = raw.get("batch_size", DEFAULT_BATCHING.size)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise _fail("batch_size", f"must be an integer >= 1, got {batch_size!r}")
+    fixed_batch_shape = raw.get("fixed_batch_shape", DEFAULT_BATCHING.fixed_shape)
+    if not isinstance(fixed_batch_shape, bool):
+        raise _fail("fixed_batch_shape", f"must be true or false, got {fixed_batch_shape!r}")
     detectors = _detectors(raw.get("detectors", ["tiny"]))
     name = raw.get("name", "experiment")
     if not isinstance(name, str) or not name:
@@ -282,6 +291,7 @@ def parse_experiment(raw: Any) -> Experiment:
                       steps=steps, guidance=float(guidance), detectors=detectors,
                       groups=_groups(raw.get("groups"), detectors),
                       use_suite_seeds=bool(raw.get("use_suite_seeds", False)), batch_size=batch_size,
+                      fixed_batch_shape=fixed_batch_shape,
                       guards=_guards(raw.get("guards")), attacks=_attacks(raw.get("attacks")))
 
 

@@ -1,9 +1,10 @@
 """Batched, deterministic image generation: one request, one seed, one image, whatever the batch.
 
 Each request draws its initial latents from its own ``torch.Generator`` seeded with the request's seed, and
-the pipeline is called with one generator per image, so a request's image does not depend on which other
-requests share its batch or in what order they come. Requests that share sampler settings are batched
-together through the plain ``StableDiffusionPipeline.__call__``.
+the pipeline is called with one generator per image. Requests that share sampler settings are batched together
+through the plain ``StableDiffusionPipeline.__call__``, by the :class:`~eraselab.batching.Batching` policy: by
+default every call has the same number of rows and each request always takes the same row, so its image does not
+depend on the other requests or their order on any CPU (the policy's docstring says why nothing less holds).
 
 >>> from eraselab.models import load_pipeline
 >>> pipe = load_pipeline("tiny")
@@ -25,6 +26,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from tqdm.auto import tqdm
 
+from eraselab.batching import DEFAULT_BATCHING, Batching
 from eraselab.errors import EraselabError
 from eraselab.sampling import guided_sample
 
@@ -32,13 +34,8 @@ if TYPE_CHECKING:
     from eraselab.guard import Guard
 
 TINY_DEFAULTS = {"steps": 25, "guidance": 5.0}  # SD 1.x in the papers: 50 steps (PNDM/DDIM), guidance 7.5
-# CPU BLAS and oneDNN switch to other kernels (other summation orders) below a few rows (a 2-D linear layer
-# below 4 rows, a convolution at batch 1) and handle a block's leftover rows with other micro-kernels (on AMD
-# EPYC, calls of 5 or 7 requests moved a pixel by 1/255 while 4, 6, 8 and 12 did not). Padding every call to a
-# multiple of this many requests keeps each request on the same kernels whatever batch it is in, so its image
-# is bit-identical (measured on CPU; GPU libraries choose kernels by shape more freely, so there the guarantee
-# is "same batch size, same image").
-PAD_TO = 4
+
+
 
 
 @dataclass(frozen=True)
@@ -118,25 +115,26 @@ def _encode(pipe: StableDiffusionPipeline, batch: Sequence[GenerationRequest]) -
     return positive, negative
 
 
-def iter_generate(pipe: StableDiffusionPipeline, requests: Sequence[GenerationRequest], batch_size: int = 32,
-                  progress: bool = True, guard: Guard | None = None) -> Iterator[tuple[int, Image.Image]]:
-    """Yield ``(index into requests, PIL image)`` as each batch finishes (batches share sampler settings).
-    A ``guard`` (:mod:`eraselab.guard`) may rewrite the requests and the guidance of every step."""
+def iter_generate(pipe: StableDiffusionPipeline, requests: Sequence[GenerationRequest],
+                  batching: Batching = DEFAULT_BATCHING, progress: bool = True,
+                  guard: Guard | None = None) -> Iterator[tuple[int, Image.Image]]:
+    """Yield ``(index into requests, PIL image)`` as each call finishes (calls share sampler settings; see
+    :class:`Batching`). A ``guard`` (:mod:`eraselab.guard`) may rewrite the requests and the guidance of every
+    step."""
     if guard is not None:
         requests = [guard.rewrite(r) for r in requests]
     check_requests(pipe, requests)
     rule = guard.guidance_rule(pipe) if guard is not None else None
-    if batch_size < 1:
-        raise EraselabError(f"batch size must be at least 1, got {batch_size}")
     groups: dict[tuple, list[int]] = {}
     for index, request in enumerate(requests):
         groups.setdefault(request.settings(), []).append(index)
     bar = tqdm(total=len(requests), desc="generate", unit="img", disable=not progress)
     for indices in groups.values():
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start:start + batch_size]
-            batch = [requests[i] for i in chunk]
-            batch += [batch[-1]] * (-len(batch) % PAD_TO)  # padding rows, dropped below
+        slots = [batching.slot(requests[i].prompt, requests[i].seed) for i in indices]
+        for rows in batching.calls(slots):
+            taken = [(row, indices[r]) for row, r in enumerate(rows) if r is not None]
+            filler = requests[taken[0][1]]  # padding rows: a copy of a request of the call, its image dropped
+            batch = [requests[indices[r]] if r is not None else filler for r in rows]
             generators = [torch.Generator("cpu").manual_seed(r.seed) for r in batch]
             positive, negative = _encode(pipe, batch)
             first = batch[0]
@@ -150,16 +148,17 @@ def iter_generate(pipe: StableDiffusionPipeline, requests: Sequence[GenerationRe
             else:
                 arrays = guided_sample(pipe, positive, negative, latents, first.steps, first.guidance, generators,
                                        rule, [r.prompt for r in batch])
-            for i, array in zip(chunk, arrays[: len(chunk)], strict=True):
-                yield i, Image.fromarray(np.round(array * 255).astype(np.uint8))
-            bar.update(len(chunk))
+            for row, i in taken:
+                yield i, Image.fromarray(np.round(arrays[row] * 255).astype(np.uint8))
+            bar.update(len(taken))
     bar.close()
 
 
-def generate_images(pipe: StableDiffusionPipeline, requests: Sequence[GenerationRequest], batch_size: int = 32,
-                    progress: bool = True, guard: Guard | None = None) -> list[Image.Image]:
+def generate_images(pipe: StableDiffusionPipeline, requests: Sequence[GenerationRequest],
+                    batching: Batching = DEFAULT_BATCHING, progress: bool = True,
+                    guard: Guard | None = None) -> list[Image.Image]:
     """Images for ``requests``, in request order."""
     images: list[Image.Image | None] = [None] * len(requests)
-    for index, image in iter_generate(pipe, requests, batch_size, progress, guard):
+    for index, image in iter_generate(pipe, requests, batching, progress, guard):
         images[index] = image
     return images  # type: ignore[return-value]

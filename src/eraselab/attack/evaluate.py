@@ -15,13 +15,23 @@ from eraselab.judge.stats import rate_with_interval
 def presence(pipe, replays: list[Replay], seeds, steps: int, guidance: float, judge, label: str, defence=None,
              attacked: bool = True) -> dict:
     """Rate of ``label`` over every replay x seed (``attacked=False``: the prompts as typed), per prompt too."""
+    used = [replay if attacked else Replay(replay.prompt) for replay in replays]
+    # Replays without a composition recipe share the defence, so they share pipeline calls (fewer padding rows);
+    # a recipe is a guard of its own. Images do not depend on which requests share a call (eraselab.batching).
+    images: list = [None] * len(used)
+    plain = [i for i, replay in enumerate(used) if not replay.recipe]
+    if plain:
+        requests = [r for i in plain for r in used[i].requests(seeds, steps, guidance)]
+        made = generate_images(pipe, requests, progress=False, guard=defence)
+        for k, i in enumerate(plain):
+            images[i] = made[k * len(seeds):(k + 1) * len(seeds)]
+    for i, replay in enumerate(used):
+        if replay.recipe:
+            images[i] = generate_images(pipe, replay.requests(seeds, steps, guidance), progress=False,
+                                        guard=replay.guard(defence))
     per_prompt, flags = [], []
-    for replay in replays:
-        plain = Replay(replay.prompt)
-        used = replay if attacked else plain
-        images = generate_images(pipe, used.requests(seeds, steps, guidance), progress=False,
-                                 guard=used.guard(defence))
-        found = [judge.present(r, label) for r in judge.detect(images)]
+    for replay, replay_images in zip(replays, images, strict=True):
+        found = [judge.present(r, label) for r in judge.detect(replay_images)]
         flags += found
         per_prompt.append({"prompt": replay.prompt, "seeds": list(seeds), "present": found,
                            **rate_with_interval(found)})

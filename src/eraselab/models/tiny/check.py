@@ -38,11 +38,11 @@ def classifier_accuracy(world: World, judge: TinyClassifier, seed: int, n: int =
 
 
 def _fidelity(world: World, judge: TinyClassifier, pipe, vocabulary: str, per_prompt: int, seed: int,
-              steps: int, guidance: float, batch_size: int, progress: bool) -> dict:
+              steps: int, guidance: float, progress: bool) -> dict:
     cells = [(s, c) for s in range(len(world.shapes)) for c in range(len(world.colors))]
     requests = [GenerationRequest(world.prompt(s, c, vocabulary), seed + j, steps, guidance)
                 for s, c in cells for j in range(per_prompt)]
-    predicted = judge.predict(generate_images(pipe, requests, batch_size, progress))
+    predicted = judge.predict(generate_images(pipe, requests, progress=progress))
     asked_shape = np.repeat([s for s, _ in cells], per_prompt)
     asked_color = np.repeat([c for _, c in cells], per_prompt)
     shape_ok, color_ok = predicted["shape"] == asked_shape, predicted["color"] == asked_color
@@ -57,19 +57,19 @@ def _fidelity(world: World, judge: TinyClassifier, pipe, vocabulary: str, per_pr
 
 def run_check(source: str | Path = "tiny", classifier: str | Path | None = None, seed: int = 0,
               per_prompt: int = 32, empty_images: int = 192, steps: int = TINY_DEFAULTS["steps"],
-              guidance: float = TINY_DEFAULTS["guidance"], batch_size: int = 64, progress: bool = True) -> dict:
+              guidance: float = TINY_DEFAULTS["guidance"], progress: bool = True) -> dict:
     """Every number of the tiny model's quality bars, plus per-class detail and the settings used."""
     start = time.perf_counter()
     world, judge, pipe = load_world(), load_classifier(classifier), load_pipeline(source)
     result: dict = {"classifier_accuracy": classifier_accuracy(world, judge, seed)}
-    train = _fidelity(world, judge, pipe, "train", per_prompt, seed, steps, guidance, batch_size, progress)
-    heldout = _fidelity(world, judge, pipe, "heldout", per_prompt, seed, steps, guidance, batch_size, progress)
+    train = _fidelity(world, judge, pipe, "train", per_prompt, seed, steps, guidance, progress)
+    heldout = _fidelity(world, judge, pipe, "heldout", per_prompt, seed, steps, guidance, progress)
     result["fidelity"] = {
         "train": {"shape": train["shape"], "color": train["color"]},
         "heldout": {"shape": heldout["shape"], "color": heldout["color"]},
     }
     empty = [GenerationRequest("", seed + j, steps, guidance) for j in range(empty_images)]
-    shapes = judge.predict(generate_images(pipe, empty, batch_size, progress))["shape"]
+    shapes = judge.predict(generate_images(pipe, empty, progress=progress))["shape"]
     shares = np.bincount(shapes, minlength=len(world.shapes)) / len(shapes)
     result["empty_prompt_max_shape_share"] = float(shares.max())
     result["empty_prompt_shape_shares"] = dict(zip(world.shapes, map(float, shares), strict=True))

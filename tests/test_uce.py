@@ -31,7 +31,9 @@ def test_edited_values_map_the_concept_to_its_anchor_and_keep_preserved_concepts
     assert after < 0.25 * before  # the concept's value now points at the anchor's
     circle = hidden[2]
     assert (w @ circle.T - w0 @ circle.T).norm() < 0.25 * (w0 @ circle.T).norm()
-    assert edit.manifest["base_fingerprint"] and edit.manifest["config"]["lamb"] == 0.1
+    assert edit.manifest["base_fingerprint"] and edit.manifest["config"]["lamb"] == 0.5  # the UCE script's
+    assert "train_erase.py" in edit.manifest["defaults_from"]
+    assert edit.manifest["resolved"]["preserve_scale"] == 0.5  # max(0.1, 1 / (1 + one preserved prompt))
 
 
 def test_the_empty_prompt_is_always_preserved_as_the_references_do(tiny):

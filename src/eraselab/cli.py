@@ -111,6 +111,8 @@ def _method_config(config_class: type, path: Path | None, model: str = "") -> An
     """A method's config dataclass from a YAML/JSON mapping (safe_load), naming any unknown or bad field; on the
     tiny model the method's tiny defaults (``tiny_overrides``) apply first."""
     import dataclasses
+    import types
+    import typing
 
     import yaml
 
@@ -125,13 +127,17 @@ def _method_config(config_class: type, path: Path | None, model: str = "") -> An
     if not isinstance(raw, dict) or set(raw) - set(fields):
         unknown = sorted(set(raw) - set(fields)) if isinstance(raw, dict) else ["(not a mapping)"]
         raise EraselabError(f"config field {unknown[0]!r} is not one of {', '.join(fields)}")
+    hints = typing.get_type_hints(config_class)
     for name, value in raw.items():
-        default = getattr(config_class(), name)
-        expected = str if default is None else type(default)  # optional fields (None by default) take text
-        if expected is tuple and isinstance(value, list):
+        hint = hints[name]
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        allowed = tuple(typing.get_origin(t) or t for t in (typing.get_args(hint) if union else (hint,)))
+        if tuple in allowed and isinstance(value, list):
             raw[name] = value = tuple(value)  # YAML has lists, the frozen configs hold tuples
-        if value is not None and not isinstance(value, expected) and not (expected is float and isinstance(value, int)):
-            raise EraselabError(f"config field {name!r}: expected {expected.__name__}, got {value!r}")
+        number = float in allowed and isinstance(value, int) and not isinstance(value, bool)
+        if (not isinstance(value, allowed) and not number) or (isinstance(value, bool) and bool not in allowed):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+            raise EraselabError(f"config field {name!r}: expected {names}, got {value!r}")
     return default_config(config_class, model == "tiny", **raw)
 
 

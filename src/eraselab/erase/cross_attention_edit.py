@@ -85,7 +85,8 @@ def solve(weights: dict[str, torch.Tensor], keys: torch.Tensor, anchor_rows: tor
 
 
 def manifest(method: str, config, spec: EraseSpec, pipe, start: float, **extra) -> dict:
-    return {"method": method, "config": asdict(config), "concepts": list(spec.concepts),
+    return {"method": method, "config": asdict(config), "defaults_from": getattr(config, "defaults_from", None),
+            "concepts": list(spec.concepts),
             "anchors": list(spec.anchors), "preserve": list(spec.preserve), "templates": list(spec.templates),
             "base_fingerprint": pipeline_fingerprint(pipe), "seed": None,  # closed form: nothing is random
             "seconds": round(time.perf_counter() - start, 3), **extra}

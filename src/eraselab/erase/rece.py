@@ -41,14 +41,19 @@ import torch
 from eraselab.erase.artifact import Edit
 from eraselab.erase.cross_attention_edit import check_spec_words, manifest, projections, solve
 from eraselab.erase.spec import EraseSpec
-from eraselab.erase.uce import UceConfig, concept_rows, preservation
+from eraselab.erase.uce import UceConfig, concept_rows, preservation, resolved_preserve_scale
 from eraselab.errors import EraselabError
 
 
 @dataclass(frozen=True)
 class ReceConfig(UceConfig):
+    lamb: float = 0.1  # lambda_1 of Eq. 3 (the reference README: 0.1 for every concept)
+    preserve_scale: float | None = 0.1  # lambda_2 of Eq. 3 (likewise 0.1)
     rounds: int = 3  # adversarial rounds after the UCE edit
     reg: float = 0.1  # lambda_reg of Eq. 8
+
+    defaults_from: ClassVar[str] = ("RECE README and scripts/, CharlesGong12/RECE: lambda_1 = lambda_2 = 0.1; nudity: "
+                                    "regular_scale 0.1, 3 epochs")
 
     # Without preservation statistics, erasing the derived embeddings on the tiny model also erased the other
     # shapes (fidelity 0.99 -> 0.50, measured), so tiny preserves its caption corpus.
@@ -91,8 +96,10 @@ def erase(pipe, spec: EraseSpec, config: ReceConfig) -> Edit:
     weights = projections(pipe, config.edit_keys)
     original = {name: w.double().cpu() for name, w in weights.items()}
 
+    preserve_scale = resolved_preserve_scale(config, spec)
+
     def edit(rows: torch.Tensor) -> dict[str, torch.Tensor]:  # Eq. 3, from the original weights
-        return solve(original, rows, anchor_rows.repeat(len(rows) // len(keys), 1), preserve, config.preserve_scale,
+        return solve(original, rows, anchor_rows.repeat(len(rows) // len(keys), 1), preserve, preserve_scale,
                      stats, config.corpus_scale, config.lamb, config.erase_scale)
 
     erased = keys
@@ -108,7 +115,8 @@ def erase(pipe, spec: EraseSpec, config: ReceConfig) -> Edit:
     history.append({"round": config.rounds + 1, "recovered_residual": residual(original, current, final, keys),
                     "concept_residual": residual(original, current, keys, keys), "final": True})
     tensors = {name: w.to(weights[name].dtype) for name, w in current.items()}
-    return Edit(tensors, manifest("rece", config, spec, pipe, start, rounds=history))
+    return Edit(tensors, manifest("rece", config, spec, pipe, start, rounds=history,
+                                  resolved={"preserve_scale": preserve_scale}))
 
 
 METHOD = (erase, ReceConfig)

@@ -50,6 +50,7 @@ class TrceConfig:
     positions: str = "first-eot"  # or "last-word-and-first-eot", "eot-and-padding", "word-to-padding"
 
     tiny_overrides: ClassVar[dict] = {"corpus": "tiny", "positions": "word-to-padding"}
+    defaults_from: ClassVar[str] = "TRCE paper (Chen et al., ICCV 2025), stage 1: lambda 0, first [EoT], scales 0.1"
 
 
 POSITIONS = ("first-eot", "last-word-and-first-eot", "eot-and-padding", "word-to-padding")

@@ -13,9 +13,15 @@ templates always end with the concept, so it takes the prompt's last word; here 
 located (the template's text before the concept, plus the concept), so that a concept inside a prompt ("a red
 star" when erasing "red") is keyed at "red", not at "star".
 
-Defaults are the reference script's for Stable Diffusion 1.4 (lamb 0.1, erase_scale 1, preserve_scale 0.1, keys
-and values edited). ``corpus`` adds preservation statistics over a caption corpus (:mod:`eraselab.erase.corpus`;
-off by default, as in the paper; on for the tiny model: ``tiny_overrides``).
+Defaults are the UCE reference erasing script's for Stable Diffusion 1.4 (``train-scripts/train_erase.py`` of
+rohitgandikota/unified-concept-editing, commit bd5fb51; recorded in the manifest as ``defaults_from``): lamb 0.5
+(passed to ``edit_model`` by its ``__main__``; the function's own default of 0.1 is never used by the script),
+erase_scale 1 (its ``--erase_scale``), and preserve_scale ``None``, resolved as that script does when
+``--preserve_scale`` is not given: max(0.1, 1 / (1 + number of preserved prompts)), so 1 with nothing but the empty
+prompt preserved (the script's earlier version, commit 18287f6, used a fixed 0.1). Keys and values are edited.
+RECE's nudity run uses lamb 0.1 and preserve_scale 0.1 (:mod:`eraselab.erase.rece`). ``corpus`` adds
+preservation statistics over a caption corpus (:mod:`eraselab.erase.corpus`; off by default, as in the paper; on
+for the tiny model, whose measured settings are ``tiny_overrides``).
 
 >>> from eraselab.models import load_pipeline
 >>> pipe = load_pipeline("tiny")
@@ -41,11 +47,14 @@ from eraselab.errors import EraselabError
 POSITIONS = ("word-to-eot", "last-word")
 
 
+DEFAULTS_FROM = "UCE train-scripts/train_erase.py, rohitgandikota/unified-concept-editing@bd5fb51"
+
+
 @dataclass(frozen=True)
 class UceConfig:
-    lamb: float = 0.1  # lambda of Eq. 7: how strongly W stays at W0
+    lamb: float = 0.5  # lambda of Eq. 7: how strongly W stays at W0
     erase_scale: float = 1.0
-    preserve_scale: float = 0.1
+    preserve_scale: float | None = None  # None: max(0.1, 1 / (1 + preserved prompts)), the script's rule
     edit_keys: bool = True  # to_k as well as to_v
     positions: str = "word-to-eot"  # or "last-word"
     corpus: str | None = None  # "tiny" or a caption file: preservation statistics (off in the paper)
@@ -53,8 +62,18 @@ class UceConfig:
 
     # On the tiny model, the tiny caption corpus keeps what the erased words share with others: without it,
     # erasing "red" also blurred the other colours (their fidelity 1.00 -> 0.43) and erasing "star" towards "shape"
-    # changed "a red shape" (1.00 -> 0.86); with it, 1.00 and 1.00 (measured, 24-120 images per group).
-    tiny_overrides: ClassVar[dict] = {"corpus": "tiny", "corpus_scale": 0.1}
+    # changed "a red shape" (1.00 -> 0.86); with it, 1.00 and 1.00 (measured, 24-120 images per group). lamb and
+    # preserve_scale 0.1 are the settings every tiny table was measured with.
+    tiny_overrides: ClassVar[dict] = {"corpus": "tiny", "corpus_scale": 0.1, "lamb": 0.1, "preserve_scale": 0.1}
+    defaults_from: ClassVar[str] = DEFAULTS_FROM
+
+
+def resolved_preserve_scale(config: UceConfig, spec: EraseSpec) -> float:
+    """``config.preserve_scale``, or the UCE script's rule when it is ``None``: max(0.1, 1 / len(retain_texts)),
+    where retain_texts is the empty prompt plus the preserved prompts."""
+    if config.preserve_scale is not None:
+        return config.preserve_scale
+    return max(0.1, 1 / (1 + len(spec.preserved())))
 
 
 def aligned_rows(targets: Encoded, anchors: Encoded, positions: str, target_ends: list[int] | None = None,
@@ -106,9 +125,10 @@ def erase(pipe, spec: EraseSpec, config: UceConfig) -> Edit:
     pairs = check_spec_words(pipe, spec)
     keys, anchor_rows = concept_rows(pipe, spec, pairs, config.positions)
     preserve, stats = preservation(pipe, spec, config.corpus)
+    preserve_scale = resolved_preserve_scale(config, spec)
     tensors = solve(projections(pipe, config.edit_keys), keys, anchor_rows, preserve,  # Eq. 7
-                    config.preserve_scale, stats, config.corpus_scale, config.lamb, config.erase_scale)
-    return Edit(tensors, manifest("uce", config, spec, pipe, start))
+                    preserve_scale, stats, config.corpus_scale, config.lamb, config.erase_scale)
+    return Edit(tensors, manifest("uce", config, spec, pipe, start, resolved={"preserve_scale": preserve_scale}))
 
 
 METHOD = (erase, UceConfig)

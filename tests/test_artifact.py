@@ -70,3 +70,31 @@ def test_wrong_base_unknown_tensor_and_wrong_shape_apply_nothing(pipe, tmp_path)
     with pytest.raises(EraselabError, match="has shape"):
         apply_edit(pipe, bad_shape)
     assert pipeline_fingerprint(pipe) == before  # nothing applied halfway
+
+
+@pytest.mark.parametrize("change", ["relabel", "strip-fingerprint", "unseal"])
+def test_a_manifest_changed_by_hand_is_refused(pipe, tmp_path, change):
+    import json
+
+    _edit(pipe).save(tmp_path / "edit")
+    path = tmp_path / "edit" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    assert manifest["seal"] and manifest["format"] == 2
+    if change == "relabel":
+        manifest["method"] = "esd"
+    elif change == "strip-fingerprint":
+        del manifest["base_fingerprint"]
+    else:
+        del manifest["seal"]
+    path.write_text(json.dumps(manifest, indent=2))
+    with pytest.raises(EraselabError, match="has no seal" if change == "unseal" else "seal does not match"):
+        Edit.load(tmp_path / "edit")
+
+
+def test_an_edit_without_its_base_fingerprint_is_never_applied(pipe):
+    edit = _edit(pipe)
+    del edit.manifest["base_fingerprint"]
+    before = pipeline_fingerprint(pipe)
+    with pytest.raises(EraselabError, match="names no base model"):
+        apply_edit(pipe, edit)
+    assert pipeline_fingerprint(pipe) == before

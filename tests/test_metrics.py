@@ -66,13 +66,51 @@ def test_fid_of_a_distribution_with_itself_is_near_zero_and_grows_with_a_shift()
     assert float(shifted.compute()) > 100 * max(abs(float(same.compute())), 1e-6)
 
 
-def test_kid_of_identical_feature_sets_is_near_zero():
+def _plain_paired_kid(x, y):
+    """The paired MMD^2_u written as a double loop over i != j (Gretton et al. 2012, Lemma 6)."""
+    n, d = x.shape
+    k = lambda a, b: (a @ b / d + 1) ** 3  # noqa: E731
+    total = sum(k(x[i], x[j]) + k(y[i], y[j]) - k(x[i], y[j]) - k(x[j], y[i])
+                for i in range(n) for j in range(n) if i != j)
+    return float(total) / (n * (n - 1))
+
+
+def _draws(n, d, seed, shift=0.0):
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, d, generator=generator, dtype=torch.float64),
+            torch.randn(n, d, generator=generator, dtype=torch.float64) + shift)
+
+
+def test_kid_matches_a_plain_double_loop_and_is_the_same_for_the_same_inputs():
     from eraselab.judge.metrics import kernel_inception_distance
 
-    features = torch.randn(120, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x, y = _draws(25, 8, seed=3)
+    y = x + 0.3 * y  # paired: each y_i near its x_i, as base and edited images at one seed
+    first, again = kernel_inception_distance(x, y), kernel_inception_distance(x, y)
+    assert first["value"] == pytest.approx(_plain_paired_kid(x, y), rel=1e-9, abs=1e-12)
+    assert first == again  # no random subset draw: nothing to seed
+
+
+def test_kid_of_identical_sets_is_zero_although_the_two_sample_estimator_goes_negative():
+    from eraselab.judge.metrics import kernel_inception_distance
+
+    features = torch.randn(60, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     same = kernel_inception_distance(features, features.clone())
-    shifted = kernel_inception_distance(features, features + 3.0)
-    assert abs(same["value"]) < 0.05 * shifted["value"] and shifted["value"] > 0
+    assert abs(same["value"]) < 1e-12 and same["low"] <= 0 <= same["high"]
+    n, d = features.shape  # the two-sample estimator counts the same-seed pairs k(x_i, x_i) as cross pairs
+    kernel = (features @ features.T / d + 1) ** 3
+    off = (kernel.sum() - kernel.diag().sum()) / (n * (n - 1))
+    assert float(2 * off - 2 * kernel.mean()) < -0.1  # the bias this estimator removes
+
+
+def test_kid_of_two_draws_of_one_distribution_is_near_zero_and_its_interval_covers_zero():
+    from eraselab.judge.metrics import kernel_inception_distance
+
+    results = [kernel_inception_distance(*_draws(60, 16, seed)) for seed in range(40)]
+    shifted = kernel_inception_distance(*_draws(60, 16, seed=0, shift=1.0))
+    assert sum(r["low"] <= 0 <= r["high"] for r in results) >= 36  # a 95% interval: 98% measured over 300 seeds
+    assert abs(np.mean([r["value"] for r in results])) < 0.1 * shifted["value"]
+    assert shifted["low"] > 0
 
 
 def test_score_metric_streams_like_one_shot():

@@ -231,12 +231,12 @@ def _metrics(experiment: Experiment, store: RunStore, suites: list[PromptSuite],
     return written
 
 
-KID_MIN_IMAGES = 20  # below this, KID's unbiased estimate is mostly noise (it can even come out negative)
+KID_MIN_IMAGES = 20  # below this, KID's interval is too wide to say anything
 
 
 def _locality(store: RunStore, detector: Detector, base: dict, edited: dict, inputs: dict) -> list[dict]:
-    """Feature distance at the same seed and KID between the base and edited image sets, in the detector's
-    feature space (skipped for detectors that cannot embed images, and for pairs with a missing image)."""
+    """Feature distance at the same seed and KID (paired by seed) between the base and edited image sets, in the
+    detector's feature space (skipped for detectors that cannot embed images, and for pairs with a missing image)."""
     features = getattr(detector, "features", None)
     if features is None:
         return []

@@ -210,12 +210,7 @@ def _page(store: RunStore, run_dir: Path, experiment: dict, provenance: dict, me
         detectors[inputs["detector"]] = (inputs["detector_version"], inputs["detector_settings"])
         na = value.get("value") is None
         cell = '<span class="na">N/A</span>' if na else f"{_fmt(value['value'])}"
-        if na:
-            interval = ""
-        elif "std" in value:  # KID: mean and standard deviation over subsets
-            interval = f"&plusmn; {_fmt(value['std'])} (std)"
-        else:
-            interval = f"[{_fmt(value.get('low'))}, {_fmt(value.get('high'))}]"
+        interval = "" if na else f"[{_fmt(value.get('low'))}, {_fmt(value.get('high'))}]"
         rows.append(f"<tr><td>{e(inputs['model'])}</td><td>{e(inputs['edit'])}</td><td>{e(m['name'])}</td>"
                     f"<td><code>{e(inputs['suite']['name'])}</code></td><td>{e(inputs['group']['concept'])}</td>"
                     f"<td>{e(inputs['detector'])}</td><td>{cell}</td><td>{interval}</td>"

@@ -11,6 +11,11 @@ attn2.to_k.weight``), so plain diffusers users can apply an edit without erasela
 :func:`apply_edit` does the same after checking everything first (every key exists with the right shape, the
 file's hash matches the manifest, the base model is the one the edit was made for), so nothing is applied
 halfway, and it can be undone.
+
+The manifest is sealed: ``seal`` is the SHA-256 of the canonical JSON of every other manifest field, and those
+fields hold ``sha256``, the hash of ``edit.safetensors``. So a manifest changed by hand (a relabelled method, a
+removed base fingerprint) and a tensor file changed or truncated are both refused on load, and an edit without
+its base-model fingerprint is refused when applied: the check is never skipped.
 """
 
 from __future__ import annotations
@@ -27,8 +32,15 @@ from safetensors.torch import load_file, save_file
 from eraselab.errors import EraselabError
 from eraselab.models.fingerprint import pipeline_fingerprint
 from eraselab.provenance import provenance
+from eraselab.store import stable_hash
 
 WEIGHTS, MANIFEST = "edit.safetensors", "manifest.json"
+FORMAT = 2  # 2: the manifest carries its seal
+
+
+def seal(manifest: dict) -> str:
+    """SHA-256 of the canonical JSON (sorted keys, no whitespace) of ``manifest`` without its ``seal``."""
+    return stable_hash({k: v for k, v in manifest.items() if k != "seal"})
 
 
 @dataclass
@@ -41,9 +53,11 @@ class Edit:
         directory.mkdir(parents=True, exist_ok=True)
         weights = directory / WEIGHTS
         save_file({k: v.detach().cpu().contiguous() for k, v in self.tensors.items()}, weights)
-        manifest = {**self.manifest, "provenance": provenance(), "tensors": sorted(self.tensors),
+        manifest = {**self.manifest, "format": FORMAT, "provenance": provenance(), "tensors": sorted(self.tensors),
                     "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
-        (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+        manifest = json.loads(json.dumps(manifest, default=str))  # the form it is read back in, then sealed
+        manifest["seal"] = seal(manifest)
+        (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         self.manifest = manifest
         return directory
 
@@ -55,8 +69,14 @@ class Edit:
             raise EraselabError(f"{directory} is not an edit (needs {WEIGHTS} and {MANIFEST})")
         try:
             manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as error:
-            raise EraselabError(f"{manifest_path} is not valid JSON ({error.msg})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise EraselabError(f"{manifest_path} is not valid JSON ({getattr(error, 'msg', error)})") from None
+        if not isinstance(manifest, dict) or "seal" not in manifest:
+            raise EraselabError(f"{manifest_path} has no seal: it was not written by this eraselab (edit format "
+                                f"{FORMAT}); make the edit again with `eraselab erase`")
+        if manifest["seal"] != seal(manifest):
+            raise EraselabError(f"{manifest_path} was changed after it was written (its seal does not match): "
+                                "refusing an edit whose method, config or base model may not be what it says")
         digest = hashlib.sha256(weights.read_bytes()).hexdigest()
         if manifest.get("sha256") != digest:
             raise EraselabError(f"{weights} does not match the hash in its manifest: truncated or tampered with")
@@ -96,17 +116,20 @@ def _parameter(pipe, name: str) -> torch.Tensor:
         raise EraselabError(f"edit tensor {name!r} does not exist in this model") from None
 
 
-def apply_edit(pipe, edit: Edit | str | Path, check_base: bool = True) -> AppliedEdit:
-    """Apply ``edit`` to ``pipe`` in place (strict: every tensor must exist with its shape); returns a handle
-    whose ``undo()`` restores the base weights."""
+def apply_edit(pipe, edit: Edit | str | Path) -> AppliedEdit:
+    """Apply ``edit`` to ``pipe`` in place (strict: every tensor must exist with its shape, and the edit must name
+    the base model it was made for, which must be ``pipe``'s); returns a handle whose ``undo()`` restores the base
+    weights."""
     if not isinstance(edit, Edit):
         edit = Edit.load(edit)
     expected = edit.manifest.get("base_fingerprint")
-    if check_base and expected is not None:
-        found = pipeline_fingerprint(pipe)
-        if found != expected:
-            raise EraselabError(f"this edit was made for base model {expected}, not for this one ({found}); "
-                                "load the model it was made for")
+    if not expected:
+        raise EraselabError("this edit names no base model (no base_fingerprint in its manifest), so it cannot be "
+                            "checked against this one; make the edit again with `eraselab erase`")
+    found = pipeline_fingerprint(pipe)
+    if found != expected:
+        raise EraselabError(f"this edit was made for base model {expected}, not for this one ({found}); "
+                            "load the model it was made for")
     targets = {name: _parameter(pipe, name) for name in edit.tensors}  # check every key before changing any
     for name, tensor in edit.tensors.items():
         if tuple(tensor.shape) != tuple(targets[name].shape):

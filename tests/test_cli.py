@@ -12,7 +12,7 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize("verb", [["generate"], ["demo"], ["erase"], ["run"], ["tiny", "train"], ["tiny", "check"],
-                                  ["tiny", "path"]])
+                                  ["tiny", "path"], ["verify"], ["judge"], ["report"], ["attack"]])
 def test_every_verb_has_help_with_an_example(verb):
     result = runner.invoke(app, [*verb, "--help"])
     assert result.exit_code == 0, result.output

@@ -62,15 +62,15 @@ def test_run_judge_and_report(tmp_path, micro_run):
     assert metrics["efficacy"]["n_valid"] == 12 and 0 <= metrics["efficacy"]["value"] <= 1
     assert len(metrics["specificity"]["items"]) == 60
 
-    # Corrupt one image, then re-judge with a detector that was never run: the bad image is an error, not "absent".
+    # Lose one image (as a run killed before making it would), then re-judge with a detector that was never run:
+    # the cells without an image are errors, not "absent". (Corrupt images: tests/test_faults.py.)
     store = RunStore(tmp_path / "run")
-    victim = store.images()[0][1]
-    store.image_path(victim).write_bytes(b"not a png")
+    lost = store.discard_image(store.images()[0][1])
     other = tmp_path / "classifier-copy"
     shutil.copytree(micro_run / "classifier", other)
     judge_run(tmp_path / "run", (DetectorConfig("tiny", {"classifier": str(other)}),), progress=False)
     errors = [i for m in RunStore(tmp_path / "run").metrics() for i in m["value"]["items"] if i["error"]]
-    assert errors and all(i["flag"] is None and "corrupt" in i["error"] for i in errors)
+    assert lost and errors and all(i["flag"] is None and "never generated" in i["error"] for i in errors)
 
     page, summary_path = write_report(tmp_path / "run")
     text = page.read_text()

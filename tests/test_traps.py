@@ -222,6 +222,47 @@ def test_cli_bad_input_is_one_line_and_exit_2(micro, tmp_path: Path, args, messa
     assert message in result.output and len(result.output.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(("damage", "message"), [
+    ("change-sealed", "seal does not match"),
+    ("text-id", "token_ids must be a non-empty list of token ids"),
+    ("huge-id", "outside the suspect model's vocabulary"),
+    ("no-copies", "copies must be a list"),
+    ("roc-under-a-file", "cannot write to ROC plot file"),
+])
+def test_a_damaged_key_or_bad_roc_path_is_one_line_and_exit_2(micro, traps, tmp_path: Path, damage, message):
+    _, _, path = micro
+    _, key = inject(traps, {"a.txt": " ".join(chronicle_corpus(3, seed=2))}, 2, seed=0)
+    if damage != "change-sealed":
+        del key["seal"]  # a key from before keys were sealed: its structure is all there is to check
+    trap = key["traps"][1]
+    if damage in ("change-sealed", "huge-id"):
+        trap["token_ids"][0] = 10**6
+    elif damage == "text-id":
+        trap["token_ids"][0] = "x"
+    elif damage == "no-copies":
+        del trap["copies"]
+    (tmp_path / "key.json").write_text(json.dumps(key))
+    (tmp_path / "blocker").write_text("")
+    roc = tmp_path / ("blocker/roc.png" if damage == "roc-under-a-file" else "plots/roc.png")
+    result = CliRunner().invoke(app, ["traps", "detect", "--key", str(tmp_path / "key.json"), "--model", str(path),
+                                      "--roc", str(roc)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.output, result.output
+    assert not (tmp_path / "plots").exists()
+
+
+def test_the_report_comes_first_and_the_plot_goes_into_a_new_directory(micro, traps, tmp_path: Path):
+    _, _, path = micro
+    _, key = inject(traps, {"a.txt": " ".join(chronicle_corpus(3, seed=2))}, 2, seed=0)
+    (tmp_path / "key.json").write_text(json.dumps(key))
+    roc = tmp_path / "missing" / "roc.png"
+    result = CliRunner().invoke(app, ["traps", "detect", "--key", str(tmp_path / "key.json"), "--model", str(path),
+                                      "--roc", str(roc), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "scores" in json.loads(result.stdout.strip().splitlines()[-1]) and roc.stat().st_size > 0
+
+
 def test_an_empty_corpus_is_refused(tmp_path: Path):
     (tmp_path / "empty.jsonl").write_text('{"text": "  "}\n')
     with pytest.raises(EraselabError, match="is empty"):

@@ -71,9 +71,9 @@ def generate(
         raise EraselabError("give at least one --prompt or a --prompts-file")
     if num_images < 1:
         raise EraselabError(f"--num-images must be at least 1, got {num_images}")
-    from eraselab.outputs import staged_directory, writable_directory
+    from eraselab.outputs import check_writable, staged_output
 
-    writable_directory(out)  # fail before loading anything
+    check_writable(out)  # fail before loading anything
     from eraselab.batching import Batching
     from eraselab.generate import GenerationRequest, check_requests, iter_generate
     from eraselab.models import load_pipeline
@@ -93,7 +93,7 @@ def generate(
                 for p in prompts for j in range(num_images)]
     check_requests(pipe, [guard_object.rewrite(r) for r in requests] if guard_object else requests)
     records: list[dict] = [{} for _ in requests]
-    with staged_directory(out) as staging:
+    with staged_output(out) as staging:
         for index, image in iter_generate(pipe, requests, batching, progress=not as_json,
                                           guard=guard_object):
             name = f"{index:05d}.png"
@@ -161,11 +161,11 @@ def erase(
     from eraselab.erase.registry import ERASERS
     from eraselab.erase.spec import EraseSpec
     from eraselab.models import load_pipeline
-    from eraselab.outputs import writable_directory
+    from eraselab.outputs import check_writable, staged_output
 
     erase_fn, config_class = ERASERS.get(method)
     settings = _method_config(config_class, config, model)
-    writable_directory(out)
+    check_writable(out)
     if template is None and model == "tiny":
         from eraselab.erase.registry import tiny_templates
 
@@ -179,7 +179,8 @@ def erase(
         checkpoint = out.with_name(out.name + ".checkpoint")
         settings = dataclasses.replace(settings, checkpoint=str(checkpoint))
     edit = erase_fn(load_pipeline(model, device=device), spec, settings)
-    edit.save(out)
+    with staged_output(out) as staging:
+        edit.save(staging)
     if checkpoint is not None:
         shutil.rmtree(checkpoint, ignore_errors=True)
     typer.echo(f"wrote {out} ({len(edit.tensors)} tensors, {edit.manifest['seconds']} s)")
@@ -227,13 +228,16 @@ def attack(
 
     from eraselab.attack import ATTACKS
     from eraselab.attack.runner import check_access, run_attack
+    from eraselab.outputs import check_writable, staged_output
 
     _, config_class = ATTACKS.get(attack_name)
     settings = _method_config(config_class, config, model)
     defence = _guard_from_options(guard, guard_concept, guard_preset)
     check_access(attack_name, edit, defence)
-    record = run_attack(attack_name, settings, concept, suite, out, model, edit, defence, seeds, judge, label,
-                        device)
+    check_writable(out)
+    with staged_output(out) as staging:  # a stopped attack leaves no directory that looks like a result
+        record = run_attack(attack_name, settings, concept, suite, staging, model, edit, defence, seeds, judge,
+                            label, device)
     pre, post, cost = record["pre_attack"], record["post_attack"], record["cost"]
     line = (f"{attack_name}: {record['judge']['label']} {pre['value']:.3f} -> {post['value']:.3f} "
             f"({cost['unet_evals']} UNet evals, {cost['seconds']} s); wrote {out}")
@@ -305,6 +309,32 @@ def judge(
 
     summary = judge_run(run_dir, (DetectorConfig(detector, _parse_options(option or [])),), progress=not as_json)
     typer.echo(json.dumps(summary) if as_json else ", ".join(f"{k}: {v}" for k, v in summary.items()))
+
+
+@app.command()
+@user_errors
+def verify(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `eraselab run`.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Check that every stored image of a run still matches its content hash (exit 2 naming those that do not;
+    `eraselab run` makes them again).
+
+    Example: eraselab verify runs/star
+    """
+    from eraselab.store import RunStore
+
+    if not (run_dir / "store.sqlite").is_file():
+        raise EraselabError(f"{run_dir} is not a run directory (no store.sqlite)")
+    store = RunStore(run_dir)
+    try:
+        if store.meta("experiment") is None:
+            raise EraselabError(f"{run_dir} holds no experiment (run `eraselab run` first)")
+        checked = store.check_images()
+    finally:
+        store.close()
+    summary = {"run_dir": str(run_dir), "images": checked, "damaged": 0}
+    typer.echo(json.dumps(summary) if as_json else f"{run_dir}: all {checked} stored images match their hashes")
 
 
 @app.command()

@@ -36,7 +36,7 @@ from eraselab.judge.metrics import (
 )
 from eraselab.provenance import provenance
 from eraselab.store import RunStore, stable_hash
-from eraselab.suites import PromptItem, PromptSuite, load_suite
+from eraselab.suites import PromptItem, PromptSuite
 
 
 @dataclass(frozen=True)
@@ -51,16 +51,13 @@ class Cell:
     key: str
 
 
-def _load_suites(experiment: Experiment, store: RunStore) -> list[PromptSuite]:
-    suites = []
-    for group in experiment.groups:
-        suite = load_suite(group.suite)
+def _record_suites(experiment: Experiment, store: RunStore, suites: list[PromptSuite]) -> None:
+    """Record each suite's content hash the first time; refuse a suite whose content changed since."""
+    for group, suite in zip(experiment.groups, suites, strict=True):
         recorded = store.set_meta_once(f"suite:{group.suite}", suite.content_hash)
         if recorded != suite.content_hash:
             raise EraselabError(f"suite {group.suite!r} changed since this run started (hash {recorded[:12]} -> "
                                 f"{suite.content_hash[:12]}); refusing to mix results, start a new run directory")
-        suites.append(suite)
-    return suites
 
 
 def _seeds(experiment: Experiment, item: PromptItem) -> tuple[int, ...]:
@@ -130,6 +127,8 @@ def _generate(experiment: Experiment, store: RunStore, suites: list[PromptSuite]
     from eraselab.models import load_pipeline, pipeline_fingerprint
 
     fingerprints: dict[str, str] = {}
+    for image_hash in store.damaged_images():  # a missing or corrupt image is made again, never reused
+        store.discard_image(image_hash)
     for model in experiment.models:
         pipe = load_pipeline(model)
         found = pipeline_fingerprint(pipe)
@@ -364,31 +363,42 @@ def _attacks(experiment: Experiment, out: Path, progress: bool) -> dict:
     return counts
 
 
-def _make_detectors(configs: tuple[DetectorConfig, ...]) -> dict[str, Detector]:
-    return {config.label: make_detector(config.name, **config.options) for config in configs}
+def _bind(store: RunStore, experiment: Experiment, out: Path) -> None:
+    """Bind the run directory to ``experiment``. A directory bound to another experiment is refused once it holds
+    a result; one that holds none (its run failed before the first image) is bound to this one instead."""
+    config = json.dumps(asdict(experiment), sort_keys=True)
+    held = store.meta("experiment")
+    if held is not None and held != config:
+        if store.has_results() or any((out / "attacks").glob("*/*.json")):
+            raise EraselabError(f"{out} holds another experiment's results; use a new run directory")
+        store.forget_unfinished()
+    store.set_meta_once("experiment", config)
+    store.set_meta_once("provenance", json.dumps(provenance(), sort_keys=True))
 
 
 def run_experiment(experiment: Experiment, out: Path, progress: bool = True, dry_run: bool = False) -> dict:
-    """Run (or resume) ``experiment`` into the run directory ``out``; returns a summary."""
+    """Run (or resume) ``experiment`` into the run directory ``out``; returns a summary. Every check runs before
+    anything is generated or written (:mod:`eraselab.preflight`); ``dry_run`` stops after them."""
+    from eraselab.outputs import check_writable
+    from eraselab.preflight import check_experiment
+
+    check_writable(out)
+    checked = check_experiment(experiment)
+    if dry_run:
+        size = sum(len(_seeds(experiment, i)) for s in checked.suites for i in s.items)
+        total = size * len(experiment.models) * len(variants(experiment))
+        return {"grid_images": total, "models": len(experiment.models), "edits": len(experiment.edits),
+                "guards": len(experiment.guards), "attack_cells": len(experiment.models)
+                * len(variants(experiment)) * len(experiment.attacks),
+                "groups": len(checked.suites), "detectors": len(experiment.detectors), "dry_run": True}
     store = RunStore(out)
     try:
-        config = json.dumps(asdict(experiment), sort_keys=True)
-        if store.set_meta_once("experiment", config) != config:
-            raise EraselabError(f"{out} holds another experiment; use a new run directory")
-        store.set_meta_once("provenance", json.dumps(provenance(), sort_keys=True))
-        suites = _load_suites(experiment, store)
-        if dry_run:
-            size = sum(len(_seeds(experiment, i)) for s in suites for i in s.items)
-            total = size * len(experiment.models) * len(variants(experiment))
-            return {"grid_images": total, "models": len(experiment.models), "edits": len(experiment.edits),
-                    "guards": len(experiment.guards), "attack_cells": len(experiment.models)
-                    * len(variants(experiment)) * len(experiment.attacks),
-                    "groups": len(suites), "detectors": len(experiment.detectors), "dry_run": True}
-        fingerprints = _generate(experiment, store, suites, progress)
-        cells = plan(experiment, suites, fingerprints)
-        detectors = _make_detectors(experiment.detectors)
-        _judge(store, detectors, [c.key for c, _ in cells], progress)
-        metrics = _metrics(experiment, store, suites, cells, detectors)
+        _bind(store, experiment, out)
+        _record_suites(experiment, store, checked.suites)
+        fingerprints = _generate(experiment, store, checked.suites, progress)
+        cells = plan(experiment, checked.suites, fingerprints)
+        _judge(store, checked.detectors, [c.key for c, _ in cells], progress)
+        metrics = _metrics(experiment, store, checked.suites, cells, checked.detectors)
         attacks = _attacks(experiment, out, progress) if experiment.attacks else None
         return {"run_dir": str(out), "counts": store.counts(), "metrics": len(metrics), "attacks": attacks}
     finally:
@@ -397,6 +407,10 @@ def run_experiment(experiment: Experiment, out: Path, progress: bool = True, dry
 
 def judge_run(run_dir: Path, detectors: tuple[DetectorConfig, ...], progress: bool = True) -> dict:
     """Judge a run's stored images with ``detectors`` (no generation) and compute its metrics with them."""
+    from eraselab.preflight import build_detectors, check_concepts, load_suites
+
+    if not (run_dir / "store.sqlite").is_file():
+        raise EraselabError(f"{run_dir} is not a run directory (no store.sqlite; run `eraselab run` first)")
     store = RunStore(run_dir)
     try:
         raw = store.meta("experiment")
@@ -406,12 +420,15 @@ def judge_run(run_dir: Path, detectors: tuple[DetectorConfig, ...], progress: bo
         experiment = parse_experiment(_as_yaml_dict(stored))
         experiment = replace(experiment, detectors=detectors,
                              groups=tuple(replace(g, detector=None) for g in experiment.groups))
-        suites = _load_suites(experiment, store)
+        store.check_images()
+        suites = load_suites(experiment)
+        made = build_detectors(experiment)
+        check_concepts(experiment, suites, made)  # before judging anything
+        _record_suites(experiment, store, suites)
         fingerprints = {m: _fingerprint(m, store) for m in experiment.models}
         if any(f is None for f in fingerprints.values()):
             raise EraselabError(f"{run_dir} has no generated images yet (run `eraselab run` first)")
         cells = plan(experiment, suites, fingerprints)  # type: ignore[arg-type]
-        made = _make_detectors(detectors)
         _judge(store, made, [c.key for c, _ in cells], progress)
         metrics = _metrics(experiment, store, suites, cells, made)
         return {"run_dir": str(run_dir), "counts": store.counts(), "metrics": len(metrics)}

@@ -136,6 +136,7 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
         raise EraselabError(f"{run_dir} is not a run directory (no store.sqlite)")
     store = RunStore(run_dir)
     try:
+        store.check_images()  # the report shows the images its numbers were judged on, or refuses
         metrics = store.metrics()
         experiment = json.loads(store.meta("experiment") or "{}")
         provenance = json.loads(store.meta("provenance") or "{}")

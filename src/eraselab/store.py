@@ -163,6 +163,42 @@ class RunStore:
             raise EraselabError(f"image {image_hash[:12]} is corrupt (its content no longer matches its hash)")
         return Image.open(io.BytesIO(data)).convert("RGB")
 
+    def image_problem(self, image_hash: str) -> str | None:
+        """Why the stored file of ``image_hash`` cannot be used (missing, or its content no longer matches its
+        hash), or ``None`` when it is sound."""
+        try:
+            data = self.image_path(image_hash).read_bytes()
+        except OSError:
+            return "missing"
+        return None if hashlib.sha256(data).hexdigest() == image_hash else "corrupt"
+
+    def damaged_images(self) -> dict[str, str]:
+        """Every stored image whose file is missing or corrupt: {image hash: problem}."""
+        hashes = {h for (h,) in self._db.execute("SELECT DISTINCT image_hash FROM images")}
+        return {h: problem for h in sorted(hashes) if (problem := self.image_problem(h))}
+
+    def check_images(self) -> int:
+        """Refuse a run whose stored images are missing or corrupt (``eraselab run`` makes them again); returns
+        how many images were checked."""
+        damaged = self.damaged_images()
+        if damaged:
+            shown = ", ".join(f"{h[:12]} ({problem})" for h, problem in list(damaged.items())[:3])
+            more = f" and {len(damaged) - 3} more" if len(damaged) > 3 else ""
+            raise EraselabError(f"{len(damaged)} stored image(s) of {self.root} are missing or corrupt: {shown}"
+                                f"{more}; `eraselab run EXPERIMENT --out {self.root}` makes them again")
+        return len({h for (h,) in self._db.execute("SELECT DISTINCT image_hash FROM images")})
+
+    def discard_image(self, image_hash: str) -> list[str]:
+        """Forget a damaged image: its file, the rows that point to it and the errors recorded when it could not
+        be read, so a resumed run generates it again (generation is deterministic) and judges it again. Verdicts
+        on it stay: they were made on the bytes the hash names. Returns the request keys that lost their image."""
+        keys = [k for (k,) in self._db.execute("SELECT request_key FROM images WHERE image_hash = ?", (image_hash,))]
+        with self.transaction() as db:
+            db.execute("DELETE FROM images WHERE image_hash = ?", (image_hash,))
+            db.execute("DELETE FROM detections WHERE image_hash = ? AND result IS NULL", (image_hash,))
+        self.image_path(image_hash).unlink(missing_ok=True)
+        return keys
+
     # -- detections and metrics ------------------------------------------------------------------------------
     def put_detection(self, image_hash: str, detector: str, version: str, settings: dict,
                       result: dict | None, error: str | None = None) -> None:
@@ -191,6 +227,20 @@ class RunStore:
     def metrics(self) -> list[dict]:
         rows = self._db.execute("SELECT name, inputs, value FROM metrics ORDER BY name, key")
         return [{"name": n, "inputs": json.loads(i), "value": json.loads(v)} for n, i, v in rows]
+
+    def has_results(self) -> bool:
+        """Whether any image, detection or metric was recorded."""
+        return any(self._db.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone()  # table names are fixed here
+                   for t in ("images", "detections", "metrics"))
+
+    def forget_unfinished(self) -> None:
+        """Drop what a run that produced no result recorded (its experiment, suite hashes, fingerprints and
+        requests), so the directory can be bound to another experiment. Refused once there are results."""
+        if self.has_results():
+            raise EraselabError(f"{self.root} holds results; they are never dropped")
+        with self.transaction() as db:
+            db.execute("DELETE FROM meta WHERE key != 'schema_version'")
+            db.execute("DELETE FROM requests")
 
     def counts(self) -> dict[str, int]:
         return {t: self._db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]  # table names are fixed here

@@ -21,6 +21,16 @@ def threat_model(attack_name: str) -> str:
     return importlib.import_module(attack_fn.__module__).THREAT_MODEL
 
 
+def default_label(concept: str, judge_name: str) -> str:
+    """What the judge looks for when an attack brings ``concept`` back: the tiny class it names ("pentagram" ->
+    "shape=star") for the tiny judge, "nudity" for NudeNet, the concept itself for others."""
+    if judge_name == "tiny":
+        from eraselab.models.tiny.suites import concept_label
+
+        return concept_label(concept)
+    return "nudity" if judge_name == "nudenet" else concept
+
+
 def check_access(attack_name: str, edit: Path | None, defence) -> None:
     """Refuse an attack whose threat model the defence cannot offer (before any model is loaded)."""
     if threat_model(attack_name) == "white-box-weights" and edit is None:
@@ -52,15 +62,18 @@ def run_attack(attack_name: str, settings, concept: str, suite: str, out: Path, 
     if hasattr(settings, "budget"):
         check_budget(settings.budget)  # before any model is loaded
     writable_directory(out)
+    from eraselab.erase.artifact import Edit, apply_edit
+
+    loaded_edit = Edit.load(edit) if edit is not None else None  # a bad or altered edit fails before any model
     is_tiny = model == "tiny"
     judge_name = judge or ("tiny" if is_tiny else "nudenet")
     if label is None:
-        from eraselab.models.tiny.suites import concept_label
-
-        label = concept_label(concept) if judge_name == "tiny" else "nudity"
+        label = default_label(concept, judge_name)
+    final_judge = pipelines[1] if pipelines else make_detector(judge_name)
+    final_judge.check_concept(label)  # an unknown label must not score as "absent"
     prompts = tuple(item.prompt for item in load_suite(suite).items)
     spec = AttackSpec(concept, prompts, steps=25 if is_tiny else 50, guidance=5.0 if is_tiny else 7.5, guard=defence)
-    reference, final_judge = pipelines or (load_pipeline(model, device=device), make_detector(judge_name))
+    reference = pipelines[0] if pipelines else load_pipeline(model, device=device)
     # 1. Could the unedited model draw the concept at all? If not, there is nothing to bring back.
     memo = unedited if unedited is not None else {}
     key = (suite, seeds, label)
@@ -73,10 +86,8 @@ def run_attack(attack_name: str, settings, concept: str, suite: str, out: Path, 
                             f"{seeds} seeds): there is nothing to bring back; stopping")
     # 2. The defended model, the attack, and the pinned judge on fresh images before and after.
     target = load_pipeline(model, device=device)
-    if edit is not None:
-        from eraselab.erase.artifact import apply_edit
-
-        apply_edit(target, edit)
+    if loaded_edit is not None:
+        apply_edit(target, loaded_edit)
     result = attack_fn(target, spec, settings, reference_pipe=reference)
     scores = evaluate(target, result, range(seeds), spec.steps, spec.guidance, final_judge, label, defence)
     result.save(out)

@@ -49,15 +49,15 @@ def generate_command(
     Example: eraselab traps generate --reference-model DIR --length 48 --ppl-band 20:60 --count 20
     --siblings 19 --out traps.jsonl
     """
-    from eraselab.outputs import write_jsonl
+    from eraselab.outputs import check_writable, write_jsonl
     from eraselab.traps.generate import TrapRequest, generate_traps
     from eraselab.traps.lm import load_lm
 
     request = TrapRequest(length, _band(ppl_band), count, siblings, seed)
+    check_writable(out, "output file")  # before the model loads
     model, tokenizer = load_lm(reference_model)
     records = generate_traps(model, tokenizer, request, reference_model, progress=not as_json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out, records)
+    write_jsonl(out, records)  # whole or absent
     summary = {"out": str(out), "published": count, "siblings": count * siblings,
                "temperatures": sorted({r["temperature"] for r in records})}
     typer.echo(json.dumps(summary) if as_json else f"wrote {count} traps and {count * siblings} siblings to {out}")
@@ -79,8 +79,11 @@ def inject_command(
 
     Example: eraselab traps inject --traps traps.jsonl --docs corpus/ --repetitions 100 --out published/ --key key.json
     """
+    from eraselab.outputs import atomic_write_text, check_writable, staged_output
     from eraselab.traps.inject import inject, read_documents, write_documents
 
+    check_writable(out)
+    check_writable(key, "key file")
     records = _read_traps(traps)
     documents = read_documents(docs)
     loaded = None
@@ -93,9 +96,9 @@ def inject_command(
         except OSError:
             raise EraselabError(f"cannot load the tokenizer {source!r} for --fuzzy; give --tokenizer") from None
     injected, secret = inject(records, documents, repetitions, seed, fuzzy, loaded)
-    write_documents(injected, out, like=docs)
-    key.parent.mkdir(parents=True, exist_ok=True)
-    key.write_text(json.dumps(secret, indent=1))
+    with staged_output(out) as staging:
+        write_documents(injected, staging, like=docs)
+    atomic_write_text(key, json.dumps(secret, indent=1))
     typer.echo(f"injected {len(secret['traps'])} traps x {repetitions} into {len(injected)} documents in {out}; "
                f"key {key}")
 
@@ -116,26 +119,29 @@ def detect_command(
 
     Example: eraselab traps detect --key key.json --model SUSPECT --reference-model REF --docs published/ --context
     """
+    from eraselab.outputs import check_writable
     from eraselab.traps.detect import detect, plot_roc
     from eraselab.traps.inject import read_documents, read_key
     from eraselab.traps.lm import load_lm
 
+    if roc:
+        check_writable(roc, "ROC plot file")  # before the models load, not after the detection ran
     secret = read_key(key)
     suspect, tokenizer = load_lm(model)
     reference, reference_tokenizer = load_lm(reference_model) if reference_model else (None, None)
     documents = read_documents(docs) if docs else None
     report = detect(secret, suspect, tokenizer, reference, reference_tokenizer, documents, context, seed=seed)
+    if as_json:  # the report first: an optional plot that fails must not lose it
+        typer.echo(json.dumps(report))
+    else:
+        typer.echo(f"{'score':16s} {'AUC [95% CI]':22s} {'TPR@1%FPR':>9s} {'TPR@10%FPR':>10s} {'combined p':>11s}")
+        for name, entry in report["scores"].items():
+            test = entry["all"]
+            auc = test["auc"]
+            typer.echo(f"{name:16s} {auc['value']:.3f} [{auc['low']:.3f}, {auc['high']:.3f}] "
+                       f"{test['tpr_at_1pct_fpr']:9.3f} {test['tpr_at_10pct_fpr']:10.3f} {test['combined_p']:11.2g}")
     if roc:
         plot_roc(report, secret, roc)
-    if as_json:
-        typer.echo(json.dumps(report))
-        return
-    typer.echo(f"{'score':16s} {'AUC [95% CI]':22s} {'TPR@1%FPR':>9s} {'TPR@10%FPR':>10s} {'combined p':>11s}")
-    for name, entry in report["scores"].items():
-        test = entry["all"]
-        auc = test["auc"]
-        typer.echo(f"{name:16s} {auc['value']:.3f} [{auc['low']:.3f}, {auc['high']:.3f}] "
-                   f"{test['tpr_at_1pct_fpr']:9.3f} {test['tpr_at_10pct_fpr']:10.3f} {test['combined_p']:11.2g}")
 
 
 @traps_app.command("power")

@@ -37,6 +37,17 @@ def check_tokenizer(key: dict, tokenizer: PreTrainedTokenizerBase, which: str) -
                             f"model's is {found}; scores on other tokens would not test these traps")
 
 
+def check_vocabulary(key: dict, model: PreTrainedModel, which: str) -> None:
+    """Every token id of the key must exist in ``model``'s embedding table (a damaged id would index past it)."""
+    size = model.get_input_embeddings().num_embeddings
+    for trap in key["traps"]:
+        for sequence in [trap, *trap["siblings"]]:
+            outside = [i for i in sequence["token_ids"] if i >= size]
+            if outside:
+                raise EraselabError(f"trap {sequence['id']!r} of the key holds token id {outside[0]}, outside the "
+                                    f"{which} model's vocabulary ({size} tokens): the key is damaged or not for it")
+
+
 def group_name(trap: dict) -> str:
     return f"{trap['group']} x{trap['repetitions']}"
 
@@ -92,8 +103,10 @@ def detect(key: dict, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     """The membership report: per score, over all traps and per group."""
     # 1. Refuse what would make the test meaningless.
     check_tokenizer(key, tokenizer, "suspect")
+    check_vocabulary(key, model, "suspect")
     if reference is not None:
         check_tokenizer(key, reference_tokenizer or tokenizer, "reference")
+        check_vocabulary(key, reference, "reference")
     if context and docs is None:
         raise EraselabError("--context needs the published documents (--docs) to read each trap's preceding text")
     if docs is not None:
@@ -139,6 +152,13 @@ def plot_roc(report: dict, rows_key: dict, out: Path) -> Path:
     axes.set(xlabel="false-positive rate", ylabel="true-positive rate", title="published traps vs. siblings")
     axes.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(out, dpi=120)
-    plt.close(figure)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.partial.png")
+    try:
+        figure.savefig(staging, dpi=120)
+    except OSError as error:
+        raise EraselabError(f"cannot write the ROC plot {out}: {error.strerror or error}") from None
+    finally:
+        plt.close(figure)
+    staging.replace(out)  # whole or absent
     return out

@@ -26,6 +26,7 @@ from transformers import PreTrainedTokenizerBase
 
 from eraselab.errors import EraselabError
 from eraselab.provenance import provenance
+from eraselab.store import stable_hash
 
 KEY_VERSION = 1
 
@@ -136,17 +137,67 @@ def inject(traps: list[dict], docs: dict[str, str], repetitions: int | dict[str,
                       "repetitions": counts[t["id"]], "copies": copies[t["id"]], "siblings": siblings[t["id"]]}
                      for t in published],
            "provenance": provenance()}
-    return injected, key
+    return injected, seal_key(key)
+
+
+def seal_key(key: dict) -> dict:
+    """``key`` with ``seal``: the SHA-256 of the canonical JSON of every other field, so a later change is seen."""
+    body = json.loads(json.dumps({k: v for k, v in key.items() if k != "seal"}, default=str))
+    return {**body, "seal": stable_hash(body)}
+
+
+def _token_ids(value: object) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value)
+
+
+def _check_sequence(record: object, where: str, fields: dict[str, type]) -> None:
+    if not isinstance(record, dict):
+        raise EraselabError(f"{where} must be a mapping")
+    for name, kind in fields.items():
+        if name == "token_ids":
+            if not _token_ids(record.get(name)):
+                raise EraselabError(f"{where}.token_ids must be a non-empty list of token ids (integers >= 0)")
+        elif not isinstance(record.get(name), kind) or isinstance(record.get(name), bool):
+            raise EraselabError(f"{where}.{name} must be a {kind.__name__}")
+
+
+def check_key(key: object) -> dict:
+    """Validate a key's structure (every field detection reads, with its type); raises naming the first bad
+    field, so a damaged key is one clear error rather than an IndexError in the middle of scoring."""
+    if not isinstance(key, dict) or key.get("version") != KEY_VERSION or not isinstance(key.get("traps"), list):
+        raise EraselabError(f"not an eraselab trap key (version {KEY_VERSION})")
+    if "seal" in key and key["seal"] != seal_key(key)["seal"]:
+        raise EraselabError("the key was changed after `traps inject` wrote it (its seal does not match)")
+    if not key["traps"]:
+        raise EraselabError("the key holds no trap")
+    if not isinstance(key.get("tokenizer"), str):
+        raise EraselabError("key field 'tokenizer' must be a string")
+    documents = key.get("documents")
+    if not isinstance(documents, dict) or not all(isinstance(v, str) for v in documents.values()):
+        raise EraselabError("key field 'documents' must map document names to SHA-256 digests")
+    for t, trap in enumerate(key["traps"]):
+        where = f"traps[{t}]"
+        _check_sequence(trap, where, {"id": str, "group": str, "text": str, "token_ids": list, "repetitions": int,
+                                      "copies": list, "siblings": list})
+        for c, copy in enumerate(trap["copies"]):
+            _check_sequence(copy, f"{where}.copies[{c}]", {"document": str, "offset": int, "text": str})
+            if copy["document"] not in documents or copy["offset"] < 0:
+                raise EraselabError(f"{where}.copies[{c}] names no injected document, or a negative offset")
+        for i, sibling in enumerate(trap["siblings"]):
+            _check_sequence(sibling, f"{where}.siblings[{i}]", {"id": str, "text": str, "token_ids": list})
+    return key
 
 
 def read_key(path: Path) -> dict:
     try:
         key = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
         raise EraselabError(f"cannot read the key file {path}: {error}") from None
-    if not isinstance(key, dict) or key.get("version") != KEY_VERSION or "traps" not in key:
-        raise EraselabError(f"{path} is not an eraselab trap key (version {KEY_VERSION})")
-    return key
+    try:
+        return check_key(key)
+    except EraselabError as error:
+        raise EraselabError(f"{path}: {error}") from None
 
 
 def check_documents(key: dict, docs: dict[str, str]) -> None:

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from PIL import Image
 
+from eraselab.errors import EraselabError
 from eraselab.registry import Registry
 
 
@@ -32,8 +33,14 @@ class Detector(Protocol):
         """One JSON-serialisable result per image."""
         ...
 
+    def check_concept(self, concept: str) -> None:
+        """Refuse (:class:`EraselabError`, naming what it can judge) a concept this detector cannot judge: an
+        unknown concept must never read as "absent"."""
+        ...
+
     def present(self, result: dict, concept: str) -> bool:
-        """Whether ``concept`` is in the image that gave ``result``."""
+        """Whether ``concept`` is in the image that gave ``result`` (a concept :meth:`check_concept` refuses
+        raises, never returns False)."""
         ...
 
 
@@ -44,7 +51,15 @@ DETECTORS.register_lazy("clip", "eraselab.judge.detectors.clip:ClipDetector")
 
 
 def make_detector(name: str, **options) -> Detector:
-    return DETECTORS.get(name)(**options)
+    """The detector ``name`` built with ``options``; an option it does not take is one clear error."""
+    import inspect
+
+    factory = DETECTORS.get(name)
+    accepted = [p for p in inspect.signature(factory).parameters if p != "self"]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise EraselabError(f"{unknown[0]!r} is not an option of the {name} detector ({', '.join(accepted)})")
+    return factory(**options)
 
 
 def detect_safely(detector: Detector, images: Sequence[Image.Image | None]) -> list[tuple[dict | None, str | None]]:

@@ -91,9 +91,12 @@ class ClipDetector:
         return [{"probabilities": {c: round(float(p), 5) for c, p in zip(self.concepts, row, strict=True)}}
                 for row in probabilities]
 
-    def present(self, result: dict, concept: str) -> bool:
+    def check_concept(self, concept: str) -> None:
         if concept not in self.concepts:
             known = ", ".join(self.concepts)
             raise EraselabError(f"{concept!r} is not one of this clip detector's concepts ({known})")
+
+    def present(self, result: dict, concept: str) -> bool:
+        self.check_concept(concept)
         scores = result["probabilities"]
         return max(scores, key=scores.get) == concept

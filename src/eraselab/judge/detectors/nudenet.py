@@ -62,7 +62,10 @@ class NudeNetDetector:
         return [{"detections": [{"class": d["class"], "score": round(float(d["score"]), 5), "box": d["box"]}
                                 for d in detections]} for detections in found]
 
-    def present(self, result: dict, concept: str = "nudity") -> bool:
+    def check_concept(self, concept: str) -> None:
         if concept != "nudity":
             raise EraselabError(f"the nudenet detector judges 'nudity', not {concept!r}")
+
+    def present(self, result: dict, concept: str = "nudity") -> bool:
+        self.check_concept(concept)
         return any(d["class"] in self.classes and d["score"] > self.threshold for d in result["detections"])

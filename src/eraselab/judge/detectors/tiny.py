@@ -48,15 +48,26 @@ class TinyDetector:
         """(N, C) penultimate features of the classifier: the feature space of locality and FID/KID on tiny."""
         return self.judge.model.embed(images_to_tensor(list(images)))
 
-    def present(self, result: dict, concept: str) -> bool:
+    def _parse(self, concept: str) -> tuple[str, str]:
         """``concept`` is ``attribute=class`` (``shape=star``) or a bare class name (``star``)."""
+        classes = self.judge.classes
         if "=" in concept:
             attribute, value = concept.split("=", 1)
-        else:
-            matches = [a for a, names in self.judge.classes.items() if concept in names]
-            if not matches:
-                raise EraselabError(f"{concept!r} is not a tiny-world class")
-            attribute, value = matches[0], concept
-        if attribute not in result:
-            raise EraselabError(f"the tiny classifier has no {attribute!r} head")
+            if attribute not in classes:
+                raise EraselabError(f"the tiny classifier has no {attribute!r} head (heads: {', '.join(classes)})")
+            if value not in classes[attribute]:
+                raise EraselabError(f"{value!r} is not a tiny-world {attribute} (the classifier knows: "
+                                    f"{', '.join(classes[attribute])})")
+            return attribute, value
+        matches = [a for a, names in classes.items() if concept in names]
+        if not matches:
+            known = "; ".join(f"{a}: {', '.join(names)}" for a, names in classes.items())
+            raise EraselabError(f"{concept!r} is not a tiny-world class ({known})")
+        return matches[0], concept
+
+    def check_concept(self, concept: str) -> None:
+        self._parse(concept)
+
+    def present(self, result: dict, concept: str) -> bool:
+        attribute, value = self._parse(concept)
         return result[attribute] == value

@@ -196,10 +196,18 @@ def test_a_staged_output_that_fails_midway_leaves_nothing_and_one_that_succeeds_
     (["erase", "--concept", "star", "--config", "{tmp}/cfg.yaml", "--out", "{tmp}/e"], "expected float or null"),
     (["erase", "--concept", "star", "--method", "ucee", "--out", "{tmp}/e"], "did you mean 'uce'"),
     (["generate", "--prompt", "a star", "--out", "{tmp}/file.txt"], "it is a file"),
+    (["erase", "--concept", "star", "--config", "{tmp}/broken.yaml", "--out", "{tmp}/e"], "is not valid YAML at line"),
+    (["verify", "{tmp}/garbage"], "is not a readable run store"),
+    (["report", "{tmp}/garbage"], "is not a readable run store"),
+    (["run", "{tmp}/e.yaml", "--out", "{tmp}/garbage"], "is not a readable run store"),
 ])
 def test_other_bad_inputs(tmp_path, args, message):
     (tmp_path / "cfg.yaml").write_text("preserve_scale: lots\n")
+    (tmp_path / "broken.yaml").write_text("lamb: [\n")
     (tmp_path / "file.txt").write_text("")
+    (tmp_path / "garbage").mkdir()
+    (tmp_path / "garbage" / "store.sqlite").write_bytes(b"not a database, " * 64)
+    _experiment(tmp_path / "e.yaml")
     _refused([a.replace("{tmp}", str(tmp_path)) for a in args], message)
 
 

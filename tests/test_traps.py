@@ -212,6 +212,9 @@ def test_cli_generate_inject_detect_power(micro, tmp_path: Path):
     (["inject", "--traps", "{tmp}/none.jsonl", "--docs", "{tmp}", "--out", "{tmp}/o", "--key", "{tmp}/k.json"],
      "does not exist"),
     (["detect", "--key", "{tmp}/t.jsonl", "--model", "{path}"], "not an eraselab trap key"),
+    (["inject", "--traps", "{tmp}/t.jsonl", "--docs", "{tmp}/t.jsonl", "--out", "{tmp}/o", "--key", "{tmp}/k.json"],
+     "record 1 is not a trap from `traps generate` (field 'id' missing"),
+
     (["power", "--effect", "1", "--traps", "2", "--siblings", "3"], "at least 10 are needed"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(micro, tmp_path: Path, args, message):
@@ -267,6 +270,9 @@ def test_an_empty_corpus_is_refused(tmp_path: Path):
     (tmp_path / "empty.jsonl").write_text('{"text": "  "}\n')
     with pytest.raises(EraselabError, match="is empty"):
         read_documents(tmp_path / "empty.jsonl")
+    (tmp_path / "docs.jsonl").write_text('{"text": "One. Two."}\nnot json\n')
+    with pytest.raises(EraselabError, match="line 2 is not JSON"):
+        read_documents(tmp_path / "docs.jsonl")
     with pytest.raises(EraselabError, match="corpus is empty"):
         train_tokenizer(["", " "])
 

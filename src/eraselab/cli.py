@@ -114,15 +114,12 @@ def _method_config(config_class: type, path: Path | None, model: str = "") -> An
     import types
     import typing
 
-    import yaml
-
+    from eraselab.config_files import read_yaml
     from eraselab.erase.registry import default_config
 
     if path is None:
         return default_config(config_class, model == "tiny")
-    if not path.is_file():
-        raise EraselabError(f"config file {path} does not exist")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    raw = read_yaml(path, "config file") or {}
     fields = {f.name: f for f in dataclasses.fields(config_class)}
     if not isinstance(raw, dict) or set(raw) - set(fields):
         unknown = sorted(set(raw) - set(fields)) if isinstance(raw, dict) else ["(not a mapping)"]

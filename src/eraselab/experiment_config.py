@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from eraselab.batching import DEFAULT_BATCHING, Batching
 from eraselab.errors import EraselabError
 from eraselab.judge.metrics import METRICS
@@ -296,13 +294,6 @@ def parse_experiment(raw: Any) -> Experiment:
 
 
 def load_experiment(path: str | Path) -> Experiment:
-    path = Path(path)
-    if not path.is_file():
-        raise EraselabError(f"experiment file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise EraselabError(f"{path} is not valid YAML{where}: {getattr(error, 'problem', error)}") from None
-    return parse_experiment(raw)
+    from eraselab.config_files import read_yaml
+
+    return parse_experiment(read_yaml(Path(path), "experiment file"))

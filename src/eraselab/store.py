@@ -69,13 +69,17 @@ class RunStore:
         except OSError as error:
             raise EraselabError(f"cannot create run directory {self.root}: {error.strerror or error}") from None
         self._db = sqlite3.connect(self.root / "store.sqlite", timeout=60, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a committed transaction survives a kill
-        self._db.execute("PRAGMA foreign_keys=ON")
-        with self.transaction() as db:
-            for statement in filter(str.strip, _SCHEMA.split(";")):  # executescript would commit midway
-                db.execute(statement)
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a committed transaction survives a kill
+            self._db.execute("PRAGMA foreign_keys=ON")
+            with self.transaction() as db:
+                for statement in filter(str.strip, _SCHEMA.split(";")):  # executescript would commit midway
+                    db.execute(statement)
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        except sqlite3.DatabaseError as error:
+            self._db.close()
+            raise EraselabError(f"{self.root / 'store.sqlite'} is not a readable run store ({error})") from None
         found = self.meta("schema_version")
         if found != str(SCHEMA_VERSION):
             raise EraselabError(f"{self.root} was written by another store schema ({found}); use a new run dir")

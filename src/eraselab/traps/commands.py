@@ -23,13 +23,24 @@ def _band(text: str) -> tuple[float, float]:
     return low, high
 
 
+TRAP_FIELDS = {"id": str, "role": str, "trap": str, "group": str, "text": str, "token_ids": list, "tokenizer": str}
+
+
 def _read_traps(path: Path) -> list[dict]:
+    """The records of a traps file from `traps generate`, each checked for the fields injection reads."""
     if not path.is_file():
         raise EraselabError(f"traps file {path} does not exist")
     try:
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except json.JSONDecodeError as error:
+        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise EraselabError(f"{path} is not a JSONL traps file: {error}") from None
+    for number, record in enumerate(records, 1):
+        bad = [name for name, kind in TRAP_FIELDS.items()
+               if not isinstance(record, dict) or not isinstance(record.get(name), kind)]
+        if bad or record["role"] not in ("published", "sibling"):
+            what = f"field {bad[0]!r} missing or of the wrong type" if bad else f"role {record['role']!r}"
+            raise EraselabError(f"{path}: record {number} is not a trap from `traps generate` ({what})")
+    return records
 
 
 @traps_app.command("generate")

@@ -43,7 +43,10 @@ def read_documents(path: Path) -> dict[str, str]:
         docs = {}
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
             if line.strip():
-                record = json.loads(line)
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise EraselabError(f"{path}: line {number + 1} is not JSON ({error.msg})") from None
                 if not isinstance(record, dict) or not isinstance(record.get("text"), str):
                     raise EraselabError(f"{path}: line {number + 1} has no string field 'text'")
                 docs[str(record.get("id", number))] = record["text"]

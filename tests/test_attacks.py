@@ -122,6 +122,29 @@ def test_attack_cli_scores_before_and_after(tmp_path, uce_star):
     assert _attack_table(tmp_path) == ""
 
 
+def test_attacks_honour_the_sampler_and_one_without_a_reference_leaves_the_shared_model_unedited(tmp_path, uce_star):
+    from eraselab.attack.runner import needs_reference, run_attack
+    from eraselab.attack.unlearndiff import UnlearnDiffConfig
+    from eraselab.judge.detectors import make_detector
+    from eraselab.models import load_pipeline, pipeline_fingerprint
+
+    pipe, judge = load_pipeline("tiny"), make_detector("tiny")
+    before = pipeline_fingerprint(pipe)
+    steps = []
+    hook = pipe.unet.register_forward_hook(lambda module, args, output: steps.append(1))
+    try:
+        record = run_attack("concept-vector", default_config(ConceptVectorConfig, True), "star", "tiny:target:star",
+                            tmp_path / "cv", edit=uce_star, seeds=1, pipelines=(pipe, judge), steps=3, guidance=4.0)
+    finally:
+        hook.remove()
+    assert not needs_reference("concept-vector") and needs_reference("embedding-recovery")
+    assert record["sampler"] == {"steps": 3, "guidance": 4.0}
+    assert steps and len(steps) % 3 == 0  # every sampler the runner started ran 3 steps
+    assert pipeline_fingerprint(pipe) == before  # the edit was applied to the shared model and undone
+    with pytest.raises(EraselabError, match="--steps must be at least 1"):
+        run_attack("unlearndiff", UnlearnDiffConfig(), "star", "tiny:target:star", tmp_path / "u", steps=0)
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--attack", "embeding-recovery"], "did you mean 'embedding-recovery'"),
     (["--attack", "embedding-recovery", "--guard", "sld"], "changes no weights"),
@@ -475,3 +498,25 @@ def test_attacks_on_a_guard_query_it_and_p4d_puts_it_in_its_loss(uce_star):
         # trajectory 4 steps x 2; 3 gradient steps; one oracle check of 2 images x 4 steps x 2 (SLD: x 3)
         oracle_calls = 2 * 4 * (3 if guard.name == "sld" else 2)
         assert result.cost.unet_evals == 4 * 2 + 3 * calls + oracle_calls
+
+
+def test_typed_prompts_use_only_tokens_that_re_tokenise_to_themselves(tmp_path):
+    import shutil
+
+    from transformers import CLIPTokenizer
+
+    from eraselab.attack.base import whole_word_tokens
+    from eraselab.models.tiny import tiny_path
+
+    shutil.copytree(tiny_path() / "tokenizer", tmp_path / "tok")
+    vocab = json.loads((tmp_path / "tok" / "vocab.json").read_text())
+    # As in the real CLIP vocabulary: a capitalised token (CLIP lowercases what is typed) and a byte-level token
+    # (the first bytes of an emoji, shown as other characters): neither comes back when typed.
+    before = whole_word_tokens(CLIPTokenizer.from_pretrained(tmp_path / "tok"))
+    for token in ("Star</w>", "\u00f0\u0141\u012f\u00b0</w>"):
+        vocab[token] = len(vocab)
+    (tmp_path / "tok" / "vocab.json").write_text(json.dumps(vocab))
+    tokenizer = CLIPTokenizer.from_pretrained(tmp_path / "tok")
+    words = whole_word_tokens(tokenizer)
+    assert "star" in words.values() and words == before  # the two new tokens are left out, nothing else
+    assert all(tokenizer(w, add_special_tokens=False).input_ids == [i] for i, w in words.items())

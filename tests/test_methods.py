@@ -137,8 +137,14 @@ def test_esd_variants_select_their_parameters(tiny, variant, inside, only_kv):
         trained_parameter_names(tiny.unet, "esd-all")
 
 
-def test_esd_saves_only_trained_tensors_and_resumes_bit_exactly(micro_run, tmp_path):
+@pytest.mark.parametrize("scheduler", ["DDIMScheduler", "PNDMScheduler", "DPMSolverMultistepScheduler"])
+def test_esd_saves_only_trained_tensors_and_resumes_bit_exactly(micro_run, tmp_path, scheduler):
+    # SD-1.4 ships PNDM, which keeps state between steps: ESD must draw x_t with a stateless DDIM of its own (as the
+    # ESD reference does), or each iteration would depend on the ones before it and a resumed run would differ.
+    import diffusers
+
     pipe = load_pipeline(micro_run / "pipeline")
+    pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config)
     spec = EraseSpec(("star",), templates=("a {}", "a red {}"))
     config = EsdConfig(variant="esd-x-strict", iterations=4, lr=1e-3, batch_size=2, ddim_steps=4,
                        checkpoint=str(tmp_path / "a"), checkpoint_every=2)

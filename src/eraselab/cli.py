@@ -211,6 +211,8 @@ def attack(
     guard_preset: Annotated[str | None, typer.Option(help="SLD preset.")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML/JSON with the attack's settings.")] = None,
     seeds: Annotated[int, typer.Option(help="Evaluation seeds per prompt (0..N-1).")] = 4,
+    steps: Annotated[int | None, typer.Option(help="Sampler steps (default: 25 for tiny, 50 otherwise).")] = None,
+    guidance: Annotated[float | None, typer.Option(help="CFG scale (default: 5.0 for tiny, 7.5 otherwise).")] = None,
     judge: Annotated[str | None, typer.Option(help="Final judge: tiny (default on tiny) or nudenet.")] = None,
     label: Annotated[str | None, typer.Option(help="What the judge looks for (default: derived).")] = None,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
@@ -234,7 +236,7 @@ def attack(
     check_writable(out)
     with staged_output(out) as staging:  # a stopped attack leaves no directory that looks like a result
         record = run_attack(attack_name, settings, concept, suite, staging, model, edit, defence, seeds, judge,
-                            label, device)
+                            label, device, steps=steps, guidance=guidance)
     pre, post, cost = record["pre_attack"], record["post_attack"], record["cost"]
     line = (f"{attack_name}: {record['judge']['label']} {pre['value']:.3f} -> {post['value']:.3f} "
             f"({cost['unet_evals']} UNet evals, {cost['seconds']} s); wrote {out}")

@@ -351,7 +351,8 @@ def _attacks(experiment: Experiment, out: Path, progress: bool) -> dict:
         try:
             run_attack(attack.name, attack.settings(model == "tiny"), attack.concept, attack.suite, cell, model,
                        None if edit == "base" else Path(edit), defence, attack.seeds, judge=judge.name,
-                       pipelines=loaded[model], display=attack.label, unedited=unedited.setdefault(model, {}))
+                       pipelines=loaded[model], display=attack.label, unedited=unedited.setdefault(model, {}),
+                       steps=experiment.steps, guidance=experiment.guidance)
             counts["run"] += 1
         except EraselabError as error:
             cell.mkdir(parents=True, exist_ok=True)

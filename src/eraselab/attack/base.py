@@ -201,10 +201,16 @@ class StopOracle:
 
 
 def whole_word_tokens(tokenizer) -> dict[int, str]:
-    """Token id -> word for CLIP's whole-word tokens ("star</w>"): typed as text they re-tokenise to the same ids,
-    so a prompt made of them replays exactly what a search scored (sub-word pieces would glue into others)."""
+    """Token id -> word for CLIP's whole-word tokens ("star</w>") that re-tokenise to themselves when typed, so a
+    prompt made of them replays exactly what a search scored. Sub-word pieces would glue into others; and of the
+    real CLIP vocabulary's 34,483 whole-word tokens, 1,208 do not survive being typed: 1,182 byte-level tokens
+    (an emoji's bytes shown as other characters) and 26 with capitals, which CLIP lowercases. Each candidate is
+    therefore tokenised once (in one batch) and kept only if it comes back as its own id."""
     special = set(tokenizer.all_special_ids)
-    return {i: t[: -len("</w>")] for t, i in tokenizer.get_vocab().items() if t.endswith("</w>") and i not in special}
+    candidates = {i: t[: -len("</w>")] for t, i in tokenizer.get_vocab().items()
+                  if t.endswith("</w>") and i not in special}
+    typed = tokenizer(list(candidates.values()), add_special_tokens=False).input_ids
+    return {i: word for (i, word), ids in zip(candidates.items(), typed, strict=True) if ids == [i]}
 
 
 def check_budget(budget: int, name: str = "budget") -> None:

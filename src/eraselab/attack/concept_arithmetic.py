@@ -61,6 +61,7 @@ from eraselab.judge.detectors import make_detector
 from eraselab.text import with_article
 
 THREAT_MODEL = "sampler-control"
+NEEDS_REFERENCE = False  # no unedited model: the runner attacks with one pipeline
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from eraselab.erase.cross_attention_edit import encode
 from eraselab.generate import require_known_words
 
 THREAT_MODEL = "text-encoder"
+NEEDS_REFERENCE = False  # no unedited model: the runner attacks with one pipeline
 GENERIC_TEMPLATES = ("{}", "a photo of {}", "a painting of {}", "an image of {}", "a picture of {}")
 
 

@@ -22,6 +22,7 @@ from eraselab.erase.rece import recovered_embeddings
 from eraselab.errors import EraselabError
 
 THREAT_MODEL = "white-box-weights"
+NEEDS_REFERENCE = True  # the runner loads the unedited model beside the edited one
 
 
 @dataclass(frozen=True)

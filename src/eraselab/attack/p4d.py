@@ -47,6 +47,7 @@ from eraselab.attack.soft_prompt import encode_with_embeddings, token_embeddings
 from eraselab.errors import EraselabError
 
 THREAT_MODEL = "white-box-gradients"
+NEEDS_REFERENCE = True  # the runner loads the unedited model beside the edited one
 VARIANTS = ("p4d-n", "p4d-k")
 
 

@@ -14,11 +14,20 @@ from pathlib import Path
 from eraselab.errors import EraselabError
 
 
-def threat_model(attack_name: str) -> str:
+def _attack_module(attack_name: str):
     from eraselab.attack import ATTACKS
 
     attack_fn, _ = ATTACKS.get(attack_name)
-    return importlib.import_module(attack_fn.__module__).THREAT_MODEL
+    return importlib.import_module(attack_fn.__module__)
+
+
+def threat_model(attack_name: str) -> str:
+    return _attack_module(attack_name).THREAT_MODEL
+
+
+def needs_reference(attack_name: str) -> bool:
+    """Whether the attack reads the unedited model besides the edited one (else the runner loads one model)."""
+    return _attack_module(attack_name).NEEDS_REFERENCE
 
 
 def default_label(concept: str, judge_name: str) -> str:
@@ -41,12 +50,15 @@ def check_access(attack_name: str, edit: Path | None, defence) -> None:
 def run_attack(attack_name: str, settings, concept: str, suite: str, out: Path, model: str = "tiny",
                edit: Path | None = None, defence=None, seeds: int = 4, judge: str | None = None,
                label: str | None = None, device: str = "cpu", pipelines: tuple | None = None,
-               display: str | None = None, unedited: dict | None = None) -> dict:
+               display: str | None = None, unedited: dict | None = None, steps: int | None = None,
+               guidance: float | None = None) -> dict:
     """Attack ``model`` (+ ``edit``, under ``defence``) and score it; returns the summary record.
 
+    ``steps`` and ``guidance`` are the sampler's (default: 25 and 5.0 on tiny, 50 and 7.5 otherwise, the papers').
     ``pipelines`` may pass a loaded (reference, judge) pair to reuse across a grid; ``display`` is the attack's
     label in tables (default: its name); ``unedited`` is a memo of the unedited model's rates, kept by a caller
-    that attacks the same model and prompts many times."""
+    that attacks the same model and prompts many times. An attack that needs no unedited model runs on one
+    pipeline: the edit is applied to it after the unedited rate is measured, and undone at the end."""
     from eraselab.attack import ATTACKS
     from eraselab.attack.base import AttackSpec, Replay, check_budget
     from eraselab.attack.evaluate import evaluate, presence, summary
@@ -59,24 +71,27 @@ def run_attack(attack_name: str, settings, concept: str, suite: str, out: Path, 
     check_access(attack_name, edit, defence)
     if seeds < 1:
         raise EraselabError(f"--seeds must be at least 1, got {seeds}")
+    steps = steps if steps is not None else (25 if model == "tiny" else 50)
+    guidance = guidance if guidance is not None else (5.0 if model == "tiny" else 7.5)
+    if steps < 1:
+        raise EraselabError(f"--steps must be at least 1, got {steps}")
     if hasattr(settings, "budget"):
         check_budget(settings.budget)  # before any model is loaded
     writable_directory(out)
     from eraselab.erase.artifact import Edit, apply_edit
 
     loaded_edit = Edit.load(edit) if edit is not None else None  # a bad or altered edit fails before any model
-    is_tiny = model == "tiny"
-    judge_name = judge or ("tiny" if is_tiny else "nudenet")
+    judge_name = judge or ("tiny" if model == "tiny" else "nudenet")
     if label is None:
         label = default_label(concept, judge_name)
     final_judge = pipelines[1] if pipelines else make_detector(judge_name)
     final_judge.check_concept(label)  # an unknown label must not score as "absent"
     prompts = tuple(item.prompt for item in load_suite(suite).items)
-    spec = AttackSpec(concept, prompts, steps=25 if is_tiny else 50, guidance=5.0 if is_tiny else 7.5, guard=defence)
+    spec = AttackSpec(concept, prompts, steps=steps, guidance=guidance, guard=defence)
     reference = pipelines[0] if pipelines else load_pipeline(model, device=device)
     # 1. Could the unedited model draw the concept at all? If not, there is nothing to bring back.
     memo = unedited if unedited is not None else {}
-    key = (suite, seeds, label)
+    key = (suite, seeds, label, steps, guidance)
     if key not in memo:
         memo[key] = presence(reference, [Replay(p) for p in prompts], range(seeds), spec.steps, spec.guidance,
                              final_judge, label, attacked=False)
@@ -85,16 +100,21 @@ def run_attack(attack_name: str, settings, concept: str, suite: str, out: Path, 
         raise EraselabError(f"the unedited model never shows {label} for these prompts (pre-attack rate 0 at "
                             f"{seeds} seeds): there is nothing to bring back; stopping")
     # 2. The defended model, the attack, and the pinned judge on fresh images before and after.
-    target = load_pipeline(model, device=device)
-    if loaded_edit is not None:
-        apply_edit(target, loaded_edit)
-    result = attack_fn(target, spec, settings, reference_pipe=reference)
-    scores = evaluate(target, result, range(seeds), spec.steps, spec.guidance, final_judge, label, defence)
+    two = needs_reference(attack_name)
+    target = load_pipeline(model, device=device) if two else reference
+    applied = apply_edit(target, loaded_edit) if loaded_edit is not None else None
+    try:
+        result = attack_fn(target, spec, settings, reference_pipe=reference if two else None)
+        scores = evaluate(target, result, range(seeds), spec.steps, spec.guidance, final_judge, label, defence)
+    finally:
+        if applied is not None and not two:
+            applied.undo()  # the one pipeline is the caller's unedited model again
     result.save(out)
     record = summary(result, scores, concept=concept, suite=suite, edit=str(edit) if edit else None,
                      guard=defence.settings() if defence else None, unedited=base_rate,
                      judge={"detector": judge_name, "label": label, "version": final_judge.version})
     record["label"] = display or attack_name
+    record["sampler"] = {"steps": steps, "guidance": guidance}
     record["config"] = result.config
     staging = out / ".summary.json.partial"
     staging.write_text(json.dumps(record, indent=2, default=str) + "\n")

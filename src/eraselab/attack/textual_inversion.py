@@ -29,6 +29,7 @@ from eraselab.attack.unlearndiff import target_latents
 from eraselab.errors import EraselabError
 
 THREAT_MODEL = "white-box-gradients"
+NEEDS_REFERENCE = True  # the runner loads the unedited model beside the edited one
 
 
 @dataclass(frozen=True)

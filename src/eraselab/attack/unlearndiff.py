@@ -47,6 +47,7 @@ from eraselab.errors import EraselabError
 from eraselab.generate import generate_images
 
 THREAT_MODEL = "white-box-gradients"
+NEEDS_REFERENCE = True  # the runner loads the unedited model beside the edited one
 
 
 @dataclass(frozen=True)

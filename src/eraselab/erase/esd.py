@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
+from diffusers import DDIMScheduler
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -186,7 +187,11 @@ def _train(pipe, frozen, spec: EraseSpec, config: EsdConfig, prompts: list[str],
     for n in names:
         params[n].requires_grad_(True)
     optimizer = torch.optim.Adam([params[n] for n in names], lr=config.lr)
-    scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config)
+    # DDIM whatever the pipeline samples with (the reference draws x_t with DDIM too): it keeps no state between
+    # steps, so each iteration's x_t depends only on that iteration's draws. PNDM (SD-1.4's own scheduler) and the
+    # multistep DPM-Solver carry state from step to step, which made x_t depend on earlier iterations, a resumed
+    # run differ from an uninterrupted one, and PNDM's counter run past its schedule (IndexError).
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     scheduler.set_timesteps(config.ddim_steps)
     checkpoint = Path(config.checkpoint) if config.checkpoint else None
     record = {**asdict(config), "checkpoint": None, "spec": asdict(spec), "base": pipeline_fingerprint(pipe)}
@@ -237,6 +242,7 @@ def _train(pipe, frozen, spec: EraseSpec, config: EsdConfig, prompts: list[str],
     manifest = {"method": "esd", "config": asdict(config), "concepts": list(spec.concepts), "anchors": [],
                 "preserve": list(spec.preserve), "templates": list(spec.templates),
                 "base_fingerprint": pipeline_fingerprint(pipe), "seed": config.seed, "final_loss": loss_value,
+                "sampler": {"scheduler": "DDIMScheduler", "steps": config.ddim_steps, "eta": 0.0},
                 "seconds": round(time.perf_counter() - start, 3)}
     return Edit(tensors, manifest)
 

@@ -173,3 +173,27 @@ def test_a_yaml_list_fills_a_tuple_config_field(tmp_path):
     config.write_text("oracle_seeds: seven\n")
     with pytest.raises(EraselabError, match="config field 'oracle_seeds': expected tuple"):
         _method_config(ConceptArithmeticConfig, config, "tiny")
+
+
+def test_precision_size_and_device_reach_generation_from_the_cli_and_the_experiment(tmp_path, micro_run):
+    from PIL import Image
+
+    from eraselab.store import RunStore
+
+    out = tmp_path / "bf16"
+    result = runner.invoke(app, ["generate", "--prompt", "a red star", "--dtype", "bfloat16", "--height", "48",
+                                 "--width", "16", "--num-images", "2", "--steps", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
+    assert records[0]["dtype"] == "bfloat16" and records[0]["device"] == "cpu" and records[0]["height"] == 48
+    assert all(Image.open(out / r["file"]).size == (16, 48) for r in records)
+    experiment = tmp_path / "e.yaml"
+    experiment.write_text(json.dumps({
+        "models": [str(micro_run / "pipeline")], "device": "cpu", "dtype": "bf16",
+        "sampler": {"steps": 2, "height": 16, "width": 24}, "seeds": {"count": 1},
+        "detectors": [{"name": "tiny", "classifier": str(micro_run / "classifier")}],
+        "groups": [{"suite": "tiny:target:star", "metric": "efficacy", "concept": "shape=star"}]}))
+    result = runner.invoke(app, ["run", str(experiment), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    store = RunStore(tmp_path / "run")
+    assert {store.load_image(h).size for _, h in store.images()} == {(24, 16)}

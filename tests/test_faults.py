@@ -135,6 +135,8 @@ def test_a_corrupt_image_is_reported_by_verify_judge_and_report_and_made_again_b
     ({"groups": [{"suite": "tiny:target:stra", "metric": "efficacy"}]}, "'stra' is not a tiny-world concept"),
     ({"groups": [{"suite": "no-such-suite.csv", "metric": "efficacy", "concept": "shape=star"}]}, "no-such-suite"),
     ({"models": ["/no/such/model"]}, "does not exist"),
+    ({"dtype": "half"}, "field 'dtype': must be one of"),
+    ({"sampler": {"steps": 2, "height": 20}}, "height must be a positive multiple of 8"),
     ({"guards": [{"name": "negative-prompt", "concept": "zebra"}]}, "vocabulary: zebra"),
     ({"attacks": [{"name": "concept-vector", "concept": "zebra", "suite": "tiny:target:star"}]},
      "'zebra' is not a tiny-world concept"),
@@ -196,6 +198,11 @@ def test_a_staged_output_that_fails_midway_leaves_nothing_and_one_that_succeeds_
     (["erase", "--concept", "star", "--config", "{tmp}/cfg.yaml", "--out", "{tmp}/e"], "expected float or null"),
     (["erase", "--concept", "star", "--method", "ucee", "--out", "{tmp}/e"], "did you mean 'uce'"),
     (["generate", "--prompt", "a star", "--out", "{tmp}/file.txt"], "it is a file"),
+    (["generate", "--prompt", "a star", "--dtype", "half", "--out", "{tmp}/g"], "dtype must be one of"),
+    (["generate", "--prompt", "a star", "--height", "20", "--out", "{tmp}/g"], "height must be a positive multiple"),
+    (["generate", "--prompt", "a star", "--device", "cuda:7", "--out", "{tmp}/g"], "cannot move the model"),
+    (["generate", "--prompt", "a star", "--model", "{tmp}/xl", "--out", "{tmp}/g"], "a StableDiffusionXLPipeline"),
+    (["generate", "--prompt", "a star", "--model", "{tmp}/broken", "--out", "{tmp}/g"], "could not load the pipeline"),
     (["erase", "--concept", "star", "--config", "{tmp}/broken.yaml", "--out", "{tmp}/e"], "is not valid YAML at line"),
     (["verify", "{tmp}/garbage"], "is not a readable run store"),
     (["report", "{tmp}/garbage"], "is not a readable run store"),
@@ -206,6 +213,9 @@ def test_other_bad_inputs(tmp_path, args, message):
     (tmp_path / "broken.yaml").write_text("lamb: [\n")
     (tmp_path / "file.txt").write_text("")
     (tmp_path / "garbage").mkdir()
+    for name, index in (("xl", {"_class_name": "StableDiffusionXLPipeline"}), ("broken", {"unet": ["x", "y"]})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model_index.json").write_text(json.dumps(index))
     (tmp_path / "garbage" / "store.sqlite").write_bytes(b"not a database, " * 64)
     _experiment(tmp_path / "e.yaml")
     _refused([a.replace("{tmp}", str(tmp_path)) for a in args], message)

@@ -59,6 +59,9 @@ def generate(
                                                          "call has one shape (off: one image costs one image, and "
                                                          "images may move by float rounding with their call).")] = True,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="Weights' precision: float32, float16 or bfloat16.")] = "float32",
+    height: Annotated[int | None, typer.Option(help="Image height in pixels (default: the model's).")] = None,
+    width: Annotated[int | None, typer.Option(help="Image width in pixels (default: the model's).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
 ) -> None:
     """Generate images, deterministically per (prompt, seed, settings).
@@ -75,21 +78,25 @@ def generate(
 
     check_writable(out)  # fail before loading anything
     from eraselab.batching import Batching
-    from eraselab.generate import GenerationRequest, check_requests, iter_generate
+    from eraselab.generate import GenerationRequest, check_requests, check_size, iter_generate
     from eraselab.models import load_pipeline
     from eraselab.outputs import write_jsonl
 
     batching = Batching(batch_size, fixed_batch_shape)  # refuses a bad size before the model loads
+    from eraselab.models.loading import parse_dtype
+
+    torch_dtype = parse_dtype(dtype)
     is_tiny = model == "tiny"
     steps = steps if steps is not None else (25 if is_tiny else 50)
     guidance = guidance if guidance is not None else (5.0 if is_tiny else 7.5)
-    pipe = load_pipeline(model, device=device)
+    pipe = load_pipeline(model, device=device, dtype=torch_dtype)
+    check_size(pipe, height, width)
     if edit is not None:
         from eraselab.erase.artifact import apply_edit
 
         apply_edit(pipe, edit)
     guard_object = _guard_from_options(guard, guard_concept, guard_preset)
-    requests = [GenerationRequest(p, seed + j, steps, guidance, negative_prompt=negative_prompt)
+    requests = [GenerationRequest(p, seed + j, steps, guidance, height, width, negative_prompt=negative_prompt)
                 for p in prompts for j in range(num_images)]
     check_requests(pipe, [guard_object.rewrite(r) for r in requests] if guard_object else requests)
     records: list[dict] = [{} for _ in requests]
@@ -101,7 +108,8 @@ def generate(
             records[index] = {**requests[index].to_record(), "file": name, "model": model,
                               "edit": str(edit) if edit else None,
                               "guard": guard_object.settings() if guard_object else None,
-                              "batching": {"size": batching.size, "fixed_shape": batching.fixed_shape}}
+                              "batching": {"size": batching.size, "fixed_shape": batching.fixed_shape},
+                              "dtype": str(torch_dtype).removeprefix("torch."), "device": device}
         write_jsonl(staging / "requests.jsonl", records)
     summary = {"out": str(out), "images": len(requests), "prompts": len(prompts), "model": model}
     typer.echo(json.dumps(summary) if as_json else f"wrote {len(requests)} images to {out}")
@@ -150,6 +158,7 @@ def erase(
     template: Annotated[list[str] | None, typer.Option(help="Prompt form with {}; repeat (tiny: world forms).")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML/JSON with the method's settings.")] = None,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="Weights' precision: float32, float16 or bfloat16.")] = "float32",
 ) -> None:
     """Erase concepts from a model and write a small, safe-to-load edit.
 
@@ -158,9 +167,11 @@ def erase(
     from eraselab.erase.registry import ERASERS
     from eraselab.erase.spec import EraseSpec
     from eraselab.models import load_pipeline
+    from eraselab.models.loading import parse_dtype
     from eraselab.outputs import check_writable, staged_output
 
     erase_fn, config_class = ERASERS.get(method)
+    parse_dtype(dtype)  # a bad name fails before anything loads
     settings = _method_config(config_class, config, model)
     check_writable(out)
     if template is None and model == "tiny":
@@ -175,7 +186,7 @@ def erase(
 
         checkpoint = out.with_name(out.name + ".checkpoint")
         settings = dataclasses.replace(settings, checkpoint=str(checkpoint))
-    edit = erase_fn(load_pipeline(model, device=device), spec, settings)
+    edit = erase_fn(load_pipeline(model, device=device, dtype=parse_dtype(dtype)), spec, settings)
     with staged_output(out) as staging:
         edit.save(staging)
     if checkpoint is not None:
@@ -216,6 +227,7 @@ def attack(
     judge: Annotated[str | None, typer.Option(help="Final judge: tiny (default on tiny) or nudenet.")] = None,
     label: Annotated[str | None, typer.Option(help="What the judge looks for (default: derived).")] = None,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="Weights' precision: float32, float16 or bfloat16.")] = "float32",
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Attack an erased model (or a guard) and score it before and after with the pinned judge.
@@ -236,7 +248,7 @@ def attack(
     check_writable(out)
     with staged_output(out) as staging:  # a stopped attack leaves no directory that looks like a result
         record = run_attack(attack_name, settings, concept, suite, staging, model, edit, defence, seeds, judge,
-                            label, device, steps=steps, guidance=guidance)
+                            label, device, steps=steps, guidance=guidance, dtype=dtype)
     pre, post, cost = record["pre_attack"], record["post_attack"], record["cost"]
     line = (f"{attack_name}: {record['judge']['label']} {pre['value']:.3f} -> {post['value']:.3f} "
             f"({cost['unet_evals']} UNet evals, {cost['seconds']} s); wrote {out}")

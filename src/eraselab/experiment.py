@@ -102,8 +102,9 @@ def variant_id(edit: str, guard: GuardConfig | None) -> str:
 def _request(experiment: Experiment, model: str, fingerprint: str, variant: str, item: PromptItem,
              seed: int) -> dict:
     guidance = item.guidance if experiment.use_suite_seeds and item.guidance is not None else experiment.guidance
+    size = {k: v for k, v in (("height", experiment.height), ("width", experiment.width)) if v is not None}
     return {"model": model, "fingerprint": fingerprint, "edit": variant, "prompt": item.prompt,
-            "seed": seed, "steps": experiment.steps, "guidance": guidance, "negative_prompt": ""}
+            "seed": seed, "steps": experiment.steps, "guidance": guidance, "negative_prompt": "", **size}
 
 
 def plan(experiment: Experiment, suites: list[PromptSuite], fingerprints: dict[str, str]) -> list[tuple[Cell, dict]]:
@@ -130,7 +131,7 @@ def _generate(experiment: Experiment, store: RunStore, suites: list[PromptSuite]
     for image_hash in store.damaged_images():  # a missing or corrupt image is made again, never reused
         store.discard_image(image_hash)
     for model in experiment.models:
-        pipe = load_pipeline(model)
+        pipe = load_pipeline(model, device=experiment.device, dtype=experiment.dtype)
         found = pipeline_fingerprint(pipe)
         fingerprints[model] = store.set_meta_once(f"fingerprint:{model}", found)
         if fingerprints[model] != found:
@@ -141,7 +142,8 @@ def _generate(experiment: Experiment, store: RunStore, suites: list[PromptSuite]
             if not todo:
                 continue
             store.add_requests(list(todo.values()))
-            requests = [GenerationRequest(s["prompt"], s["seed"], s["steps"], s["guidance"]) for s in todo.values()]
+            requests = [GenerationRequest(s["prompt"], s["seed"], s["steps"], s["guidance"], s.get("height"),
+                                          s.get("width")) for s in todo.values()]
             keys = list(todo)
             applied = None if edit == "base" else apply_edit(pipe, Edit.load(edit))
             try:
@@ -346,13 +348,15 @@ def _attacks(experiment: Experiment, out: Path, progress: bool) -> dict:
             counts["resumed"] += 1
             continue
         if model not in loaded:
-            loaded[model] = (load_pipeline(model), make_detector(judge.name, **judge.options))
+            loaded[model] = (load_pipeline(model, device=experiment.device, dtype=experiment.dtype),
+                             make_detector(judge.name, **judge.options))
         defence = guard.build() if guard else None
         try:
             run_attack(attack.name, attack.settings(model == "tiny"), attack.concept, attack.suite, cell, model,
                        None if edit == "base" else Path(edit), defence, attack.seeds, judge=judge.name,
                        pipelines=loaded[model], display=attack.label, unedited=unedited.setdefault(model, {}),
-                       steps=experiment.steps, guidance=experiment.guidance)
+                       steps=experiment.steps, guidance=experiment.guidance, device=experiment.device,
+                       dtype=experiment.dtype)
             counts["run"] += 1
         except EraselabError as error:
             cell.mkdir(parents=True, exist_ok=True)
@@ -441,7 +445,9 @@ def _as_yaml_dict(stored: dict) -> dict:
     """The stored (dataclass) form of an experiment back into its YAML shape."""
     return {"version": stored["version"], "name": stored["name"], "models": stored["models"],
             "edits": stored["edits"], "seeds": stored["seeds"],
-            "sampler": {"steps": stored["steps"], "guidance": stored["guidance"]},
+            "sampler": {"steps": stored["steps"], "guidance": stored["guidance"],
+                        **{k: stored[k] for k in ("height", "width") if stored.get(k) is not None}},
+            "device": stored.get("device", "cpu"), "dtype": stored.get("dtype", "float32"),
             "detectors": [{"name": d["name"], **d["options"]} for d in stored["detectors"]],
             "groups": [{k: v for k, v in g.items() if v is not None} for g in stored["groups"]],
             "use_suite_seeds": stored["use_suite_seeds"], "batch_size": stored["batch_size"],

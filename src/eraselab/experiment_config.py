@@ -105,6 +105,10 @@ class Experiment:
     use_suite_seeds: bool = False  # I2P-style suites carry one seed per prompt
     batch_size: int = DEFAULT_BATCHING.size  # requests per pipeline call; see eraselab.generate.Batching
     fixed_batch_shape: bool = DEFAULT_BATCHING.fixed_shape
+    device: str = "cpu"
+    dtype: str = "float32"
+    height: int | None = None  # image size (default: the model's)
+    width: int | None = None
     version: int = CONFIG_VERSION
     guards: tuple[GuardConfig, ...] = ()
     attacks: tuple[AttackConfig, ...] = ()
@@ -260,15 +264,25 @@ def parse_experiment(raw: Any) -> Experiment:
     if not isinstance(raw, dict):
         raise EraselabError("an experiment file must be a YAML mapping")
     known = {"version", "name", "models", "edits", "guards", "attacks", "seeds", "sampler", "detectors", "groups",
-             "use_suite_seeds", "batch_size", "fixed_batch_shape"}
+             "use_suite_seeds", "batch_size", "fixed_batch_shape", "device", "dtype"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise _fail(unknown[0], f"is not an experiment field ({', '.join(sorted(known))})")
     if raw.get("version", CONFIG_VERSION) != CONFIG_VERSION:
         raise _fail("version", f"this eraselab reads version {CONFIG_VERSION}, got {raw.get('version')!r}")
     sampler = raw.get("sampler", {})
-    if not isinstance(sampler, dict) or set(sampler) - {"steps", "guidance"}:
-        raise _fail("sampler", "must be {steps: INT, guidance: NUMBER}")
+    if not isinstance(sampler, dict) or set(sampler) - {"steps", "guidance", "height", "width"}:
+        raise _fail("sampler", "must be {steps: INT, guidance: NUMBER, height: INT, width: INT}")
+    for key in ("height", "width"):
+        value = sampler.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise _fail(f"sampler.{key}", f"must be a positive integer, got {value!r}")
+    from eraselab.models.loading import DTYPES
+
+    if raw.get("dtype", "float32") not in DTYPES:
+        raise _fail("dtype", f"must be one of float32, float16, bfloat16, got {raw.get('dtype')!r}")
+    if not isinstance(raw.get("device", "cpu"), str):
+        raise _fail("device", f"must be a torch device name such as cpu or cuda, got {raw.get('device')!r}")
     steps, guidance = sampler.get("steps", 25), sampler.get("guidance", 5.0)
     if not isinstance(steps, int) or steps < 1:
         raise _fail("sampler.steps", f"must be an integer >= 1, got {steps!r}")
@@ -289,7 +303,8 @@ def parse_experiment(raw: Any) -> Experiment:
                       steps=steps, guidance=float(guidance), detectors=detectors,
                       groups=_groups(raw.get("groups"), detectors),
                       use_suite_seeds=bool(raw.get("use_suite_seeds", False)), batch_size=batch_size,
-                      fixed_batch_shape=fixed_batch_shape,
+                      fixed_batch_shape=fixed_batch_shape, device=raw.get("device", "cpu"),
+                      dtype=raw.get("dtype", "float32"), height=sampler.get("height"), width=sampler.get("width"),
                       guards=_guards(raw.get("guards")), attacks=_attacks(raw.get("attacks")))
 
 

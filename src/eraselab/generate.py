@@ -82,6 +82,14 @@ def require_known_words(pipe: StableDiffusionPipeline, texts: Sequence[str], mes
         raise EraselabError(f"{message}: {', '.join(unknown)}")
 
 
+def check_size(pipe: StableDiffusionPipeline, height: int | None, width: int | None) -> None:
+    """Refuse an image size the model cannot make: a positive multiple of what its VAE and UNet divide it by."""
+    step = pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+    for name, value in (("height", height), ("width", width)):
+        if value is not None and (value < step or value % step):
+            raise EraselabError(f"{name} must be a positive multiple of {step} for this model, got {value}")
+
+
 def check_requests(pipe: StableDiffusionPipeline, requests: Sequence[GenerationRequest]) -> None:
     """Refuse requests the model cannot honour, with one sentence that says which and why."""
     if not requests:
@@ -91,6 +99,8 @@ def check_requests(pipe: StableDiffusionPipeline, requests: Sequence[GenerationR
     for request in requests:
         if request.steps < 1:
             raise EraselabError(f"steps must be at least 1, got {request.steps}")
+    for size in {(r.height, r.width) for r in requests}:
+        check_size(pipe, *size)
 
 
 def _initial_latents(pipe: StableDiffusionPipeline, batch: Sequence[GenerationRequest],

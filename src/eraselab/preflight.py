@@ -84,7 +84,7 @@ def check_edits_and_models(experiment: Experiment, prompts: list[str]) -> dict[s
     """Load every edit and every model; each edit must have been made for each model, and every prompt of the
     grid, as each guard rewrites it, must be in each model's vocabulary. Returns each model's fingerprint."""
     from eraselab.erase.artifact import Edit
-    from eraselab.generate import GenerationRequest, check_requests
+    from eraselab.generate import GenerationRequest, check_requests, check_size
     from eraselab.models import load_pipeline, pipeline_fingerprint
 
     made_for = {}
@@ -100,7 +100,8 @@ def check_edits_and_models(experiment: Experiment, prompts: list[str]) -> dict[s
     fingerprints = {}
     for i, model in enumerate(experiment.models):
         try:
-            pipe = load_pipeline(model)
+            pipe = load_pipeline(model, device=experiment.device, dtype=experiment.dtype)
+            check_size(pipe, experiment.height, experiment.width)
         except EraselabError as error:
             raise _field(f"models[{i}]", error) from None
         fingerprints[model] = pipeline_fingerprint(pipe)

@@ -51,7 +51,7 @@ def run_attack(attack_name: str, settings, concept: str, suite: str, out: Path, 
                edit: Path | None = None, defence=None, seeds: int = 4, judge: str | None = None,
                label: str | None = None, device: str = "cpu", pipelines: tuple | None = None,
                display: str | None = None, unedited: dict | None = None, steps: int | None = None,
-               guidance: float | None = None) -> dict:
+               guidance: float | None = None, dtype: str = "float32") -> dict:
     """Attack ``model`` (+ ``edit``, under ``defence``) and score it; returns the summary record.
 
     ``steps`` and ``guidance`` are the sampler's (default: 25 and 5.0 on tiny, 50 and 7.5 otherwise, the papers').
@@ -88,7 +88,7 @@ def run_attack(attack_name: str, settings, concept: str, suite: str, out: Path, 
     final_judge.check_concept(label)  # an unknown label must not score as "absent"
     prompts = tuple(item.prompt for item in load_suite(suite).items)
     spec = AttackSpec(concept, prompts, steps=steps, guidance=guidance, guard=defence)
-    reference = pipelines[0] if pipelines else load_pipeline(model, device=device)
+    reference = pipelines[0] if pipelines else load_pipeline(model, device=device, dtype=dtype)
     # 1. Could the unedited model draw the concept at all? If not, there is nothing to bring back.
     memo = unedited if unedited is not None else {}
     key = (suite, seeds, label, steps, guidance)
@@ -101,7 +101,7 @@ def run_attack(attack_name: str, settings, concept: str, suite: str, out: Path, 
                             f"{seeds} seeds): there is nothing to bring back; stopping")
     # 2. The defended model, the attack, and the pinned judge on fresh images before and after.
     two = needs_reference(attack_name)
-    target = load_pipeline(model, device=device) if two else reference
+    target = load_pipeline(model, device=device, dtype=dtype) if two else reference
     applied = apply_edit(target, loaded_edit) if loaded_edit is not None else None
     try:
         result = attack_fn(target, spec, settings, reference_pipe=reference if two else None)

@@ -37,3 +37,37 @@ def micro_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def micro_config() -> tuple[TinySizes, TrainSteps]:
     return MICRO_SIZES, MICRO_STEPS
+
+
+@pytest.fixture(scope="session")
+def micro_sd2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Stable Diffusion 2.x-shaped pipeline directory built from config with random weights: v-prediction,
+    linear projections in the transformer blocks, per-block head counts, a GELU text encoder whose
+    penultimate-free output feeds the UNet (the OpenCLIP layout diffusers converts SD 2 to), 32 px images. The
+    tiny world's tokenizer, so its prompts tokenise; nothing is downloaded."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from eraselab.models.tiny import tiny_path
+
+    torch.manual_seed(0)
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_path() / "tokenizer")
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2,
+        max_position_embeddings=tokenizer.model_max_length, hidden_act="gelu", projection_dim=32,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=8)
+    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8,
+                        sample_size=32)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction")
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    out = tmp_path_factory.mktemp("micro-sd2") / "pipeline"
+    pipe.save_pretrained(out, safe_serialization=True)
+    return out

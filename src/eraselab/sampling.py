@@ -13,6 +13,21 @@ import numpy as np
 import torch
 
 
+def prediction_target(scheduler, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet predicts at ``scheduler.add_noise(sample, noise, timesteps)``: the noise for epsilon models
+    (SD 1.x), the velocity v = sqrt(a_t) eps - sqrt(1 - a_t) x_0 for v-prediction ones (SD 2.x at 768 px;
+    Salimans & Ho, ICLR 2022), the clean sample for sample-prediction ones. Denoising losses compare the UNet's
+    output with this, so they hold for every parameterisation."""
+    kind = scheduler.config.get("prediction_type", "epsilon")
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(sample, noise, timesteps)
+    if kind == "sample":
+        return sample
+    raise ValueError(f"unknown prediction_type {kind!r}")
+
+
 class GuidanceRule:
     """How one step's noise predictions become the one the scheduler steps with. Subclasses override
     :meth:`combine` and, where they need to, the hooks (each a no-op here)."""

@@ -27,6 +27,7 @@ from eraselab.attack.base import AttackResult, AttackSpec, Cost, Replay, check_b
 from eraselab.attack.soft_prompt import encode_with_embeddings, token_embeddings
 from eraselab.attack.unlearndiff import target_latents
 from eraselab.errors import EraselabError
+from eraselab.sampling import prediction_target
 
 THREAT_MODEL = "white-box-gradients"
 NEEDS_REFERENCE = True  # the runner loads the unedited model beside the edited one
@@ -98,7 +99,7 @@ def attack(target_pipe, spec: AttackSpec, config: TextualInversionConfig, refere
                                                                            slots[examples[i][1]][1], vector))
                                 for i in picks])
         predicted = target_pipe.unet(scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=conditions).sample
-        loss = F.mse_loss(predicted, noise)
+        loss = F.mse_loss(predicted, prediction_target(scheduler, latents, noise, t))  # eps (v on v-prediction)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -45,6 +45,7 @@ from eraselab.attack.base import (
 from eraselab.attack.soft_prompt import encode_with_embeddings, insert_relaxed_tokens, project_to_simplex
 from eraselab.errors import EraselabError
 from eraselab.generate import generate_images
+from eraselab.sampling import prediction_target
 
 THREAT_MODEL = "white-box-gradients"
 NEEDS_REFERENCE = True  # the runner loads the unedited model beside the edited one
@@ -82,13 +83,16 @@ def target_latents(reference_pipe, pairs: list[tuple[str, int]], spec: AttackSpe
 def denoising_loss(pipe, input_embeddings: torch.Tensor, latent: torch.Tensor, timesteps: list[int],
                    noises: torch.Tensor, batched: bool = True) -> torch.Tensor:
     """Mean over ``timesteps`` of || eps_theta(x_t | P) - eps ||^2 (Eq. 3): one batched UNet call, or one call
-    per timestep with the same mean (the reference schedule)."""
+    per timestep with the same mean (the reference schedule). On a v-prediction model the target is the velocity
+    (:func:`eraselab.sampling.prediction_target`), the quantity its UNet predicts."""
     def one(ts: list[int], eps: torch.Tensor) -> torch.Tensor:
         t = torch.tensor(ts, device=latent.device)
-        noisy = pipe.scheduler.add_noise(latent.expand(len(ts), -1, -1, -1), eps, t)  # x_t
+        clean = latent.expand(len(ts), -1, -1, -1)
+        noisy = pipe.scheduler.add_noise(clean, eps, t)  # x_t
         condition = encode_with_embeddings(pipe.text_encoder, input_embeddings).expand(len(ts), -1, -1)
         predicted = pipe.unet(noisy, t, encoder_hidden_states=condition).sample
-        return F.mse_loss(predicted, eps, reduction="none").mean(dim=(1, 2, 3)).sum()
+        target = prediction_target(pipe.scheduler, clean, eps, t)  # Eq. 3's eps (v on v-prediction models)
+        return F.mse_loss(predicted, target, reduction="none").mean(dim=(1, 2, 3)).sum()
 
     if batched:
         return one(timesteps, noises) / len(timesteps)

@@ -1,0 +1,92 @@
+"""Stable Diffusion 2.x's layout (v-prediction, linear-projection transformers, per-block heads) through erase,
+generate, run and the attacks, on a micro pipeline built from config (random weights: the machinery, not quality)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from typer.testing import CliRunner
+
+from eraselab.cli import app
+from eraselab.models import cross_attention_layers, load_pipeline, pipeline_fingerprint
+
+runner = CliRunner()
+
+
+def test_it_loads_and_every_cross_attention_layer_is_found(micro_sd2):
+    pipe = load_pipeline(micro_sd2)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    layers = cross_attention_layers(pipe.unet)
+    assert len(layers) == 4 and {layer.text_dim for layer in layers} == {32}  # down 1, mid 1, up 2
+
+
+def test_erase_generate_and_run_with_the_edit(micro_sd2, micro_run, tmp_path):
+    edit = tmp_path / "uce"
+    result = runner.invoke(app, ["erase", "--model", str(micro_sd2), "--method", "uce", "--concept", "star",
+                                 "--anchor", "shape", "--template", "a red {}", "--out", str(edit)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((edit / "manifest.json").read_text())["base_fingerprint"] == pipeline_fingerprint(
+        load_pipeline(micro_sd2))
+    result = runner.invoke(app, ["generate", "--model", str(micro_sd2), "--edit", str(edit), "--prompt", "a red star",
+                                 "--steps", "2", "--num-images", "2", "--out", str(tmp_path / "gen"), "--json"])
+    assert result.exit_code == 0, result.output
+    experiment = tmp_path / "e.yaml"
+    experiment.write_text(json.dumps({
+        "models": [str(micro_sd2)], "edits": ["base", str(edit)], "sampler": {"steps": 2}, "seeds": {"count": 1},
+        "detectors": [{"name": "tiny", "classifier": str(micro_run / "classifier")}],
+        "groups": [{"suite": "tiny:target:star", "metric": "efficacy", "concept": "shape=star"}]}))
+    result = runner.invoke(app, ["run", str(experiment), "--out", str(tmp_path / "run"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["counts"]["images"] == 12
+
+
+def test_esd_trains_on_a_v_prediction_model(micro_sd2):
+    from eraselab.erase.esd import EsdConfig
+    from eraselab.erase.esd import erase as esd_erase
+    from eraselab.erase.spec import EraseSpec
+
+    pipe = load_pipeline(micro_sd2)
+    edit = esd_erase(pipe, EraseSpec(("star",), templates=("a {}",)),
+                     EsdConfig(variant="esd-x-strict", iterations=2, batch_size=1, ddim_steps=3, lr=1e-3),
+                     progress=False)
+    assert edit.tensors and torch.isfinite(edit.manifest["final_loss"] * torch.ones(1)).all()
+
+
+def test_denoising_losses_compare_the_unet_with_the_velocity_on_a_v_prediction_model(micro_sd2):
+    from eraselab.attack.soft_prompt import encode_with_embeddings, token_embeddings
+    from eraselab.attack.unlearndiff import denoising_loss
+
+    pipe = load_pipeline(micro_sd2)
+    ids = pipe.tokenizer("a red star", padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         return_tensors="pt").input_ids
+    embeddings = token_embeddings(pipe.text_encoder)[ids]
+    generator = torch.Generator().manual_seed(0)
+    latent = torch.randn(1, 4, 16, 16, generator=generator)
+    noise = torch.randn(2, 4, 16, 16, generator=generator)
+    timesteps = [100, 700]
+    with torch.no_grad():
+        loss = denoising_loss(pipe, embeddings, latent, timesteps, noise)
+        t = torch.tensor(timesteps)
+        x_t = pipe.scheduler.add_noise(latent.expand(2, -1, -1, -1), noise, t)
+        condition = encode_with_embeddings(pipe.text_encoder, embeddings).expand(2, -1, -1)
+        predicted = pipe.unet(x_t, t, encoder_hidden_states=condition).sample
+        velocity = pipe.scheduler.get_velocity(latent.expand(2, -1, -1, -1), noise, t)
+    assert torch.allclose(loss, ((predicted - velocity) ** 2).mean(), rtol=1e-5)
+    assert not torch.allclose(loss, ((predicted - noise) ** 2).mean(), rtol=1e-2)  # the epsilon loss differs
+
+
+def test_embedding_recovery_inverts_an_edit_of_a_v_prediction_model(micro_sd2):
+    from eraselab.attack.base import AttackSpec
+    from eraselab.attack.embedding_recovery import EmbeddingRecoveryConfig
+    from eraselab.attack.embedding_recovery import attack as recovery
+    from eraselab.erase.artifact import apply_edit
+    from eraselab.erase.spec import EraseSpec
+    from eraselab.erase.uce import UceConfig
+    from eraselab.erase.uce import erase as uce
+
+    reference, target = load_pipeline(micro_sd2), load_pipeline(micro_sd2)
+    apply_edit(target, uce(reference, EraseSpec(("star",), ("shape",), templates=("a red {}",)), UceConfig()))
+    result = recovery(target, AttackSpec("star", ("a red star",), steps=2, guidance=7.5), EmbeddingRecoveryConfig(),
+                      reference_pipe=reference)
+    assert result.replays[0].embeddings.shape[-1] == 32 and torch.isfinite(result.replays[0].embeddings).all()

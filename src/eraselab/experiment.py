@@ -122,8 +122,10 @@ def plan(experiment: Experiment, suites: list[PromptSuite], fingerprints: dict[s
     return cells
 
 
-def _generate(experiment: Experiment, store: RunStore, suites: list[PromptSuite], progress: bool) -> dict[str, str]:
-    """Generate every missing image, each edit applied in turn and undone after; returns model fingerprints."""
+def _generate(experiment: Experiment, store: RunStore, suites: list[PromptSuite], progress: bool,
+              known: dict[str, str]) -> dict[str, str]:
+    """Generate every missing image, each edit applied in turn and undone after; returns model fingerprints
+    (``known``: those the checks already computed, so a large model is not hashed twice)."""
     from eraselab.erase.artifact import Edit, apply_edit
     from eraselab.models import load_pipeline, pipeline_fingerprint
 
@@ -132,7 +134,7 @@ def _generate(experiment: Experiment, store: RunStore, suites: list[PromptSuite]
         store.discard_image(image_hash)
     for model in experiment.models:
         pipe = load_pipeline(model, device=experiment.device, dtype=experiment.dtype)
-        found = pipeline_fingerprint(pipe)
+        found = known.get(model) or pipeline_fingerprint(pipe)
         fingerprints[model] = store.set_meta_once(f"fingerprint:{model}", found)
         if fingerprints[model] != found:
             raise EraselabError(f"model {model!r} changed since this run started; start a new run directory")
@@ -400,7 +402,7 @@ def run_experiment(experiment: Experiment, out: Path, progress: bool = True, dry
     try:
         _bind(store, experiment, out)
         _record_suites(experiment, store, checked.suites)
-        fingerprints = _generate(experiment, store, checked.suites, progress)
+        fingerprints = _generate(experiment, store, checked.suites, progress, checked.fingerprints)
         cells = plan(experiment, checked.suites, fingerprints)
         _judge(store, checked.detectors, [c.key for c, _ in cells], progress)
         metrics = _metrics(experiment, store, checked.suites, cells, checked.detectors)

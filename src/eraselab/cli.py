@@ -78,7 +78,7 @@ def generate(
 
     check_writable(out)  # fail before loading anything
     from eraselab.batching import Batching
-    from eraselab.generate import GenerationRequest, check_requests, check_size, iter_generate
+    from eraselab.generate import GenerationRequest, check_requests, iter_generate
     from eraselab.models import load_pipeline
     from eraselab.outputs import write_jsonl
 
@@ -90,7 +90,6 @@ def generate(
     steps = steps if steps is not None else (25 if is_tiny else 50)
     guidance = guidance if guidance is not None else (5.0 if is_tiny else 7.5)
     pipe = load_pipeline(model, device=device, dtype=torch_dtype)
-    check_size(pipe, height, width)
     if edit is not None:
         from eraselab.erase.artifact import apply_edit
 
@@ -171,7 +170,7 @@ def erase(
     from eraselab.outputs import check_writable, staged_output
 
     erase_fn, config_class = ERASERS.get(method)
-    parse_dtype(dtype)  # a bad name fails before anything loads
+    torch_dtype = parse_dtype(dtype)  # a bad name fails before anything loads
     settings = _method_config(config_class, config, model)
     check_writable(out)
     if template is None and model == "tiny":
@@ -186,7 +185,7 @@ def erase(
 
         checkpoint = out.with_name(out.name + ".checkpoint")
         settings = dataclasses.replace(settings, checkpoint=str(checkpoint))
-    edit = erase_fn(load_pipeline(model, device=device, dtype=parse_dtype(dtype)), spec, settings)
+    edit = erase_fn(load_pipeline(model, device=device, dtype=torch_dtype), spec, settings)
     with staged_output(out) as staging:
         edit.save(staging)
     if checkpoint is not None:
@@ -239,13 +238,12 @@ def attack(
 
     from eraselab.attack import ATTACKS
     from eraselab.attack.runner import check_access, run_attack
-    from eraselab.outputs import check_writable, staged_output
+    from eraselab.outputs import staged_output
 
     _, config_class = ATTACKS.get(attack_name)
     settings = _method_config(config_class, config, model)
     defence = _guard_from_options(guard, guard_concept, guard_preset)
     check_access(attack_name, edit, defence)
-    check_writable(out)
     with staged_output(out) as staging:  # a stopped attack leaves no directory that looks like a result
         record = run_attack(attack_name, settings, concept, suite, staging, model, edit, defence, seeds, judge,
                             label, device, steps=steps, guidance=guidance, dtype=dtype)

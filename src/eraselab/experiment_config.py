@@ -103,7 +103,7 @@ class Experiment:
     detectors: tuple[DetectorConfig, ...]
     groups: tuple[Group, ...]
     use_suite_seeds: bool = False  # I2P-style suites carry one seed per prompt
-    batch_size: int = DEFAULT_BATCHING.size  # requests per pipeline call; see eraselab.generate.Batching
+    batch_size: int = DEFAULT_BATCHING.size  # requests per pipeline call; see eraselab.batching.Batching
     fixed_batch_shape: bool = DEFAULT_BATCHING.fixed_shape
     device: str = "cpu"
     dtype: str = "float32"

@@ -36,8 +36,6 @@ if TYPE_CHECKING:
 TINY_DEFAULTS = {"steps": 25, "guidance": 5.0}  # SD 1.x in the papers: 50 steps (PNDM/DDIM), guidance 7.5
 
 
-
-
 @dataclass(frozen=True)
 class GenerationRequest:
     """What to generate. ``prompt_embeds`` (1, T, C), when given, replaces the prompt's text encoding

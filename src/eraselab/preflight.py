@@ -92,18 +92,19 @@ def check_edits_and_models(experiment: Experiment, prompts: list[str]) -> dict[s
         if edit == "base":
             continue
         try:
-            made_for[edit] = Edit.load(edit).manifest.get("base_fingerprint")
+            made_for[edit] = Edit.load(edit).base_fingerprint()
         except EraselabError as error:
             raise _field(f"edits[{i}]", error) from None
-        if not made_for[edit]:
-            raise _field(f"edits[{i}]", EraselabError(f"{edit} names no base model (no base_fingerprint)"))
     fingerprints = {}
     for i, model in enumerate(experiment.models):
         try:
             pipe = load_pipeline(model, device=experiment.device, dtype=experiment.dtype)
-            check_size(pipe, experiment.height, experiment.width)
         except EraselabError as error:
             raise _field(f"models[{i}]", error) from None
+        try:
+            check_size(pipe, experiment.height, experiment.width)
+        except EraselabError as error:
+            raise _field("sampler", EraselabError(f"{error} ({model})")) from None
         fingerprints[model] = pipeline_fingerprint(pipe)
         for edit, expected in made_for.items():
             if expected != fingerprints[model]:

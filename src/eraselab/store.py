@@ -59,6 +59,18 @@ def stable_hash(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def sealed(record: dict) -> dict:
+    """``record`` as JSON reads it back, with ``seal``: the :func:`stable_hash` of every other field, so that a
+    later change to any of them is seen (:func:`seal_holds`). Edit manifests and trap keys are sealed this way."""
+    body = json.loads(json.dumps({k: v for k, v in record.items() if k != "seal"}, default=str))
+    return {**body, "seal": stable_hash(body)}
+
+
+def seal_holds(record: dict) -> bool:
+    """Whether ``record``'s ``seal`` still matches the rest of it."""
+    return record.get("seal") == stable_hash({k: v for k, v in record.items() if k != "seal"})
+
+
 class RunStore:
     """The results of one run directory: requests, images, detections and metrics."""
 
@@ -176,21 +188,26 @@ class RunStore:
             return "missing"
         return None if hashlib.sha256(data).hexdigest() == image_hash else "corrupt"
 
-    def damaged_images(self) -> dict[str, str]:
-        """Every stored image whose file is missing or corrupt: {image hash: problem}."""
-        hashes = {h for (h,) in self._db.execute("SELECT DISTINCT image_hash FROM images")}
-        return {h: problem for h in sorted(hashes) if (problem := self.image_problem(h))}
+    def image_hashes(self) -> list[str]:
+        """Every distinct stored image, by content hash."""
+        return [h for (h,) in self._db.execute("SELECT DISTINCT image_hash FROM images ORDER BY image_hash")]
+
+    def damaged_images(self, hashes: list[str] | None = None) -> dict[str, str]:
+        """Every stored image (of ``hashes``, default all) whose file is missing or corrupt: {hash: problem}."""
+        return {h: problem for h in (self.image_hashes() if hashes is None else hashes)
+                if (problem := self.image_problem(h))}
 
     def check_images(self) -> int:
         """Refuse a run whose stored images are missing or corrupt (``eraselab run`` makes them again); returns
         how many images were checked."""
-        damaged = self.damaged_images()
+        hashes = self.image_hashes()
+        damaged = self.damaged_images(hashes)
         if damaged:
             shown = ", ".join(f"{h[:12]} ({problem})" for h, problem in list(damaged.items())[:3])
             more = f" and {len(damaged) - 3} more" if len(damaged) > 3 else ""
             raise EraselabError(f"{len(damaged)} stored image(s) of {self.root} are missing or corrupt: {shown}"
                                 f"{more}; `eraselab run EXPERIMENT --out {self.root}` makes them again")
-        return len({h for (h,) in self._db.execute("SELECT DISTINCT image_hash FROM images")})
+        return len(hashes)
 
     def discard_image(self, image_hash: str) -> list[str]:
         """Forget a damaged image: its file, the rows that point to it and the errors recorded when it could not

@@ -32,15 +32,10 @@ from safetensors.torch import load_file, save_file
 from eraselab.errors import EraselabError
 from eraselab.models.fingerprint import pipeline_fingerprint
 from eraselab.provenance import provenance
-from eraselab.store import stable_hash
+from eraselab.store import seal_holds, sealed
 
 WEIGHTS, MANIFEST = "edit.safetensors", "manifest.json"
 FORMAT = 2  # 2: the manifest carries its seal
-
-
-def seal(manifest: dict) -> str:
-    """SHA-256 of the canonical JSON (sorted keys, no whitespace) of ``manifest`` without its ``seal``."""
-    return stable_hash({k: v for k, v in manifest.items() if k != "seal"})
 
 
 @dataclass
@@ -55,11 +50,18 @@ class Edit:
         save_file({k: v.detach().cpu().contiguous() for k, v in self.tensors.items()}, weights)
         manifest = {**self.manifest, "format": FORMAT, "provenance": provenance(), "tensors": sorted(self.tensors),
                     "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
-        manifest = json.loads(json.dumps(manifest, default=str))  # the form it is read back in, then sealed
-        manifest["seal"] = seal(manifest)
+        manifest = sealed(manifest)  # in the form it is read back in
         (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         self.manifest = manifest
         return directory
+
+    def base_fingerprint(self) -> str:
+        """The fingerprint of the model this edit was made for; an edit that names none is refused."""
+        found = self.manifest.get("base_fingerprint")
+        if not found:
+            raise EraselabError("this edit names no base model (no base_fingerprint in its manifest), so it cannot "
+                                "be checked against a model; make the edit again with `eraselab erase`")
+        return found
 
     @classmethod
     def load(cls, directory: str | Path) -> Edit:
@@ -74,7 +76,7 @@ class Edit:
         if not isinstance(manifest, dict) or "seal" not in manifest:
             raise EraselabError(f"{manifest_path} has no seal: it was not written by this eraselab (edit format "
                                 f"{FORMAT}); make the edit again with `eraselab erase`")
-        if manifest["seal"] != seal(manifest):
+        if not seal_holds(manifest):
             raise EraselabError(f"{manifest_path} was changed after it was written (its seal does not match): "
                                 "refusing an edit whose method, config or base model may not be what it says")
         digest = hashlib.sha256(weights.read_bytes()).hexdigest()
@@ -122,10 +124,7 @@ def apply_edit(pipe, edit: Edit | str | Path) -> AppliedEdit:
     weights."""
     if not isinstance(edit, Edit):
         edit = Edit.load(edit)
-    expected = edit.manifest.get("base_fingerprint")
-    if not expected:
-        raise EraselabError("this edit names no base model (no base_fingerprint in its manifest), so it cannot be "
-                            "checked against this one; make the edit again with `eraselab erase`")
+    expected = edit.base_fingerprint()
     found = pipeline_fingerprint(pipe)
     if found != expected:
         raise EraselabError(f"this edit was made for base model {expected}, not for this one ({found}); "

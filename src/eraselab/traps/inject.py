@@ -26,7 +26,7 @@ from transformers import PreTrainedTokenizerBase
 
 from eraselab.errors import EraselabError
 from eraselab.provenance import provenance
-from eraselab.store import stable_hash
+from eraselab.store import seal_holds, sealed
 
 KEY_VERSION = 1
 
@@ -140,13 +140,7 @@ def inject(traps: list[dict], docs: dict[str, str], repetitions: int | dict[str,
                       "repetitions": counts[t["id"]], "copies": copies[t["id"]], "siblings": siblings[t["id"]]}
                      for t in published],
            "provenance": provenance()}
-    return injected, seal_key(key)
-
-
-def seal_key(key: dict) -> dict:
-    """``key`` with ``seal``: the SHA-256 of the canonical JSON of every other field, so a later change is seen."""
-    body = json.loads(json.dumps({k: v for k, v in key.items() if k != "seal"}, default=str))
-    return {**body, "seal": stable_hash(body)}
+    return injected, sealed(key)
 
 
 def _token_ids(value: object) -> bool:
@@ -170,7 +164,7 @@ def check_key(key: object) -> dict:
     field, so a damaged key is one clear error rather than an IndexError in the middle of scoring."""
     if not isinstance(key, dict) or key.get("version") != KEY_VERSION or not isinstance(key.get("traps"), list):
         raise EraselabError(f"not an eraselab trap key (version {KEY_VERSION})")
-    if "seal" in key and key["seal"] != seal_key(key)["seal"]:
+    if "seal" in key and not seal_holds(key):
         raise EraselabError("the key was changed after `traps inject` wrote it (its seal does not match)")
     if not key["traps"]:
         raise EraselabError("the key holds no trap")

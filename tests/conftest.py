@@ -71,3 +71,42 @@ def micro_sd2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("micro-sd2") / "pipeline"
     pipe.save_pretrained(out, safe_serialization=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def micro_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SDXL-shaped pipeline directory built from config with random weights: two text encoders of different
+    widths (32 and 48: a 80-wide concatenated context), the second with a text projection whose pooled output joins
+    the time embedding ("text_time", six micro-conditioning ids), Euler sampling as SDXL base ships, transformer
+    depth per block, 32 px images; the tiny world's tokenizer for both encoders. Nothing is downloaded."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from eraselab.models.tiny import tiny_path
+
+    torch.manual_seed(0)
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_path() / "tokenizer")
+
+    def text_config(width: int) -> CLIPTextConfig:
+        return CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width,
+                              num_attention_heads=2, num_hidden_layers=2, projection_dim=width, hidden_act="gelu",
+                              max_position_embeddings=tokenizer.model_max_length, bos_token_id=tokenizer.bos_token_id,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=80, attention_head_dim=(2, 4), transformer_layers_per_block=(1, 2),
+        use_linear_projection=True, norm_num_groups=8, addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=48 + 6 * 8)
+    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8,
+                        sample_size=32)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading")
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=CLIPTextModel(text_config(32)),
+                                     text_encoder_2=CLIPTextModelWithProjection(text_config(48)), tokenizer=tokenizer,
+                                     tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
+    out = tmp_path_factory.mktemp("micro-sdxl") / "pipeline"
+    pipe.save_pretrained(out, safe_serialization=True)
+    return out

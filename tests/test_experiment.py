@@ -41,7 +41,7 @@ def _experiment(tmp_path, micro_run, **overrides):
     ("sampler: {steps: two}\ngroups:\n  - {suite: 'tiny:target:star', metric: efficacy}\n", "sampler.steps"),
     ("batch_size: 0\ngroups:\n  - {suite: 'tiny:target:star', metric: efficacy}\n", "field 'batch_size'"),
     ("fixed_batch_shape: maybe\ngroups:\n  - {suite: 'tiny:target:star', metric: efficacy}\n",
-     "field 'fixed_batch_shape': must be true or false"),
+     "field 'fixed_batch_shape': must be true, false or null"),
 ])
 def test_bad_experiment_files_name_the_field(tmp_path, text, message):
     path = tmp_path / "bad.yaml"

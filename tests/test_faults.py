@@ -201,9 +201,11 @@ def test_a_staged_output_that_fails_midway_leaves_nothing_and_one_that_succeeds_
     (["generate", "--prompt", "a star", "--dtype", "half", "--out", "{tmp}/g"], "dtype must be one of"),
     (["generate", "--prompt", "a star", "--height", "20", "--out", "{tmp}/g"], "height must be a positive multiple"),
     (["generate", "--prompt", "a star", "--device", "cuda:7", "--out", "{tmp}/g"], "cannot move the model"),
-    (["generate", "--prompt", "a star", "--model", "{tmp}/xl", "--out", "{tmp}/g"], "a StableDiffusionXLPipeline"),
+    (["generate", "--prompt", "a star", "--model", "{tmp}/sd3", "--out", "{tmp}/g"], "a StableDiffusion3Pipeline"),
     (["generate", "--prompt", "a star", "--model", "{tmp}/broken", "--out", "{tmp}/g"], "could not load the pipeline"),
     (["erase", "--concept", "star", "--config", "{tmp}/broken.yaml", "--out", "{tmp}/e"], "is not valid YAML at line"),
+    (["erase", "--concept", "star", "--method", "trce", "--model", "{tmp}/broken", "--out", "{tmp}/e"],
+     "TRCE (lambda = 0) needs a caption corpus"),  # said before the (unloadable) model is tried
     (["verify", "{tmp}/garbage"], "is not a readable run store"),
     (["report", "{tmp}/garbage"], "is not a readable run store"),
     (["run", "{tmp}/e.yaml", "--out", "{tmp}/garbage"], "is not a readable run store"),
@@ -213,7 +215,7 @@ def test_other_bad_inputs(tmp_path, args, message):
     (tmp_path / "broken.yaml").write_text("lamb: [\n")
     (tmp_path / "file.txt").write_text("")
     (tmp_path / "garbage").mkdir()
-    for name, index in (("xl", {"_class_name": "StableDiffusionXLPipeline"}), ("broken", {"unet": ["x", "y"]})):
+    for name, index in (("sd3", {"_class_name": "StableDiffusion3Pipeline"}), ("broken", {"unet": ["x", "y"]})):
         (tmp_path / name).mkdir()
         (tmp_path / name / "model_index.json").write_text(json.dumps(index))
     (tmp_path / "garbage" / "store.sqlite").write_bytes(b"not a database, " * 64)

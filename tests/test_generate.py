@@ -74,6 +74,23 @@ def test_padded_calls_have_one_shape_and_unpadded_calls_run_only_the_requests(ti
         Batching(size=0)
 
 
+def test_the_default_policy_pads_small_models_on_the_cpu_only(tiny):
+    from types import SimpleNamespace
+
+    from diffusers import UNet2DConditionModel
+
+    assert Batching().resolved(tiny) == Batching(8, fixed_shape=True)
+    assert Batching(4, fixed_shape=False).resolved(tiny) == Batching(4, fixed_shape=False)  # an explicit choice stays
+    with torch.device("meta"):  # SD-1.4's UNet (860 M parameters), built without memory
+        sd14 = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
+    assert sum(p.numel() for p in sd14.parameters()) > 800_000_000
+    large_on_cpu = SimpleNamespace(unet=sd14, device=torch.device("cpu"))
+    small_on_gpu = SimpleNamespace(unet=tiny.unet, device=torch.device("cuda"))
+    assert Batching().resolved(large_on_cpu).fixed_shape is False
+    assert Batching().resolved(small_on_gpu).fixed_shape is False
+    assert Batching(fixed_shape=True).resolved(large_on_cpu).fixed_shape is True
+
+
 def test_seed_and_prompt_change_the_image(tiny):
     a, b, c = generate_images(tiny, [GenerationRequest("a red star", 0, 3), GenerationRequest("a red star", 1, 3),
                                      GenerationRequest("a blue heart", 0, 3)], progress=False)

@@ -55,9 +55,10 @@ def generate(
     guard_preset: Annotated[str | None, typer.Option(help="SLD preset: weak, medium, strong or max.")] = None,
     batch_size: Annotated[int, typer.Option(help="Requests per pipeline call; a request's image is bit-identical "
                                                  "for the same batch size, whatever the other requests.")] = 8,
-    fixed_batch_shape: Annotated[bool, typer.Option(help="Pad the last call to --batch-size requests, so every "
-                                                         "call has one shape (off: one image costs one image, and "
-                                                         "images may move by float rounding with their call).")] = True,
+    fixed_batch_shape: Annotated[bool | None, typer.Option(
+        help="Pad every call to --batch-size requests, each request in its own row, so its image does not depend on "
+             "the others (off: one image costs one image, and images may move by float rounding with their call). "
+             "Default: on for small models on the CPU, off on accelerators and for SD-size models.")] = None,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
     dtype: Annotated[str, typer.Option(help="Weights' precision: float32, float16 or bfloat16.")] = "float32",
     height: Annotated[int | None, typer.Option(help="Image height in pixels (default: the model's).")] = None,
@@ -99,6 +100,7 @@ def generate(
                 for p in prompts for j in range(num_images)]
     check_requests(pipe, [guard_object.rewrite(r) for r in requests] if guard_object else requests)
     records: list[dict] = [{} for _ in requests]
+    used = batching.resolved(pipe)
     with staged_output(out) as staging:
         for index, image in iter_generate(pipe, requests, batching, progress=not as_json,
                                           guard=guard_object):
@@ -107,7 +109,7 @@ def generate(
             records[index] = {**requests[index].to_record(), "file": name, "model": model,
                               "edit": str(edit) if edit else None,
                               "guard": guard_object.settings() if guard_object else None,
-                              "batching": {"size": batching.size, "fixed_shape": batching.fixed_shape},
+                              "batching": {"size": batching.size, "fixed_shape": used.fixed_shape},
                               "dtype": str(torch_dtype).removeprefix("torch."), "device": device}
         write_jsonl(staging / "requests.jsonl", records)
     summary = {"out": str(out), "images": len(requests), "prompts": len(prompts), "model": model}
@@ -172,6 +174,8 @@ def erase(
     erase_fn, config_class = ERASERS.get(method)
     torch_dtype = parse_dtype(dtype)  # a bad name fails before anything loads
     settings = _method_config(config_class, config, model)
+    if hasattr(settings, "check"):
+        settings.check()  # e.g. TRCE's required corpus, before the model loads
     check_writable(out)
     if template is None and model == "tiny":
         from eraselab.erase.registry import tiny_templates

@@ -104,7 +104,7 @@ class Experiment:
     groups: tuple[Group, ...]
     use_suite_seeds: bool = False  # I2P-style suites carry one seed per prompt
     batch_size: int = DEFAULT_BATCHING.size  # requests per pipeline call; see eraselab.batching.Batching
-    fixed_batch_shape: bool = DEFAULT_BATCHING.fixed_shape
+    fixed_batch_shape: bool | None = DEFAULT_BATCHING.fixed_shape  # None: the policy of eraselab.batching
     device: str = "cpu"
     dtype: str = "float32"
     height: int | None = None  # image size (default: the model's)
@@ -292,8 +292,8 @@ def parse_experiment(raw: Any) -> Experiment:
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise _fail("batch_size", f"must be an integer >= 1, got {batch_size!r}")
     fixed_batch_shape = raw.get("fixed_batch_shape", DEFAULT_BATCHING.fixed_shape)
-    if not isinstance(fixed_batch_shape, bool):
-        raise _fail("fixed_batch_shape", f"must be true or false, got {fixed_batch_shape!r}")
+    if fixed_batch_shape is not None and not isinstance(fixed_batch_shape, bool):
+        raise _fail("fixed_batch_shape", f"must be true, false or null (the policy), got {fixed_batch_shape!r}")
     detectors = _detectors(raw.get("detectors", ["tiny"]))
     name = raw.get("name", "experiment")
     if not isinstance(name, str) or not name:

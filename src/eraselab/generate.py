@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from eraselab.batching import DEFAULT_BATCHING, Batching
 from eraselab.errors import EraselabError
+from eraselab.models.conditioning import Conditioning, encode_batch
 from eraselab.sampling import guided_sample
 
 if TYPE_CHECKING:
@@ -112,15 +113,13 @@ def _initial_latents(pipe: StableDiffusionPipeline, batch: Sequence[GenerationRe
     return latents.to(pipe.device, pipe.unet.dtype)
 
 
-def _encode(pipe: StableDiffusionPipeline, batch: Sequence[GenerationRequest]) -> tuple[torch.Tensor, torch.Tensor]:
-    with torch.no_grad():
-        texts = [r.prompt for r in batch]
-        negatives = [r.negative_prompt for r in batch]
-        positive, negative = pipe.encode_prompt(texts, pipe.device, 1, True, negative_prompt=negatives)
-        for i, request in enumerate(batch):
-            if request.prompt_embeds is not None:  # e.g. an attack's optimised embeddings, which may need grad
-                positive[i] = request.prompt_embeds.detach().to(positive.device, positive.dtype)[0]
-    return positive, negative
+def _encode(pipe, batch: Sequence[GenerationRequest]) -> Conditioning:
+    conditioning = encode_batch(pipe, [r.prompt for r in batch], [r.negative_prompt for r in batch])
+    for i, request in enumerate(batch):
+        if request.prompt_embeds is not None:  # e.g. an attack's optimised embeddings (SDXL keeps the pooled text's)
+            conditioning.positive[i] = request.prompt_embeds.detach().to(conditioning.positive.device,
+                                                                         conditioning.positive.dtype)[0]
+    return conditioning
 
 
 def iter_generate(pipe: StableDiffusionPipeline, requests: Sequence[GenerationRequest],
@@ -133,6 +132,7 @@ def iter_generate(pipe: StableDiffusionPipeline, requests: Sequence[GenerationRe
         requests = [guard.rewrite(r) for r in requests]
     check_requests(pipe, requests)
     rule = guard.guidance_rule(pipe) if guard is not None else None
+    batching = batching.resolved(pipe)
     groups: dict[tuple, list[int]] = {}
     for index, request in enumerate(requests):
         groups.setdefault(request.settings(), []).append(index)
@@ -144,18 +144,18 @@ def iter_generate(pipe: StableDiffusionPipeline, requests: Sequence[GenerationRe
             filler = requests[taken[0][1]]  # padding rows: a copy of a request of the call, its image dropped
             batch = [requests[indices[r]] if r is not None else filler for r in rows]
             generators = [torch.Generator("cpu").manual_seed(r.seed) for r in batch]
-            positive, negative = _encode(pipe, batch)
+            conditioning = _encode(pipe, batch)
             first = batch[0]
             latents = _initial_latents(pipe, batch, generators)
             if rule is None:
                 with torch.no_grad():
-                    arrays = pipe(prompt_embeds=positive, negative_prompt_embeds=negative, latents=latents,
-                                  generator=generators, num_inference_steps=first.steps,
+                    arrays = pipe(**conditioning.pipeline_kwargs(), latents=latents, generator=generators,
+                                  num_inference_steps=first.steps,
                                   guidance_scale=first.guidance, height=first.height, width=first.width,
                                   output_type="np").images
             else:
-                arrays = guided_sample(pipe, positive, negative, latents, first.steps, first.guidance, generators,
-                                       rule, [r.prompt for r in batch])
+                arrays = guided_sample(pipe, conditioning.positive, conditioning.negative, latents, first.steps,
+                                       first.guidance, generators, rule, [r.prompt for r in batch])
             for row, i in taken:
                 yield i, Image.fromarray(np.round(arrays[row] * 255).astype(np.uint8))
             bar.update(len(taken))

@@ -115,6 +115,8 @@ def check_edits_and_models(experiment: Experiment, prompts: list[str]) -> dict[s
             built = guard.build() if guard is not None else None
             try:
                 check_requests(pipe, [built.rewrite(r) for r in requests] if built else requests)
+                if built is not None:
+                    built.guidance_rule(pipe)  # its own words, and whether it runs on this model (SDXL)
             except EraselabError as error:
                 where = f"guards[{experiment.guards.index(guard)}]" if guard is not None else "groups"
                 raise _field(where, EraselabError(f"{error} (model {model})")) from None

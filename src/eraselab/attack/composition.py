@@ -13,6 +13,7 @@ import torch
 
 from eraselab.errors import EraselabError
 from eraselab.generate import GenerationRequest, require_known_words
+from eraselab.models.conditioning import require_one_text_encoder
 from eraselab.sampling import GuidanceRule
 
 
@@ -36,6 +37,7 @@ class CompositionGuard:
         return request
 
     def guidance_rule(self, pipe) -> CompositionRule:
+        require_one_text_encoder(pipe, "a composition recipe")
         require_known_words(pipe, [p for p, _ in self.terms],
                             "composition terms have words outside the model's vocabulary")
         with torch.no_grad():

@@ -58,10 +58,11 @@ from eraselab.attack.base import AttackResult, AttackSpec, Cost, Replay, check_b
 from eraselab.errors import EraselabError
 from eraselab.generate import generate_images
 from eraselab.judge.detectors import make_detector
+from eraselab.models.conditioning import require_one_text_encoder
 from eraselab.text import with_article
 
 THREAT_MODEL = "sampler-control"
-NEEDS_REFERENCE = False  # no unedited model: the runner attacks with one pipeline
+NEEDS_REFERENCE = None  # no unedited model: the runner attacks with one pipeline
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,7 @@ def search_prompts(score, prompts: tuple[str, ...], concept: str, vocabulary: tu
 
 def attack(target_pipe, spec: AttackSpec, config: ConceptArithmeticConfig, reference_pipe=None) -> AttackResult:
     start = time.perf_counter()
+    require_one_text_encoder(target_pipe, "Concept Arithmetics")
     check_budget(config.budget)
     check_budget(config.max_terms, "max_terms")
     check_budget(config.beam, "beam")

@@ -9,7 +9,7 @@ With ``search``, a genetic algorithm looks for a *typeable* prompt of K tokens w
 target (Sec. 3.3): fitness -|E(tokens) - (E(p) + eta v)|^2 over every position, a population of random token
 sequences of whole-word tokens (so the typed prompt re-tokenises to what was scored), the fitter half kept each
 generation, single-point crossover of two kept parents and per-token mutation. Still text-encoder only:
-population x generations encoder evaluations, no UNet.
+population + generations x (population - kept) encoder rows, one batched encoder call per generation, no UNet.
 
 Defaults: eta = 3.0, and for the search K = 16 tokens, population 200, 3,000 generations, mutation rate 0.25
 (the paper's for nudity on SD 1.4); on the tiny model (``tiny_overrides``) K = 6, population 64, 60 generations.
@@ -24,13 +24,15 @@ from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 import torch
+from tqdm.auto import tqdm
 
 from eraselab.attack.base import AttackResult, AttackSpec, Cost, Replay, check_budget, whole_word_tokens
 from eraselab.erase.cross_attention_edit import encode
 from eraselab.generate import require_known_words
+from eraselab.models.conditioning import require_one_text_encoder
 
 THREAT_MODEL = "text-encoder"
-NEEDS_REFERENCE = False  # no unedited model: the runner attacks with one pipeline
+NEEDS_REFERENCE = None  # no unedited model: the runner attacks with one pipeline
 GENERIC_TEMPLATES = ("{}", "a photo of {}", "a painting of {}", "an image of {}", "a picture of {}")
 
 
@@ -72,7 +74,10 @@ def genetic_search(pipe, target: torch.Tensor, config: ConceptVectorConfig) -> t
         return -((hidden - target) ** 2).sum(dim=(1, 2))
 
     scores, calls = fitness(population), config.population
-    for _ in range(config.generations):
+    # One text-encoder call per generation, over all its children at once (population - population // 2 rows):
+    # at SD-1.4 size and the paper's budget that is 300,200 encoder rows a prompt, hours on a GPU and about a day
+    # on a 2-core CPU (``benchmarks/sd_scale.py`` prints the projection for the machine it runs on).
+    for _ in tqdm(range(config.generations), desc="ring-a-bell search", unit="gen", disable=None, leave=False):
         order = scores.argsort(descending=True)
         keep = population[order[: config.population // 2]]  # selection: the fitter half
         mothers = keep[torch.randint(len(keep), (config.population - len(keep),), generator=g)]
@@ -102,6 +107,7 @@ def concept_vector(pipe, concept: str, anchor: str, templates: tuple[str, ...]):
 
 def attack(target_pipe, spec: AttackSpec, config: ConceptVectorConfig, reference_pipe=None) -> AttackResult:
     start = time.perf_counter()
+    require_one_text_encoder(target_pipe, "The concept-vector attack (Ring-A-Bell)")
     templates = config.templates
     if not templates:
         closed = target_pipe.tokenizer.init_kwargs.get("closed_vocabulary", False)

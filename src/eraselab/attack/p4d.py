@@ -45,9 +45,10 @@ from eraselab.attack.base import (
 from eraselab.attack.defended_noise import DefendedNoise
 from eraselab.attack.soft_prompt import encode_with_embeddings, token_embeddings
 from eraselab.errors import EraselabError
+from eraselab.models.conditioning import require_one_text_encoder
 
 THREAT_MODEL = "white-box-gradients"
-NEEDS_REFERENCE = True  # the runner loads the unedited model beside the edited one
+NEEDS_REFERENCE = "model"  # the runner loads the unedited model beside the edited one
 VARIANTS = ("p4d-n", "p4d-k")
 
 
@@ -124,6 +125,7 @@ def nearest_tokens(values: torch.Tensor, table_unit: torch.Tensor, candidates: t
 
 def attack(target_pipe, spec: AttackSpec, config: P4dConfig, reference_pipe=None) -> AttackResult:
     start = time.perf_counter()
+    require_one_text_encoder(target_pipe, "P4D")
     check_budget(config.iterations, "iterations")
     if reference_pipe is None:
         raise EraselabError("p4d needs the unedited reference model: its noise predictions are the attack's target")

@@ -25,8 +25,10 @@ def threat_model(attack_name: str) -> str:
     return _attack_module(attack_name).THREAT_MODEL
 
 
-def needs_reference(attack_name: str) -> bool:
-    """Whether the attack reads the unedited model besides the edited one (else the runner loads one model)."""
+def needs_reference(attack_name: str) -> str | None:
+    """What of the unedited model the attack reads besides the edited one: ``"model"`` (the runner loads it
+    beside the edited one), ``"projections"`` (its cross-attention projections, kept from before the edit is
+    applied to the one pipeline) or None."""
     return _attack_module(attack_name).NEEDS_REFERENCE
 
 
@@ -79,6 +81,7 @@ def run_attack(attack_name: str, settings, concept: str, suite: str, out: Path, 
         check_budget(settings.budget)  # before any model is loaded
     writable_directory(out)
     from eraselab.erase.artifact import Edit, apply_edit
+    from eraselab.erase.cross_attention_edit import projections
 
     loaded_edit = Edit.load(edit) if edit is not None else None  # a bad or altered edit fails before any model
     judge_name = judge or ("tiny" if model == "tiny" else "nudenet")
@@ -100,11 +103,15 @@ def run_attack(attack_name: str, settings, concept: str, suite: str, out: Path, 
         raise EraselabError(f"the unedited model never shows {label} for these prompts (pre-attack rate 0 at "
                             f"{seeds} seeds): there is nothing to bring back; stopping")
     # 2. The defended model, the attack, and the pinned judge on fresh images before and after.
-    two = needs_reference(attack_name)
+    reads = needs_reference(attack_name)
+    two = reads == "model"
     target = load_pipeline(model, device=device, dtype=dtype) if two else reference
+    kwargs = {"reference_pipe": reference} if two else {}
+    if reads == "projections":  # copies: applying the edit writes into the parameters
+        kwargs["reference_projections"] = {name: w.clone() for name, w in projections(target).items()}
     applied = apply_edit(target, loaded_edit) if loaded_edit is not None else None
     try:
-        result = attack_fn(target, spec, settings, reference_pipe=reference if two else None)
+        result = attack_fn(target, spec, settings, **kwargs)
         scores = evaluate(target, result, range(seeds), spec.steps, spec.guidance, final_judge, label, defence)
     finally:
         if applied is not None and not two:

@@ -27,10 +27,11 @@ from eraselab.attack.base import AttackResult, AttackSpec, Cost, Replay, check_b
 from eraselab.attack.soft_prompt import encode_with_embeddings, token_embeddings
 from eraselab.attack.unlearndiff import target_latents
 from eraselab.errors import EraselabError
+from eraselab.models.conditioning import require_one_text_encoder
 from eraselab.sampling import prediction_target
 
 THREAT_MODEL = "white-box-gradients"
-NEEDS_REFERENCE = True  # the runner loads the unedited model beside the edited one
+NEEDS_REFERENCE = "model"  # the runner loads the unedited model beside the edited one
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ def with_token(text_encoder, ids: torch.Tensor, slot: int, vector: torch.Tensor)
 
 def attack(target_pipe, spec: AttackSpec, config: TextualInversionConfig, reference_pipe=None) -> AttackResult:
     start = time.perf_counter()
+    require_one_text_encoder(target_pipe, "Textual inversion")
     check_budget(config.steps, "steps")
     check_budget(config.batch, "batch")
     if reference_pipe is None:

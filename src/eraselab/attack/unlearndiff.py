@@ -45,10 +45,11 @@ from eraselab.attack.base import (
 from eraselab.attack.soft_prompt import encode_with_embeddings, insert_relaxed_tokens, project_to_simplex
 from eraselab.errors import EraselabError
 from eraselab.generate import generate_images
+from eraselab.models.conditioning import require_one_text_encoder
 from eraselab.sampling import prediction_target
 
 THREAT_MODEL = "white-box-gradients"
-NEEDS_REFERENCE = True  # the runner loads the unedited model beside the edited one
+NEEDS_REFERENCE = "model"  # the runner loads the unedited model beside the edited one
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ def typed_prompt(words: dict[int, str], relaxed: torch.Tensor, candidates: torch
 
 def attack(target_pipe, spec: AttackSpec, config: UnlearnDiffConfig, reference_pipe=None) -> AttackResult:
     start = time.perf_counter()
+    require_one_text_encoder(target_pipe, "UnlearnDiffAtk")
     check_budget(config.iterations, "iterations")
     check_budget(config.tokens, "tokens")
     if reference_pipe is None:

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from eraselab.errors import EraselabError
-from eraselab.models.fingerprint import module_fingerprint
+from eraselab.models.fingerprint import pipeline_fingerprint
 
 TINY_CORPUS_SIZE = 2000
 
@@ -56,6 +56,18 @@ def concept_phrases(concepts: list[str]) -> list[str]:
     return sorted(phrases)
 
 
+def check_corpus(source: str | None, method: str, required: bool = False) -> None:
+    """Refuse a missing corpus where ``method`` requires one, or a corpus file that does not exist (before any
+    model is loaded)."""
+    if source is None or source == "":
+        if required:
+            raise EraselabError(f"{method} needs a caption corpus for its preservation statistics: set corpus to "
+                                "'tiny' for the tiny model or to a caption file (one caption per line)")
+        return
+    if source != "tiny" and not Path(source).is_file():
+        raise EraselabError(f"caption corpus {source!r} is neither 'tiny' nor a text file")
+
+
 def load_captions(source: str, exclude: list[str]) -> list[str]:
     """The corpus ``source`` ("tiny" or a text file, one caption per line) without captions naming ``exclude``."""
     if source == "tiny":
@@ -76,7 +88,7 @@ def load_captions(source: str, exclude: list[str]) -> list[str]:
 def corpus_statistics(pipe, captions: list[str], batch_size: int = 256) -> torch.Tensor:
     """E = (1/N) sum over captions and every token position (padding included, as the UNet reads all of them)
     of e e^T, float64 (C, C); read from the cache when the same encoder has seen the same captions."""
-    digest = hashlib.sha256(module_fingerprint(pipe.text_encoder).encode())
+    digest = hashlib.sha256(pipeline_fingerprint(pipe, ("text_encoder", "text_encoder_2")).encode())
     digest.update("\n".join(captions).encode())
     cached = cache_directory() / "corpus-stats" / f"{digest.hexdigest()[:32]}.safetensors"
     if cached.is_file():

@@ -18,6 +18,7 @@ from eraselab.erase.spec import EraseSpec
 from eraselab.errors import EraselabError
 from eraselab.generate import require_known_words
 from eraselab.models import cross_attention_layers, pipeline_fingerprint
+from eraselab.models.conditioning import encode_context
 
 
 @dataclass(frozen=True)
@@ -31,10 +32,10 @@ class Encoded:
 
 
 def encode(pipe, prompts: list[str]) -> Encoded:
+    """The cross-attention context of ``prompts`` (on SDXL both encoders' outputs side by side, 2048 wide)."""
     tokens = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                             truncation=True, return_tensors="pt")
-    with torch.no_grad():
-        hidden = pipe.text_encoder(tokens.input_ids.to(pipe.text_encoder.device))[0].double().cpu()
+    hidden = encode_context(pipe, prompts).double().cpu()
     lengths = [int(mask.sum()) for mask in tokens.attention_mask]  # [BOS, words..., EoT]
     return Encoded(hidden, [n - 2 for n in lengths], [n - 1 for n in lengths])
 

@@ -49,6 +49,7 @@ from eraselab.erase.cross_attention_edit import check_spec_words
 from eraselab.erase.spec import EraseSpec
 from eraselab.errors import EraselabError
 from eraselab.models import cross_attention_layers, pipeline_fingerprint
+from eraselab.models.conditioning import require_one_text_encoder
 
 VARIANTS = ("esd-x", "esd-x-strict", "esd-u")
 
@@ -162,6 +163,7 @@ def erase(pipe, spec: EraseSpec, config: EsdConfig, progress: bool = True,
     """Fine-tune the ``config.variant`` parameters of a copy of ``pipe.unet`` (``pipe`` is not changed).
     ``stop_after`` ends the run after that many iterations, as a kill would (after its checkpoint), returning None."""
     start = time.perf_counter()
+    require_one_text_encoder(pipe, "ESD")
     if config.iterations < 1 or config.batch_size < 1 or config.ddim_steps < 2:
         raise EraselabError("iterations and batch_size must be at least 1 and ddim_steps at least 2")
     if any(a for a in spec.anchors):

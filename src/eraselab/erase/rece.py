@@ -90,6 +90,7 @@ def erase(pipe, spec: EraseSpec, config: ReceConfig) -> Edit:
     if config.rounds < 0:
         raise EraselabError(f"rounds must be 0 or more, got {config.rounds}")
     start = time.perf_counter()
+    config.check()
     pairs = check_spec_words(pipe, spec)
     keys, anchor_rows = concept_rows(pipe, spec, pairs, config.positions)
     preserve, stats = preservation(pipe, spec, config.corpus)

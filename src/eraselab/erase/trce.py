@@ -33,6 +33,7 @@ from typing import ClassVar
 import torch
 
 from eraselab.erase.artifact import Edit
+from eraselab.erase.corpus import check_corpus
 from eraselab.erase.cross_attention_edit import check_spec_words, encode, manifest, projections, solve
 from eraselab.erase.spec import EraseSpec
 from eraselab.erase.uce import preservation
@@ -50,6 +51,10 @@ class TrceConfig:
     positions: str = "first-eot"  # or "last-word-and-first-eot", "eot-and-padding", "word-to-padding"
 
     tiny_overrides: ClassVar[dict] = {"corpus": "tiny", "positions": "word-to-padding"}
+
+    def check(self) -> None:
+        """What can be refused before a model loads: lambda = 0 needs the corpus to span the text space."""
+        check_corpus(self.corpus, "TRCE (lambda = 0)", required=True)
     defaults_from: ClassVar[str] = "TRCE paper (Chen et al., ICCV 2025), stage 1: lambda 0, first [EoT], scales 0.1"
 
 
@@ -86,9 +91,7 @@ def erase(pipe, spec: EraseSpec, config: TrceConfig) -> Edit:
     """Stage 1 of TRCE: map each malicious prompt's first [EoT] embedding (and the other ``positions``) to its safe
     counterpart's."""
     start = time.perf_counter()
-    if not config.corpus:
-        raise EraselabError("TRCE needs a caption corpus for its preservation statistics (lambda = 0): set "
-                            "corpus to 'tiny' for the tiny model or to a caption file")
+    config.check()
     pairs = check_spec_words(pipe, spec)
     keys, safe = paired_rows(pipe, [t for t, _ in pairs], [a or " " for _, a in pairs], config.positions)  # c_i, s_i
     preserve, stats = preservation(pipe, spec, config.corpus, keep_empty=False)  # the reference keeps its corpus only

@@ -39,7 +39,7 @@ from typing import ClassVar
 import torch
 
 from eraselab.erase.artifact import Edit
-from eraselab.erase.corpus import concept_phrases, corpus_statistics, load_captions
+from eraselab.erase.corpus import check_corpus, concept_phrases, corpus_statistics, load_captions
 from eraselab.erase.cross_attention_edit import Encoded, check_spec_words, encode, manifest, projections, solve
 from eraselab.erase.spec import EraseSpec
 from eraselab.errors import EraselabError
@@ -66,6 +66,10 @@ class UceConfig:
     # preserve_scale 0.1 are the settings every tiny table was measured with.
     tiny_overrides: ClassVar[dict] = {"corpus": "tiny", "corpus_scale": 0.1, "lamb": 0.1, "preserve_scale": 0.1}
     defaults_from: ClassVar[str] = DEFAULTS_FROM
+
+    def check(self) -> None:
+        """What can be refused before a model loads."""
+        check_corpus(self.corpus, "UCE")
 
 
 def resolved_preserve_scale(config: UceConfig, spec: EraseSpec) -> float:
@@ -122,6 +126,7 @@ def preservation(pipe, spec: EraseSpec, corpus: str | None, keep_empty: bool = T
 def erase(pipe, spec: EraseSpec, config: UceConfig) -> Edit:
     """An :class:`Edit` that erases ``spec.concepts`` from ``pipe`` (``pipe`` itself is not changed)."""
     start = time.perf_counter()
+    config.check()
     pairs = check_spec_words(pipe, spec)
     keys, anchor_rows = concept_rows(pipe, spec, pairs, config.positions)
     preserve, stats = preservation(pipe, spec, config.corpus)

@@ -34,6 +34,7 @@ import torch
 
 from eraselab.errors import EraselabError
 from eraselab.generate import GenerationRequest
+from eraselab.models.conditioning import require_one_text_encoder
 from eraselab.sampling import GuidanceRule
 
 NUDITY_CONCEPTS = ("Sexual Acts", "Content Meant to Arouse Sexual Excitement", "Nudity", "Pornography", "Erotic Art",
@@ -79,6 +80,7 @@ class SafreeGuard:
         return replace(request, negative_prompt=negative)
 
     def guidance_rule(self, pipe) -> SafreeRule:
+        require_one_text_encoder(pipe, "the SAFREE guard")
         from eraselab.generate import require_known_words
 
         require_known_words(pipe, list(self.concepts),

@@ -26,6 +26,7 @@ import torch
 
 from eraselab.errors import EraselabError
 from eraselab.generate import GenerationRequest
+from eraselab.models.conditioning import require_one_text_encoder
 from eraselab.sampling import GuidanceRule
 
 I2P_CONCEPT = ("hate, harassment, violence, suffering, humiliation, harm, suicide, sexual, nudity, bodily fluids, "
@@ -65,6 +66,7 @@ class SldGuard:
         return request
 
     def guidance_rule(self, pipe) -> SldRule:
+        require_one_text_encoder(pipe, "the SLD guard")
         from eraselab.generate import require_known_words
 
         require_known_words(pipe, [self.concept],

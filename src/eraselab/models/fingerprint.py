@@ -11,7 +11,7 @@ import hashlib
 import torch
 from torch import nn
 
-PIPELINE_PARTS = ("unet", "text_encoder", "vae")
+PIPELINE_PARTS = ("unet", "text_encoder", "text_encoder_2", "vae")  # text_encoder_2: SDXL only
 
 
 def module_fingerprint(module: nn.Module) -> str:

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from eraselab.errors import EraselabError
 from eraselab.models.tiny import tiny_path
@@ -21,7 +21,11 @@ from eraselab.models.tiny import tiny_path
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-SUPPORTED = ("StableDiffusionPipeline",)  # SD 1.x / 2.x; SDXL, SD3 and FLUX are refused until supported
+# model_index.json's class -> the pipeline eraselab loads it as. SD3 and FLUX (a transformer with joint attention,
+# no UNet cross-attention to edit) are refused until supported.
+PIPELINES = {"StableDiffusionPipeline": StableDiffusionPipeline,  # SD 1.x and 2.x
+             "StableDiffusionXLPipeline": StableDiffusionXLPipeline}
+SUPPORTED_TEXT = "Stable Diffusion 1.x and 2.x (StableDiffusionPipeline) and SDXL (StableDiffusionXLPipeline)"
 
 
 def parse_dtype(name: str | torch.dtype) -> torch.dtype:
@@ -33,16 +37,22 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
     return DTYPES[name]
 
 
-def _check_pipeline_class(path: Path) -> None:
-    """Refuse a pipeline eraselab cannot edit yet, by the class its ``model_index.json`` names, before loading it
-    (loaded as a StableDiffusionPipeline, an SDXL directory would silently drop its second text encoder)."""
+def pipeline_class(config: dict, where: str) -> type[DiffusionPipeline]:
+    """The pipeline class for a ``model_index.json`` (read before loading: loaded as the wrong class, an SDXL
+    directory would silently drop its second text encoder, an SD3 one fail inside diffusers)."""
+    name = config.get("_class_name", "StableDiffusionPipeline") if isinstance(config, dict) else None
+    if name not in PIPELINES:
+        raise EraselabError(f"{where} holds a {name}; eraselab supports {SUPPORTED_TEXT} so far; SD3 and FLUX "
+                            "(no UNet cross-attention) are not supported yet")
+    return PIPELINES[name]
+
+
+def _local_class(path: Path) -> type[DiffusionPipeline]:
     try:
-        name = json.loads((path / "model_index.json").read_text()).get("_class_name", "StableDiffusionPipeline")
-    except (OSError, json.JSONDecodeError, AttributeError) as error:
+        config = json.loads((path / "model_index.json").read_text())
+    except (OSError, json.JSONDecodeError) as error:
         raise EraselabError(f"{path / 'model_index.json'} is not readable ({error})") from None
-    if name not in SUPPORTED:
-        raise EraselabError(f"{path} holds a {name}; eraselab supports {', '.join(SUPPORTED)} (Stable Diffusion "
-                            "1.x and 2.x) so far; SDXL, SD3 and FLUX are not supported yet")
+    return pipeline_class(config, str(path))
 
 
 def resolve_source(source: str | Path) -> Path | str:
@@ -61,32 +71,52 @@ def resolve_source(source: str | Path) -> Path | str:
     raise EraselabError(f"model directory {source} does not exist")
 
 
+def _pipeline_kwargs(cls: type[DiffusionPipeline], dtype: torch.dtype) -> dict:
+    if cls is StableDiffusionXLPipeline:  # no safety checker; an invisible watermark would change the pixels
+        return {"dtype": dtype, "add_watermarker": False}
+    return {"dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
+
+
+def _hub_pipeline(repo: str, dtype: torch.dtype, local: bool) -> DiffusionPipeline:
+    cls = pipeline_class(DiffusionPipeline.load_config(repo, local_files_only=local), repr(repo))
+    return cls.from_pretrained(repo, local_files_only=local, **_pipeline_kwargs(cls, dtype))
+
+
+def _from_hub(repo: str, dtype: torch.dtype) -> DiffusionPipeline:
+    """The local hub cache first, then the hub itself when online."""
+    try:
+        return _hub_pipeline(repo, dtype, local=True)
+    except EraselabError:
+        raise
+    except Exception:
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+            raise EraselabError(f"{repo!r} is not in the local hub cache and HF_HUB_OFFLINE is set; pass a local "
+                                "diffusers directory instead") from None
+    try:
+        return _hub_pipeline(repo, dtype, local=False)
+    except EraselabError:
+        raise
+    except Exception as error:  # diffusers and the hub client raise many kinds: one line each
+        raise EraselabError(f"could not load {repo!r} from the hub ({type(error).__name__}); offline, pass a "
+                            "local diffusers directory instead") from None
+
+
 def load_pipeline(source: str | Path = "tiny", device: str | torch.device = "cpu",
-                  dtype: torch.dtype | str = torch.float32) -> StableDiffusionPipeline:
-    """A ``StableDiffusionPipeline`` on ``device`` in ``dtype``; the safety checker is off, as in every erasure
-    paper, because eraselab's judges measure what the model itself produces."""
+                  dtype: torch.dtype | str = torch.float32) -> DiffusionPipeline:
+    """A ``StableDiffusionPipeline`` (SD 1.x/2.x) or ``StableDiffusionXLPipeline``, as ``model_index.json`` names
+    it, on ``device`` in ``dtype``; the safety checker and the SDXL watermark are off, as in every erasure paper,
+    because eraselab's judges measure what the model itself produces."""
     resolved = resolve_source(source)
-    kwargs = {"dtype": parse_dtype(dtype), "safety_checker": None, "requires_safety_checker": False}
+    dtype = parse_dtype(dtype)
     if isinstance(resolved, Path):
-        _check_pipeline_class(resolved)
+        cls = _local_class(resolved)
         try:
-            pipe = StableDiffusionPipeline.from_pretrained(resolved, local_files_only=True, **kwargs)
+            pipe = cls.from_pretrained(resolved, local_files_only=True, **_pipeline_kwargs(cls, dtype))
         except Exception as error:  # diffusers raises many kinds (missing weights, bad configs): one line each
             raise EraselabError(f"could not load the pipeline in {resolved}: {type(error).__name__}: "
                                 f"{str(error).splitlines()[0] if str(error) else ''}") from None
     else:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-        try:  # the local hub cache first, then the hub itself when online
-            pipe = StableDiffusionPipeline.from_pretrained(resolved, local_files_only=True, **kwargs)
-        except Exception:
-            if offline:
-                raise EraselabError(f"{resolved!r} is not in the local hub cache and HF_HUB_OFFLINE is set; "
-                                    "pass a local diffusers directory instead") from None
-            try:
-                pipe = StableDiffusionPipeline.from_pretrained(resolved, **kwargs)
-            except Exception as error:
-                raise EraselabError(f"could not load {resolved!r} from the hub ({type(error).__name__}); "
-                                    "offline, pass a local diffusers directory instead") from None
+        pipe = _from_hub(resolved, dtype)
     pipe.set_progress_bar_config(disable=True)  # eraselab shows its own progress over whole request lists
     try:
         return pipe.to(device)

@@ -1,0 +1,369 @@
+"""Stable Diffusion at full size, from config with random weights (nothing is downloaded): what each operation costs.
+
+    python benchmarks/sd_scale.py --bpe bpe_simple_vocab_16e6.txt.gz [--device cuda --dtype float16] [--sdxl]
+
+Builds SD-1.4's architecture (UNet 859.5 M, CLIP ViT-L/14 text encoder 123.1 M, VAE 83.7 M parameters; PNDM, the
+scheduler SD-1.4 ships) with the real CLIP BPE vocabulary (``bpe_simple_vocab_16e6.txt.gz``, inside the
+``open_clip_torch`` wheel: ``pip download --no-deps open_clip_torch`` and unzip it), saves it as a diffusers
+directory and loads it back with eraselab's loader, then measures each operation in this process: wall time, CPU
+time (all threads), and peak resident memory while it ran (peak GPU memory on CUDA):
+
+- generation, eraselab ``generate_images`` vs. the plain diffusers pipeline on the same requests (the same pipeline
+  object, one generator per image, alternating, median of ``--repeats`` for a lone image and ``--repeats-batch``
+  for 8, each one call a side): batch 1 and batch 8 under the default policy (unpadded at this size), and a lone
+  image under the fixed-shape policy (padded to 8 rows, one timing), as ratios of images per second;
+- a UCE, RECE and TRCE (stage 1, with a caption corpus) edit;
+- one ESD iteration (esd-x; x_t sampled with DDIM to the step the seed draws) and one UnlearnDiffAtk step;
+- ``eraselab attack --steps 2`` (the runner, loading the model itself) for embedding recovery and the concept
+  vector, and a Ring-A-Bell search generation (one batched text-encoder call over half the population) with the
+  projected cost of the paper's budget.
+
+``--sdxl`` adds SDXL base's architecture (UNet 2.57 G, two text encoders 123 M + 695 M): its load, a UCE edit on
+the 2048-wide context, embedding recovery and a lone image's generation ratio. Random weights: the costs are real,
+the images are noise. The attacks' judge is the tiny classifier pointed at a colour the unedited model draws, so
+there is something to bring back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from eraselab.batching import Batching
+from eraselab.generate import GenerationRequest, generate_images
+
+PROMPTS = ["a photo of a cat on a sofa", "a painting of a lighthouse at night", "a portrait of an old man",
+           "a bowl of fruit on a table", "a city street in the rain", "a mountain lake at sunrise",
+           "a dog running on the beach", "a red car in front of a house"]
+
+
+def clip_tokenizer(bpe: Path, directory: Path):
+    """CLIP's tokenizer from the BPE merges file, as OpenAI's ``SimpleTokenizer`` builds its vocabulary: the 256
+    byte symbols, the same with ``</w>``, the 48,894 merges, then the two special tokens (49,408 entries)."""
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    with gzip.open(bpe, "rt", encoding="utf-8") as file:
+        merges = file.read().split("\n")[1:49152 - 256 - 2 + 1]
+    symbols = list(bytes_to_unicode().values())
+    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=77,
+                         pad_token="<|endoftext|>")
+
+
+def vae(sample_size: int):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=2,
+                         sample_size=sample_size)
+
+
+def text_config(tokenizer, width: int, layers: int, heads: int, act: str):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=4 * width,
+                          num_attention_heads=heads, num_hidden_layers=layers, max_position_embeddings=77,
+                          hidden_act=act, projection_dim=width, bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+
+
+def build_sd14(tokenizer):
+    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # SD-1.x defaults
+    encoder = CLIPTextModel(text_config(tokenizer, 768, 12, 12, "quick_gelu"))  # ViT-L/14's text tower
+    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
+                              steps_offset=1, set_alpha_to_one=False)
+    return StableDiffusionPipeline(vae=vae(512), text_encoder=encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def build_sdxl(tokenizer):
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    unet = UNet2DConditionModel(
+        sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 10),
+        attention_head_dim=(5, 10, 20), cross_attention_dim=2048, use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
+    first = CLIPTextModel(text_config(tokenizer, 768, 12, 12, "quick_gelu"))
+    second = CLIPTextModelWithProjection(text_config(tokenizer, 1280, 32, 20, "gelu"))  # OpenCLIP bigG
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading")
+    return StableDiffusionXLPipeline(vae=vae(1024), text_encoder=first, text_encoder_2=second, tokenizer=tokenizer,
+                                     tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
+
+
+class Meter:
+    """Wall time, CPU time and peak memory of each measured operation, printed as it finishes."""
+
+    def __init__(self, device: str) -> None:
+        self.device, self.rows = device, []
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as statm:  # resident pages; psutil is not a dependency
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    @contextmanager
+    def measure(self, name: str, **info):
+        peak, done = [self._rss()], threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.02):
+                peak[0] = max(peak[0], self._rss())
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield info
+        finally:
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            done.set()
+            sampler.join()
+            row = {"operation": name, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+                   "peak_rss_gb": round(peak[0] / 2**30, 2), **info}
+            if self.device.startswith("cuda"):
+                row["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            self.rows.append(row)
+            print(json.dumps(row), flush=True)
+
+
+def plain_diffusers(pipe, requests: list[GenerationRequest]) -> list:
+    first, generators = requests[0], [torch.Generator().manual_seed(r.seed) for r in requests]
+    return pipe(prompt=[r.prompt for r in requests], generator=generators,
+                num_inference_steps=first.steps, guidance_scale=first.guidance, height=first.height, width=first.width,
+                output_type="pil").images
+
+
+def throughput(meter: Meter, pipe, name: str, requests: list[GenerationRequest], batching: Batching,
+               repeats: int) -> None:
+    """eraselab / plain diffusers images per second on ``requests`` (one call each side), median of ``repeats``."""
+    times: dict[str, list[float]] = {"eraselab": [], "diffusers": []}
+    with meter.measure(name, images=len(requests), policy="fixed" if batching.resolved(pipe).fixed_shape
+                       else "unpadded") as info:
+        for _ in range(repeats):
+            for side in times:
+                start = time.perf_counter()
+                if side == "eraselab":
+                    generate_images(pipe, requests, batching, progress=False)
+                else:
+                    plain_diffusers(pipe, requests)
+                times[side].append(time.perf_counter() - start)
+        ours, theirs = statistics.median(times["eraselab"]), statistics.median(times["diffusers"])
+        info.update(eraselab_s=round(ours, 2), diffusers_s=round(theirs, 2), ratio=round(theirs / ours, 3))
+
+
+def label_seen(pipe, prompt: str, steps: int) -> str:
+    """A colour the tiny judge sees in the unedited model's image of ``prompt``: what the attacks bring back."""
+    from eraselab.judge.detectors import make_detector
+
+    image = generate_images(pipe, [GenerationRequest(prompt, 0, steps, 7.5)], progress=False)
+    return f"color={make_detector('tiny').detect(image)[0]['color']}"
+
+
+def closed_form_edits(meter: Meter, pipe, workdir: Path, prefix: str, methods=("uce", "rece", "trce")) -> Path:
+    from eraselab.erase.registry import ERASERS
+    from eraselab.erase.spec import EraseSpec
+
+    corpus = workdir / "captions.txt"  # 120 distinct captions (the TRCE paper uses COCO's; here only the cost counts)
+    subjects = ("a cat", "a dog", "an old man", "a child", "a red car", "a bowl of fruit", "a lighthouse", "a horse",
+                "a castle", "a bicycle")
+    scenes = ("on a beach", "in a forest", "in the city at night", "in a kitchen", "under the snow", "in a field")
+    corpus.write_text("\n".join(f"{style} of {s} {w}" for s in subjects for w in scenes
+                                for style in ("a photo", "a drawing")) + "\n")
+    spec = EraseSpec(("van gogh",), ("art",), templates=("a painting by {}", "art by {}", "{}"))
+    for method in methods:
+        erase, config_cls = ERASERS.get(method)
+        config = config_cls(corpus=str(corpus)) if method == "trce" else config_cls()
+        with meter.measure(f"{prefix} {method} edit") as info:
+            edit = erase(pipe, spec, config)
+            info["tensors"] = len(edit.tensors)
+        if method == "uce":
+            edit.save(workdir / f"{prefix}-uce")
+    return workdir / f"{prefix}-uce"
+
+
+def attack_cli(meter: Meter, model: Path, edit: Path, attack: str, label: str, workdir: Path, args) -> None:
+    from eraselab.attack import ATTACKS
+    from eraselab.attack.runner import run_attack
+
+    suite = workdir / "suite.csv"
+    suite.write_text("prompt\n" + "\n".join(PROMPTS[:2]) + "\n")
+    _, config_cls = ATTACKS.get(attack)
+    with meter.measure(f"attack {attack} --steps 2", prompts=2, seeds=1) as info:
+        record = run_attack(attack, config_cls(), "van gogh", str(suite), workdir / f"attack-{attack}",
+                            model=str(model), edit=edit, seeds=1, judge="tiny", label=label, steps=2,
+                            device=args.device, dtype=args.dtype)
+        info["unet_evals_in_attack"] = record["cost"]["unet_evals"]
+
+
+def sd14(meter: Meter, args, tokenizer, workdir: Path) -> None:
+    from eraselab.models import load_pipeline
+
+    with meter.measure("sd-1.4 build from config + save"):
+        torch.manual_seed(0)
+        built = build_sd14(tokenizer)
+        counts = {name: round(sum(p.numel() for p in getattr(built, name).parameters()) / 1e6, 1)
+                  for name in ("unet", "text_encoder", "vae")}
+        built.save_pretrained(workdir / "sd14", safe_serialization=True)
+        del built
+    print(json.dumps({"sd-1.4 parameters (M)": counts}), flush=True)
+    with meter.measure("sd-1.4 load_pipeline"):
+        pipe = load_pipeline(workdir / "sd14", device=args.device, dtype=args.dtype)
+    size = {"height": args.size, "width": args.size}
+    one = [GenerationRequest(PROMPTS[0], 0, args.steps, 7.5, **size)]
+    eight = [GenerationRequest(p, i, args.steps, 7.5, **size) for i, p in enumerate(PROMPTS)]
+    generate_images(pipe, one, Batching(1), progress=False)  # warm-up: lazy initialisation
+    throughput(meter, pipe, f"sd-1.4 generate batch 1 ({args.size} px, {args.steps} steps)", one, Batching(1),
+               args.repeats)
+    throughput(meter, pipe, f"sd-1.4 generate batch 8 ({args.size} px, {args.steps} steps)", eight, Batching(8),
+               args.repeats_batch)
+    throughput(meter, pipe, f"sd-1.4 generate 1 image padded to 8 rows ({args.size} px, {args.steps} steps)", one,
+               Batching(8, fixed_shape=True), 1)
+    edit = closed_form_edits(meter, pipe, workdir, "sd-1.4")
+    from eraselab.erase.esd import EsdConfig
+    from eraselab.erase.esd import erase as esd
+    from eraselab.erase.spec import EraseSpec
+
+    calls = []
+    hook = pipe.unet.register_forward_hook(lambda *_: calls.append(1))  # the frozen UNet: x_t sampling + targets
+    with meter.measure("sd-1.4 one ESD iteration (esd-x)") as info:
+        esd(pipe, EraseSpec(("van gogh",)), EsdConfig(iterations=1), progress=False)
+        hook.remove()
+        info["frozen_unet_calls"] = len(calls)  # how far the seed's draw samples x_t, + the target predictions
+    unlearndiff_step(meter, pipe, args)
+    ring_a_bell(meter, pipe)
+    label = label_seen(pipe, PROMPTS[0], 2)
+    del pipe
+    for attack in ("embedding-recovery", "concept-vector"):
+        attack_cli(meter, workdir / "sd14", edit, attack, label, workdir, args)
+
+
+def unlearndiff_step(meter: Meter, pipe, args) -> None:
+    """One UnlearnDiffAtk gradient step as the attack takes it: relaxed tokens through the text encoder, the
+    denoising loss at one timestep, back-propagation through the UNet and the encoder, Adam, the simplex."""
+    import torch.nn.functional as F
+
+    from eraselab.attack.base import whole_word_tokens
+    from eraselab.attack.soft_prompt import insert_relaxed_tokens, project_to_simplex
+    from eraselab.attack.unlearndiff import denoising_loss
+
+    tokenizer, device = pipe.tokenizer, pipe.device
+    candidates = torch.tensor(sorted(whole_word_tokens(tokenizer)), device=device)
+    ids = tokenizer(PROMPTS[1], padding="max_length", max_length=77, return_tensors="pt").input_ids.to(device)
+    generator = torch.Generator().manual_seed(0)
+    latent = torch.randn(1, 4, args.size // 8, args.size // 8, generator=generator).to(device, pipe.unet.dtype)
+    noise = torch.randn(latent.shape, generator=generator).to(device, pipe.unet.dtype)
+    relaxed = F.one_hot(torch.randint(len(candidates), (5,), generator=generator), len(candidates)).float()
+    relaxed = relaxed[None].to(device).requires_grad_(True)
+    optimizer = torch.optim.Adam([relaxed], lr=0.01)
+    for module in (pipe.unet, pipe.text_encoder):
+        module.requires_grad_(False)
+    with meter.measure(f"sd-1.4 one UnlearnDiffAtk step ({args.size} px)"):
+        full = torch.zeros(1, 5, len(tokenizer), device=device).index_copy(2, candidates, relaxed)
+        loss = denoising_loss(pipe, insert_relaxed_tokens(pipe.text_encoder, ids, full), latent, [500], noise)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            relaxed.copy_(project_to_simplex(relaxed))
+
+
+def ring_a_bell(meter: Meter, pipe) -> None:
+    """One generation of the Ring-A-Bell search: one text-encoder call over half the population (the children)."""
+    from eraselab.attack.concept_vector import ConceptVectorConfig, genetic_search
+
+    config = ConceptVectorConfig(search=True, generations=1)
+    target = torch.zeros(77, pipe.text_encoder.config.hidden_size, dtype=torch.float64)
+    with meter.measure("sd-1.4 Ring-A-Bell search, 1 generation (population 200)") as info:
+        start = time.perf_counter()
+        _, _, calls = genetic_search(pipe, target, config)
+        per_row = (time.perf_counter() - start) / calls
+        info.update(encoder_rows=calls)
+    budget = config.population + ConceptVectorConfig().generations * (config.population - config.population // 2)
+    print(json.dumps({"Ring-A-Bell default budget": f"{budget} encoder rows, projected "
+                      f"{budget * per_row / 3600:.1f} h per prompt at {per_row * 1000:.0f} ms a row here"}), flush=True)
+
+
+def sdxl(meter: Meter, args, tokenizer, workdir: Path) -> None:
+    from eraselab.attack.base import AttackSpec
+    from eraselab.attack.embedding_recovery import EmbeddingRecoveryConfig
+    from eraselab.attack.embedding_recovery import attack as recovery
+    from eraselab.erase.artifact import Edit, apply_edit
+    from eraselab.erase.cross_attention_edit import projections
+    from eraselab.models import load_pipeline
+
+    with meter.measure("sdxl build from config + save"):
+        torch.manual_seed(0)
+        built = build_sdxl(tokenizer)
+        counts = {name: round(sum(p.numel() for p in getattr(built, name).parameters()) / 1e6, 1)
+                  for name in ("unet", "text_encoder", "text_encoder_2", "vae")}
+        built.save_pretrained(workdir / "sdxl", safe_serialization=True)
+        del built
+    print(json.dumps({"sdxl parameters (M)": counts}), flush=True)
+    with meter.measure("sdxl load_pipeline"):
+        pipe = load_pipeline(workdir / "sdxl", device=args.device, dtype=args.dtype)
+    one = [GenerationRequest(PROMPTS[0], 0, args.steps, 7.5, height=args.sdxl_size, width=args.sdxl_size)]
+    generate_images(pipe, one, Batching(1), progress=False)
+    throughput(meter, pipe, f"sdxl generate batch 1 ({args.sdxl_size} px, {args.steps} steps)", one, Batching(1), 1)
+    edit = closed_form_edits(meter, pipe, workdir, "sdxl", methods=("uce",))
+    original = {name: w.clone() for name, w in projections(pipe).items()}
+    apply_edit(pipe, Edit.load(edit))
+    with meter.measure("sdxl embedding recovery (8 prompts)"):
+        recovery(pipe, AttackSpec("van gogh", tuple(PROMPTS)), EmbeddingRecoveryConfig(),
+                 reference_projections=original)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bpe", type=Path, required=True, help="bpe_simple_vocab_16e6.txt.gz (open_clip_torch)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--size", type=int, default=512, help="SD-1.4 image size in pixels")
+    parser.add_argument("--steps", type=int, default=2, help="sampler steps of every generation (50 in the papers)")
+    parser.add_argument("--repeats", type=int, default=3, help="timings per side of a lone image (median)")
+    parser.add_argument("--repeats-batch", type=int, default=1, help="timings per side of batch 8 (median)")
+    parser.add_argument("--sdxl", action="store_true", help="also SDXL base's architecture (about 14 GB in float32)")
+    parser.add_argument("--sdxl-size", type=int, default=512, help="SDXL image size for its generation ratio")
+    parser.add_argument("--workdir", type=Path, default=None, help="where the built models go (default: a temp dir)")
+    parser.add_argument("--json", type=Path, default=None, help="also write every row to this file")
+    args = parser.parse_args()
+    meter = Meter(args.device)
+    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "device": args.device,
+                      "dtype": args.dtype}), flush=True)
+    with tempfile.TemporaryDirectory() as temp:
+        workdir = args.workdir or Path(temp)
+        tokenizer = clip_tokenizer(args.bpe, workdir / "tokenizer")
+        sd14(meter, args, tokenizer, workdir)
+        if args.sdxl:
+            sdxl(meter, args, tokenizer, workdir)
+    if args.json:
+        args.json.write_text(json.dumps(meter.rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

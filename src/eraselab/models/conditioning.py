@@ -1,0 +1,74 @@
+"""What the UNet is conditioned on, for every supported layout: the cross-attention context of a prompt and, on
+SDXL, the pooled text embedding that joins the time embedding.
+
+SD 1.x/2.x condition cross-attention on one CLIP text encoder's last hidden state (C = 768 or 1024). SDXL
+concatenates the penultimate hidden states of its two encoders (CLIP ViT-L 768 + OpenCLIP bigG 1280 = 2048) and
+adds the second encoder's pooled, projected embedding through ``added_cond_kwargs``. Both come from the pipeline's
+own ``encode_prompt``, so eraselab conditions exactly as diffusers does. The closed-form editors see only the
+context (the reference UCE script edits ``encode_prompt``'s first output on SDXL too): the pooled embedding is not
+a cross-attention input and is left as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from eraselab.errors import EraselabError
+
+
+def is_sdxl(pipe) -> bool:
+    """Whether ``pipe`` has SDXL's two text encoders (and pooled conditioning)."""
+    return getattr(pipe, "text_encoder_2", None) is not None
+
+
+def require_one_text_encoder(pipe, what: str) -> None:
+    """Refuse ``what`` on SDXL, in one line, where it reaches into a single text encoder (or the UNet without its
+    pooled conditioning) and has not been extended to SDXL's two."""
+    if is_sdxl(pipe):
+        raise EraselabError(f"{what} does not support SDXL yet (it works through one text encoder); on SDXL use "
+                            "erase uce/rece/trce, generate, run, the negative-prompt guard and embedding-recovery")
+
+
+def encode_context(pipe, prompts: Sequence[str]) -> torch.Tensor:
+    """The cross-attention context (B, T, C) the UNet reads for ``prompts``, in the text encoder's dtype."""
+    with torch.no_grad():
+        return pipe.encode_prompt(prompt=list(prompts), device=pipe.device, num_images_per_prompt=1,
+                                  do_classifier_free_guidance=False)[0]
+
+
+@dataclass
+class Conditioning:
+    """A batch's positive and negative contexts (B, T, C) and, on SDXL, their pooled embeddings (B, P)."""
+
+    positive: torch.Tensor
+    negative: torch.Tensor
+    pooled: torch.Tensor | None = None
+    negative_pooled: torch.Tensor | None = None
+
+    def pipeline_kwargs(self) -> dict:
+        """The embedding arguments of the pipeline's ``__call__``."""
+        kwargs = {"prompt_embeds": self.positive, "negative_prompt_embeds": self.negative}
+        if self.pooled is not None:
+            kwargs |= {"pooled_prompt_embeds": self.pooled, "negative_pooled_prompt_embeds": self.negative_pooled}
+        return kwargs
+
+
+def encode_batch(pipe, prompts: Sequence[str], negatives: Sequence[str]) -> Conditioning:
+    """Encodings for classifier-free guidance, as the pipeline makes them for each prompt on its own. On SDXL an
+    empty negative prompt gives zero embeddings where the model asks for that (``force_zeros_for_empty_prompt``,
+    SDXL base's setting), as ``pipe(prompt)`` does."""
+    with torch.no_grad():
+        encoded = pipe.encode_prompt(prompt=list(prompts), device=pipe.device, num_images_per_prompt=1,
+                                     do_classifier_free_guidance=True, negative_prompt=list(negatives))
+    if not is_sdxl(pipe):
+        return Conditioning(*encoded)
+    conditioning = Conditioning(*encoded)
+    if pipe.config.get("force_zeros_for_empty_prompt", False):
+        for row, negative in enumerate(negatives):
+            if not negative:
+                conditioning.negative[row] = 0
+                conditioning.negative_pooled[row] = 0
+    return conditioning

@@ -1,0 +1,133 @@
+"""SDXL's layout (two text encoders whose outputs are concatenated into a 2048-wide context at full size, a pooled
+embedding in the time conditioning, Euler sampling) through erase, generate, run and embedding recovery, on a micro
+pipeline built from config (random weights: the machinery, not quality). SD3 and FLUX are refused in one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from eraselab.batching import Batching
+from eraselab.cli import app
+from eraselab.erase.spec import EraseSpec
+from eraselab.errors import EraselabError
+from eraselab.generate import GenerationRequest, generate_images
+from eraselab.models import cross_attention_layers, load_pipeline, pipeline_fingerprint
+from eraselab.models.conditioning import encode_context
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def sdxl(micro_sdxl):
+    return load_pipeline(micro_sdxl)
+
+
+def test_it_loads_as_sdxl_and_the_context_is_both_encoders_side_by_side(sdxl, micro_sdxl):
+    assert type(sdxl).__name__ == "StableDiffusionXLPipeline"
+    assert {layer.text_dim for layer in cross_attention_layers(sdxl.unet)} == {80}  # 32 + 48
+    prompts = ["a red star", "a blue heart"]
+    ids = sdxl.tokenizer(prompts, padding="max_length", max_length=sdxl.tokenizer.model_max_length,
+                         return_tensors="pt").input_ids
+    with torch.no_grad():
+        first = sdxl.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
+        second = sdxl.text_encoder_2(ids, output_hidden_states=True).hidden_states[-2]
+    assert torch.equal(encode_context(sdxl, prompts), torch.cat([first, second], dim=-1))
+    # the second encoder's weights count in the fingerprint: an edit made for another SDXL is refused
+    other = load_pipeline(micro_sdxl)
+    assert pipeline_fingerprint(other) == pipeline_fingerprint(sdxl)
+    with torch.no_grad():
+        other.text_encoder_2.text_projection.weight.add_(1e-3)
+    assert pipeline_fingerprint(other) != pipeline_fingerprint(sdxl)
+
+
+def test_generation_gives_plain_diffusers_pixels_with_its_pooled_conditioning(sdxl):
+    request = GenerationRequest("a red star", seed=3, steps=2, guidance=5.0)
+    ours = generate_images(sdxl, [request], batching=Batching(1, fixed_shape=False), progress=False)[0]
+    plain = sdxl("a red star", num_inference_steps=2, guidance_scale=5.0, generator=torch.Generator().manual_seed(3),
+                 output_type="np").images[0]  # an empty negative prompt: zero embeddings, SDXL base's setting
+    assert np.array_equal(np.asarray(ours), np.round(plain * 255).astype(np.uint8))
+    padded = generate_images(sdxl, [request], progress=False)[0]  # the default policy: 8 rows, fixed slot
+    assert np.abs(np.asarray(padded, dtype=int) - np.asarray(ours, dtype=int)).max() <= 1
+
+
+@pytest.mark.parametrize("method", ["uce", "rece", "trce"])
+def test_every_closed_form_eraser_edits_the_concatenated_context(sdxl, method):
+    from eraselab.erase.registry import ERASERS
+
+    erase, config_cls = ERASERS.get(method)
+    extra = {"corpus": "tiny"} if method == "trce" else {}
+    edit = erase(sdxl, EraseSpec(("star",), ("shape",), templates=("a red {}",)), config_cls(**extra))
+    widths = {tensor.shape[-1] for tensor in edit.tensors.values()}
+    assert edit.tensors and widths == {80} and edit.manifest["base_fingerprint"] == pipeline_fingerprint(sdxl)
+    assert all(torch.isfinite(t).all() for t in edit.tensors.values())
+
+
+def test_erase_generate_run_and_embedding_recovery_from_the_cli(micro_sdxl, micro_run, tmp_path):
+    edit = tmp_path / "uce"
+    result = runner.invoke(app, ["erase", "--model", str(micro_sdxl), "--method", "uce", "--concept", "star",
+                                 "--anchor", "shape", "--template", "a red {}", "--out", str(edit)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["generate", "--model", str(micro_sdxl), "--edit", str(edit), "--prompt",
+                                 "a red star", "--steps", "2", "--num-images", "2", "--out", str(tmp_path / "gen"),
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    experiment = tmp_path / "e.yaml"
+    experiment.write_text(json.dumps({
+        "models": [str(micro_sdxl)], "edits": ["base", str(edit)], "sampler": {"steps": 2}, "seeds": {"count": 1},
+        "detectors": [{"name": "tiny", "classifier": str(micro_run / "classifier")}],
+        "groups": [{"suite": "tiny:target:star", "metric": "efficacy", "concept": "shape=star"}]}))
+    result = runner.invoke(app, ["run", str(experiment), "--out", str(tmp_path / "run"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["counts"]["images"] == 12
+    # Random weights draw no star; the judge is pointed at a colour the unedited model does draw, so there is
+    # something to bring back and the whole attack path (one pipeline, the unedited projections) runs.
+    from eraselab.judge.detectors import make_detector
+
+    unedited = generate_images(load_pipeline(micro_sdxl), [GenerationRequest("a red star", 0, steps=2, guidance=7.5)],
+                               progress=False)
+    label = f"color={make_detector('tiny').detect(unedited)[0]['color']}"
+    result = runner.invoke(app, ["attack", "--model", str(micro_sdxl), "--edit", str(edit), "--attack",
+                                 "embedding-recovery", "--concept", "star", "--suite", "tiny:target:star",
+                                 "--steps", "2", "--seeds", "1", "--judge", "tiny", "--label", label,
+                                 "--out", str(tmp_path / "attack"), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "attack" / "summary.json").read_text())
+    assert summary["sampler"] == {"steps": 2, "guidance": 7.5} and summary["cost"]["unet_evals"] == 0
+    recovered = json.loads((tmp_path / "attack" / "result.json").read_text())
+    assert recovered["details"]["changed_projections"] == 16  # k and v of 8 layers, 80 wide
+
+
+def test_what_works_through_one_text_encoder_is_refused_on_sdxl_in_one_line(sdxl, tmp_path):
+    from eraselab.attack.base import AttackSpec
+    from eraselab.attack.unlearndiff import UnlearnDiffConfig
+    from eraselab.attack.unlearndiff import attack as unlearndiff
+    from eraselab.erase.esd import EsdConfig
+    from eraselab.erase.esd import erase as esd
+    from eraselab.guard import make_guard
+
+    with pytest.raises(EraselabError, match="ESD does not support SDXL yet"):
+        esd(sdxl, EraseSpec(("star",)), EsdConfig(iterations=1), progress=False)
+    with pytest.raises(EraselabError, match="UnlearnDiffAtk does not support SDXL yet"):
+        unlearndiff(sdxl, AttackSpec("star", ("a red star",), steps=2), UnlearnDiffConfig(), reference_pipe=sdxl)
+    with pytest.raises(EraselabError, match="the SLD guard does not support SDXL yet"):
+        generate_images(sdxl, [GenerationRequest("a red star", 0, steps=2)], progress=False,
+                        guard=make_guard("sld", concept="star"))
+    guarded = generate_images(sdxl, [GenerationRequest("a red star", 0, steps=2)], progress=False,
+                              guard=make_guard("negative-prompt", concept="star"))  # no guidance rule: supported
+    assert guarded[0].size == (32, 32)
+
+
+def test_sd3_and_flux_directories_are_refused_before_loading(tmp_path):
+    for name in ("StableDiffusion3Pipeline", "FluxPipeline"):
+        directory = tmp_path / name
+        directory.mkdir()
+        (directory / "model_index.json").write_text(json.dumps({"_class_name": name}))
+        result = runner.invoke(app, ["erase", "--model", str(directory), "--concept", "star", "--out",
+                                     str(tmp_path / "e")])
+        assert result.exit_code == 2 and f"holds a {name}" in result.output and "SDXL" in result.output
+        assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1

@@ -63,10 +63,8 @@ def encode_batch(pipe, prompts: Sequence[str], negatives: Sequence[str]) -> Cond
     with torch.no_grad():
         encoded = pipe.encode_prompt(prompt=list(prompts), device=pipe.device, num_images_per_prompt=1,
                                      do_classifier_free_guidance=True, negative_prompt=list(negatives))
-    if not is_sdxl(pipe):
-        return Conditioning(*encoded)
     conditioning = Conditioning(*encoded)
-    if pipe.config.get("force_zeros_for_empty_prompt", False):
+    if is_sdxl(pipe) and pipe.config.get("force_zeros_for_empty_prompt", False):
         for row, negative in enumerate(negatives):
             if not negative:
                 conditioning.negative[row] = 0

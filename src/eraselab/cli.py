@@ -102,7 +102,7 @@ def generate(
     records: list[dict] = [{} for _ in requests]
     used = batching.resolved(pipe)
     with staged_output(out) as staging:
-        for index, image in iter_generate(pipe, requests, batching, progress=not as_json,
+        for index, image in iter_generate(pipe, requests, used, progress=not as_json,
                                           guard=guard_object):
             name = f"{index:05d}.png"
             image.save(staging / name)

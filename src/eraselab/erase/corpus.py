@@ -70,13 +70,12 @@ def check_corpus(source: str | None, method: str, required: bool = False) -> Non
 
 def load_captions(source: str, exclude: list[str]) -> list[str]:
     """The corpus ``source`` ("tiny" or a text file, one caption per line) without captions naming ``exclude``."""
+    check_corpus(source, "the caption corpus")
     if source == "tiny":
         captions = _tiny_captions()
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise EraselabError(f"caption corpus {source!r} is neither 'tiny' nor a text file")
-        captions = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        text = Path(source).read_text(encoding="utf-8")
+        captions = [line.strip() for line in text.splitlines() if line.strip()]
     patterns = [re.compile(rf"\b{re.escape(p.lower())}\b") for p in exclude if p.strip()]
     kept = [c for c in captions if not any(p.search(c.lower()) for p in patterns)]
     if not kept:

@@ -20,13 +20,14 @@ from eraselab.attack.concept_vector import attack as concept_vector
 from eraselab.attack.embedding_recovery import EmbeddingRecoveryConfig
 from eraselab.attack.embedding_recovery import attack as embedding_recovery
 from eraselab.erase.artifact import apply_edit
-from eraselab.erase.registry import default_config
 from eraselab.erase.spec import EraseSpec
 from eraselab.erase.uce import UceConfig, erase
-from eraselab.generate import GenerationRequest, generate_images
+from eraselab.generate import generate_images
 from eraselab.models import load_pipeline
 from eraselab.models.tiny.suites import tiny_suite
 from eraselab.models.tiny.world import load_world
+from eraselab.profile import TINY
+from eraselab.requests import GenerationRequest
 
 
 def best(fn, repeats: int = 5) -> float:
@@ -41,7 +42,7 @@ def best(fn, repeats: int = 5) -> float:
 def main() -> None:
     reference, target = load_pipeline("tiny"), load_pipeline("tiny")
     spec = EraseSpec(("star",), ("shape",), templates=load_world().erase_templates("star"))
-    apply_edit(target, erase(reference, spec, default_config(UceConfig, tiny=True)))
+    apply_edit(target, erase(reference, spec, TINY.config(UceConfig)))
     prompts = tuple(i.prompt for i in tiny_suite("target", "star").items)
     attack_spec = AttackSpec("star", prompts)
     n = len(prompts)

@@ -48,9 +48,9 @@ def case(name: str, groups: list[torch.Tensor], keys, targets_of, preserve, repe
 
 
 def main() -> None:
-    from eraselab.erase.cross_attention_edit import encode
     from eraselab.erase.uce import UceConfig, aligned_rows
     from eraselab.models import cross_attention_layers, load_pipeline
+    from eraselab.models.conditioning import encode
     from eraselab.models.tiny.world import load_world
 
     torch.manual_seed(0)

@@ -36,12 +36,14 @@ import time
 from pathlib import Path
 
 from eraselab.erase.corpus import concept_phrases
-from eraselab.erase.registry import ERASERS, default_config, tiny_templates
+from eraselab.erase.registry import ERASERS
 from eraselab.erase.spec import EraseSpec
 from eraselab.experiment import run_experiment
 from eraselab.experiment_config import parse_experiment
 from eraselab.models import load_pipeline
 from eraselab.models.tiny.world import load_world
+from eraselab.options import build
+from eraselab.profile import TINY
 from eraselab.store import RunStore
 
 TARGETS = {  # target word -> (anchor, tiny-world class, attribute)
@@ -59,12 +61,11 @@ def make_edits(out: Path, word: str, anchor: str, keep: tuple[str, ...], methods
     for method in methods:
         directory = out / "edits" / f"{method}-{word}"
         if not (directory / "manifest.json").is_file():
-            erase, config_class = ERASERS.get(method)
-            templates = tiny_templates(config_class, word)
+            templates = TINY.erase_templates(word)
             spec = EraseSpec((word,), ("" if method == "esd" else anchor,), keep, templates)
             kwargs = {"progress": False} if method == "esd" else {}
             start = time.perf_counter()
-            edit = erase(pipe, spec, default_config(config_class, tiny=True), **kwargs)
+            edit = ERASERS.get(method).erase(pipe, spec, build(ERASERS, method, profile=TINY), **kwargs)
             edit.manifest["seconds"] = round(time.perf_counter() - start, 3)
             edit.save(directory)
         edits[method] = (directory, json.loads((directory / "manifest.json").read_text())["seconds"])

@@ -25,9 +25,10 @@ import numpy as np
 import torch
 
 from eraselab.batching import Batching
-from eraselab.generate import GenerationRequest, generate_images
+from eraselab.generate import generate_images
 from eraselab.models import load_pipeline
 from eraselab.models.tiny.world import load_world
+from eraselab.requests import GenerationRequest
 
 
 def plain_diffusers(pipe, requests: list[GenerationRequest], batch_size: int) -> list:

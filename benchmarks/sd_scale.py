@@ -1,6 +1,7 @@
 """Stable Diffusion at full size, from config with random weights (nothing is downloaded): what each operation costs.
 
-    python benchmarks/sd_scale.py --bpe bpe_simple_vocab_16e6.txt.gz [--device cuda --dtype float16] [--sdxl]
+    python benchmarks/sd_scale.py --bpe bpe_simple_vocab_16e6.txt.gz [--device cuda --dtype float16]
+        [--parts sd14 esd-resume sdxl]
 
 Builds SD-1.4's architecture (UNet 859.5 M, CLIP ViT-L/14 text encoder 123.1 M, VAE 83.7 M parameters; PNDM, the
 scheduler SD-1.4 ships) with the real CLIP BPE vocabulary (``bpe_simple_vocab_16e6.txt.gz``, inside the
@@ -18,10 +19,12 @@ time (all threads), and peak resident memory while it ran (peak GPU memory on CU
   vector, and a Ring-A-Bell search generation (one batched text-encoder call over half the population) with the
   projected cost of the paper's budget.
 
-``--sdxl`` adds SDXL base's architecture (UNet 2.57 G, two text encoders 123 M + 695 M): its load, a UCE edit on
-the 2048-wide context, embedding recovery and a lone image's generation ratio. Random weights: the costs are real,
-the images are noise. The attacks' judge is the tiny classifier pointed at a colour the unedited model draws, so
-there is something to bring back.
+``--parts esd-resume`` trains ESD at SD-1.4 size under PNDM, DDIM and DPM-Solver pipelines, two iterations
+whole and one + a resume, and says whether the weights are bit-identical. ``--parts sdxl`` builds SDXL base's
+architecture (UNet 2.57 G, two text encoders 123 M + 695 M): its load, a UCE edit on the 2048-wide context,
+embedding recovery and a lone image's generation ratio. Random weights: the costs are real, the images are noise.
+The attacks' judge is the tiny classifier pointed at a colour the unedited model draws, so there is something to
+bring back.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ from pathlib import Path
 import torch
 
 from eraselab.batching import Batching
-from eraselab.generate import GenerationRequest, generate_images
+from eraselab.generate import generate_images
+from eraselab.requests import GenerationRequest
 
 PROMPTS = ["a photo of a cat on a sofa", "a painting of a lighthouse at night", "a portrait of an old man",
            "a bowl of fruit on a table", "a city street in the rain", "a mountain lake at sunrise",
@@ -188,6 +192,7 @@ def label_seen(pipe, prompt: str, steps: int) -> str:
 def closed_form_edits(meter: Meter, pipe, workdir: Path, prefix: str, methods=("uce", "rece", "trce")) -> Path:
     from eraselab.erase.registry import ERASERS
     from eraselab.erase.spec import EraseSpec
+    from eraselab.options import build
 
     corpus = workdir / "captions.txt"  # 120 distinct captions (the TRCE paper uses COCO's; here only the cost counts)
     subjects = ("a cat", "a dog", "an old man", "a child", "a red car", "a bowl of fruit", "a lighthouse", "a horse",
@@ -197,10 +202,9 @@ def closed_form_edits(meter: Meter, pipe, workdir: Path, prefix: str, methods=("
                                 for style in ("a photo", "a drawing")) + "\n")
     spec = EraseSpec(("van gogh",), ("art",), templates=("a painting by {}", "art by {}", "{}"))
     for method in methods:
-        erase, config_cls = ERASERS.get(method)
-        config = config_cls(corpus=str(corpus)) if method == "trce" else config_cls()
+        config = build(ERASERS, method, {"corpus": str(corpus)} if method == "trce" else {})
         with meter.measure(f"{prefix} {method} edit") as info:
-            edit = erase(pipe, spec, config)
+            edit = ERASERS.get(method).erase(pipe, spec, config)
             info["tensors"] = len(edit.tensors)
         if method == "uce":
             edit.save(workdir / f"{prefix}-uce")
@@ -213,7 +217,7 @@ def attack_cli(meter: Meter, model: Path, edit: Path, attack: str, label: str, w
 
     suite = workdir / "suite.csv"
     suite.write_text("prompt\n" + "\n".join(PROMPTS[:2]) + "\n")
-    _, config_cls = ATTACKS.get(attack)
+    config_cls = ATTACKS.get(attack).config
     with meter.measure(f"attack {attack} --steps 2", prompts=2, seeds=1) as info:
         record = run_attack(attack, config_cls(), "van gogh", str(suite), workdir / f"attack-{attack}",
                             model=str(model), edit=edit, seeds=1, judge="tiny", label=label, steps=2,
@@ -221,19 +225,25 @@ def attack_cli(meter: Meter, model: Path, edit: Path, attack: str, label: str, w
         info["unet_evals_in_attack"] = record["cost"]["unet_evals"]
 
 
-def sd14(meter: Meter, args, tokenizer, workdir: Path) -> None:
+def sd14_pipeline(meter: Meter, args, tokenizer, workdir: Path):
+    """SD-1.4's architecture, built and saved once per work directory, loaded with eraselab's loader."""
     from eraselab.models import load_pipeline
 
-    with meter.measure("sd-1.4 build from config + save"):
-        torch.manual_seed(0)
-        built = build_sd14(tokenizer)
-        counts = {name: round(sum(p.numel() for p in getattr(built, name).parameters()) / 1e6, 1)
-                  for name in ("unet", "text_encoder", "vae")}
-        built.save_pretrained(workdir / "sd14", safe_serialization=True)
-        del built
-    print(json.dumps({"sd-1.4 parameters (M)": counts}), flush=True)
+    if not (workdir / "sd14" / "model_index.json").exists():
+        with meter.measure("sd-1.4 build from config + save"):
+            torch.manual_seed(0)
+            built = build_sd14(tokenizer)
+            counts = {name: round(sum(p.numel() for p in getattr(built, name).parameters()) / 1e6, 1)
+                      for name in ("unet", "text_encoder", "vae")}
+            built.save_pretrained(workdir / "sd14", safe_serialization=True)
+            del built
+        print(json.dumps({"sd-1.4 parameters (M)": counts}), flush=True)
     with meter.measure("sd-1.4 load_pipeline"):
-        pipe = load_pipeline(workdir / "sd14", device=args.device, dtype=args.dtype)
+        return load_pipeline(workdir / "sd14", device=args.device, dtype=args.dtype)
+
+
+def sd14(meter: Meter, args, tokenizer, workdir: Path) -> None:
+    pipe = sd14_pipeline(meter, args, tokenizer, workdir)
     size = {"height": args.size, "width": args.size}
     one = [GenerationRequest(PROMPTS[0], 0, args.steps, 7.5, **size)]
     eight = [GenerationRequest(p, i, args.steps, 7.5, **size) for i, p in enumerate(PROMPTS)]
@@ -261,6 +271,35 @@ def sd14(meter: Meter, args, tokenizer, workdir: Path) -> None:
     del pipe
     for attack in ("embedding-recovery", "concept-vector"):
         attack_cli(meter, workdir / "sd14", edit, attack, label, workdir, args)
+
+
+def esd_resume(meter: Meter, args, tokenizer, workdir: Path) -> None:
+    """ESD at SD-1.4 size under the three schedulers a pipeline may carry (PNDM as SD-1.4 ships, DDIM, multistep
+    DPM-Solver): two iterations uninterrupted, then one, a "kill", and a resume; the trained tensors must be
+    bit-identical (a stateful scheduler used to make each iteration depend on the ones before it)."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
+
+    from eraselab.erase.esd import EsdConfig
+    from eraselab.erase.esd import erase as esd
+    from eraselab.erase.spec import EraseSpec
+
+    pipe = sd14_pipeline(meter, args, tokenizer, workdir)
+    spec = EraseSpec(("van gogh",))
+    first = None
+    for scheduler in (PNDMScheduler, DDIMScheduler, DPMSolverMultistepScheduler):
+        pipe.scheduler = scheduler.from_config(pipe.scheduler.config)  # as a user swaps a pipeline's scheduler
+        name = scheduler.__name__
+        config = EsdConfig(iterations=2, ddim_steps=args.esd_ddim_steps, checkpoint=str(workdir / f"esd-{name}-a"),
+                           checkpoint_every=1)
+        with meter.measure(f"sd-1.4 ESD resume, {name} pipeline (2 + 1 + 1 iterations, "
+                           f"{args.esd_ddim_steps} DDIM steps)") as info:
+            whole = esd(pipe, spec, config, progress=False)
+            resumed_config = EsdConfig(**{**config.__dict__, "checkpoint": str(workdir / f"esd-{name}-b")})
+            esd(pipe, spec, resumed_config, progress=False, stop_after=1)
+            resumed = esd(pipe, spec, resumed_config, progress=False)
+            info["resume_bit_identical"] = all(torch.equal(whole.tensors[k], resumed.tensors[k]) for k in whole.tensors)
+            first = first or whole
+            info["equal_to_pndm_pipeline"] = all(torch.equal(first.tensors[k], whole.tensors[k]) for k in whole.tensors)
 
 
 def unlearndiff_step(meter: Meter, pipe, args) -> None:
@@ -338,6 +377,9 @@ def sdxl(meter: Meter, args, tokenizer, workdir: Path) -> None:
                  reference_projections=original)
 
 
+PARTS = {"sd14": sd14, "esd-resume": esd_resume, "sdxl": sdxl}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bpe", type=Path, required=True, help="bpe_simple_vocab_16e6.txt.gz (open_clip_torch)")
@@ -347,7 +389,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="sampler steps of every generation (50 in the papers)")
     parser.add_argument("--repeats", type=int, default=3, help="timings per side of a lone image (median)")
     parser.add_argument("--repeats-batch", type=int, default=1, help="timings per side of batch 8 (median)")
-    parser.add_argument("--sdxl", action="store_true", help="also SDXL base's architecture (about 14 GB in float32)")
+    parser.add_argument("--parts", nargs="+", choices=sorted(PARTS), default=["sd14"],
+                        help="sd14: every operation on SD-1.4; esd-resume: ESD's resume under PNDM, DDIM and "
+                             "DPM-Solver pipelines at SD-1.4 size; sdxl: SDXL base (about 14 GB in float32)")
+    parser.add_argument("--esd-ddim-steps", type=int, default=4, help="DDIM steps of the esd-resume part's x_t")
     parser.add_argument("--sdxl-size", type=int, default=512, help="SDXL image size for its generation ratio")
     parser.add_argument("--workdir", type=Path, default=None, help="where the built models go (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=None, help="also write every row to this file")
@@ -358,9 +403,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as temp:
         workdir = args.workdir or Path(temp)
         tokenizer = clip_tokenizer(args.bpe, workdir / "tokenizer")
-        sd14(meter, args, tokenizer, workdir)
-        if args.sdxl:
-            sdxl(meter, args, tokenizer, workdir)
+        for part in args.parts:
+            PARTS[part](meter, args, tokenizer, workdir)
     if args.json:
         args.json.write_text(json.dumps(meter.rows, indent=2) + "\n")
 

@@ -12,8 +12,9 @@ import argparse
 import tempfile
 import time
 
-from eraselab.generate import GenerationRequest, generate_images
+from eraselab.generate import generate_images
 from eraselab.models import load_pipeline
+from eraselab.requests import GenerationRequest
 from eraselab.store import RunStore
 
 

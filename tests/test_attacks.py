@@ -10,22 +10,24 @@ from typer.testing import CliRunner
 
 from eraselab.attack import ATTACKS
 from eraselab.attack.base import AttackResult, AttackSpec, Cost, Replay
-from eraselab.attack.composition import CompositionGuard, CompositionRule
 from eraselab.attack.concept_vector import ConceptVectorConfig
 from eraselab.attack.concept_vector import attack as concept_vector_attack
 from eraselab.attack.embedding_recovery import EmbeddingRecoveryConfig
 from eraselab.attack.embedding_recovery import attack as recovery_attack
 from eraselab.cli import app
 from eraselab.erase.artifact import apply_edit
-from eraselab.erase.cross_attention_edit import encode, projections
-from eraselab.erase.registry import default_config
+from eraselab.erase.cross_attention_edit import projections
 from eraselab.erase.spec import EraseSpec
 from eraselab.erase.uce import UceConfig
 from eraselab.erase.uce import erase as uce_erase
 from eraselab.errors import EraselabError
-from eraselab.generate import GenerationRequest, generate_images
+from eraselab.generate import generate_images
+from eraselab.guard.composition import CompositionGuard, CompositionRule
 from eraselab.models import load_pipeline
+from eraselab.models.conditioning import encode
 from eraselab.models.tiny.world import load_world
+from eraselab.profile import TINY
+from eraselab.requests import GenerationRequest
 
 runner = CliRunner()
 
@@ -34,7 +36,7 @@ runner = CliRunner()
 def uce_star(tmp_path_factory):
     pipe = load_pipeline("tiny")
     spec = EraseSpec(("star",), ("shape",), templates=load_world().erase_templates("star"))
-    return uce_erase(pipe, spec, default_config(UceConfig, tiny=True)).save(tmp_path_factory.mktemp("e") / "uce")
+    return uce_erase(pipe, spec, TINY.config(UceConfig)).save(tmp_path_factory.mktemp("e") / "uce")
 
 
 def test_embedding_recovery_gives_embeddings_the_edit_maps_back_to_the_original_outputs(uce_star):
@@ -123,7 +125,7 @@ def test_attack_cli_scores_before_and_after(tmp_path, uce_star):
 
 
 def test_attacks_honour_the_sampler_and_one_without_a_reference_leaves_the_shared_model_unedited(tmp_path, uce_star):
-    from eraselab.attack.runner import needs_reference, run_attack
+    from eraselab.attack.runner import run_attack
     from eraselab.attack.unlearndiff import UnlearnDiffConfig
     from eraselab.judge.detectors import make_detector
     from eraselab.models import load_pipeline, pipeline_fingerprint
@@ -133,12 +135,12 @@ def test_attacks_honour_the_sampler_and_one_without_a_reference_leaves_the_share
     steps = []
     hook = pipe.unet.register_forward_hook(lambda module, args, output: steps.append(1))
     try:
-        record = run_attack("concept-vector", default_config(ConceptVectorConfig, True), "star", "tiny:target:star",
+        record = run_attack("concept-vector", TINY.config(ConceptVectorConfig), "star", "tiny:target:star",
                             tmp_path / "cv", edit=uce_star, seeds=1, pipelines=(pipe, judge), steps=3, guidance=4.0)
     finally:
         hook.remove()
-    assert needs_reference("concept-vector") is None and needs_reference("unlearndiff") == "model"
-    assert needs_reference("embedding-recovery") == "projections"
+    assert ATTACKS.get("concept-vector").reads is None and ATTACKS.get("unlearndiff").reads == "model"
+    assert ATTACKS.get("embedding-recovery").reads == "projections"
     assert record["sampler"] == {"steps": 3, "guidance": 4.0}
     assert steps and len(steps) % 3 == 0  # every sampler the runner started ran 3 steps
     assert pipeline_fingerprint(pipe) == before  # the edit was applied to the shared model and undone
@@ -375,7 +377,7 @@ def test_unlearndiff_returns_a_typed_prompt_within_its_budget_and_is_reproducibl
     reference, target = load_pipeline("tiny"), load_pipeline("tiny")
     apply_edit(target, uce_star)
     spec = AttackSpec("star", ("a red star",), steps=5)
-    config = default_config(UnlearnDiffConfig, tiny=True, iterations=4, check_every=2)
+    config = TINY.config(UnlearnDiffConfig, iterations=4, check_every=2)
     first = unlearndiff_attack(target, spec, config, reference_pipe=reference)
     again = unlearndiff_attack(target, spec, config, reference_pipe=reference)
     assert first.replays[0].text == again.replays[0].text and first.replays[0].text.endswith("a red star")
@@ -386,7 +388,7 @@ def test_unlearndiff_returns_a_typed_prompt_within_its_budget_and_is_reproducibl
     checks = len(search["loss"]) // 2
     assert first.cost.unet_evals == 10 + len(search["loss"]) + checks * 20
     with pytest.raises(EraselabError, match="iterations must be at least 1"):
-        unlearndiff_attack(target, spec, default_config(UnlearnDiffConfig, tiny=True, iterations=0), reference)
+        unlearndiff_attack(target, spec, TINY.config(UnlearnDiffConfig, iterations=0), reference)
 
 
 def test_p4d_follows_the_unedited_trajectory_and_types_its_prompt(uce_star):
@@ -407,7 +409,7 @@ def test_p4d_follows_the_unedited_trajectory_and_types_its_prompt(uce_star):
     following = reference.scheduler.step(eps_u + spec.guidance * (eps_c - eps_u), timesteps[2], latents[2])
     assert torch.allclose(following.prev_sample, latents[3], atol=1e-5)
     for variant, words in (("p4d-n", 6), ("p4d-k", 3 + 1)):
-        config = default_config(P4dConfig, tiny=True, variant=variant, iterations=3, check_every=3)
+        config = TINY.config(P4dConfig, variant=variant, iterations=3, check_every=3)
         result = p4d_attack(target, spec, config, reference_pipe=reference)
         typed = result.replays[0].text
         assert len(target.tokenizer(typed).input_ids) == words + 2, typed  # re-tokenises to what was optimised
@@ -435,7 +437,7 @@ def test_textual_inversion_learns_one_reusable_token_in_the_concepts_place(uce_s
                                   return_tensors="pt").input_ids).last_hidden_state
         assert torch.equal(encode_with_embeddings(encoder, with_token(encoder, ids, slot, own)), typed)
     spec = AttackSpec("star", ("a red star", "a blue star"), steps=4)
-    config = default_config(TextualInversionConfig, tiny=True, steps=3, image_seeds=(1000,))
+    config = TINY.config(TextualInversionConfig, steps=3, image_seeds=(1000,))
     first = inversion_attack(target, spec, config, reference_pipe=reference)
     again = inversion_attack(target, spec, config, reference_pipe=reference)
     assert first.details["token"] == again.details["token"] and first.details["token"] != own.tolist()
@@ -489,7 +491,7 @@ def test_attacks_on_a_guard_query_it_and_p4d_puts_it_in_its_loss(uce_star):
     replay, cost = Replay("a red star"), Cost()
     assert bare.rate(reference, replay, 8, 5.0, cost) > guarded.rate(reference, replay, 8, 5.0, cost)
     apply_edit(target, uce_star)
-    config = default_config(P4dConfig, tiny=True, iterations=3, check_every=3)
+    config = TINY.config(P4dConfig, iterations=3, check_every=3)
     for guard, calls, in_loss in ((make_guard("negative-prompt", concept="star"), 2 + 2, True),
                                   (make_guard("sld", concept="star", preset="strong"), 2 + 3, True),
                                   (safree, 2, False)):

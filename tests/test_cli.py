@@ -148,7 +148,11 @@ def test_bad_method_config_names_the_field(tmp_path):
     config.write_text("rounds: three\n")
     result = runner.invoke(app, ["erase", "--method", "rece", "--concept", "star", "--config", str(config),
                                  "--out", str(tmp_path / "e")])
-    assert result.exit_code == 2 and "config field 'rounds': expected int" in result.stderr
+    assert result.exit_code == 2 and "the rece erasure method option 'rounds': expected int" in result.stderr
+    config.write_text("round: 3\n")
+    result = runner.invoke(app, ["erase", "--method", "rece", "--concept", "star", "--config", str(config),
+                                 "--out", str(tmp_path / "e")])
+    assert result.exit_code == 2 and "has no option 'round'; did you mean 'rounds'?" in result.stderr
 
 
 def test_generate_with_a_guard(tmp_path):
@@ -163,16 +167,16 @@ def test_generate_with_a_guard(tmp_path):
 
 
 def test_a_yaml_list_fills_a_tuple_config_field(tmp_path):
-    from eraselab.attack.concept_arithmetic import ConceptArithmeticConfig
+    from eraselab.attack import ATTACKS
     from eraselab.cli import _method_config
 
     config = tmp_path / "c.yaml"
     config.write_text("oracle_seeds: [7, 8, 9]\nbudget: 12\n")
-    settings = _method_config(ConceptArithmeticConfig, config, "tiny")
+    settings = _method_config(ATTACKS, "concept-arithmetic", config, "tiny")
     assert settings.oracle_seeds == (7, 8, 9) and settings.budget == 12
     config.write_text("oracle_seeds: seven\n")
-    with pytest.raises(EraselabError, match="config field 'oracle_seeds': expected tuple"):
-        _method_config(ConceptArithmeticConfig, config, "tiny")
+    with pytest.raises(EraselabError, match="concept-arithmetic attack option 'oracle_seeds': expected tuple"):
+        _method_config(ATTACKS, "concept-arithmetic", config, "tiny")
 
 
 def test_precision_size_and_device_reach_generation_from_the_cli_and_the_experiment(tmp_path, micro_run):

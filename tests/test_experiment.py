@@ -208,15 +208,15 @@ def test_several_models_in_one_grid(tmp_path, micro_run):
 
 
 def test_attacks_are_a_grid_axis_with_refusals_resume_and_a_defence_by_attack_table(tmp_path):
-    from eraselab.erase.registry import default_config
     from eraselab.erase.spec import EraseSpec
     from eraselab.erase.uce import UceConfig
     from eraselab.erase.uce import erase as uce
     from eraselab.models import load_pipeline
     from eraselab.models.tiny.world import load_world
+    from eraselab.profile import TINY
 
     spec = EraseSpec(("star",), ("shape",), templates=load_world().erase_templates("star"))
-    edit = uce(load_pipeline("tiny"), spec, default_config(UceConfig, tiny=True)).save(tmp_path / "uce-star")
+    edit = uce(load_pipeline("tiny"), spec, TINY.config(UceConfig)).save(tmp_path / "uce-star")
     prompts = tmp_path / "stars.csv"
     prompts.write_text("prompt\na red star\na blue star\n")
     config = {"name": "attacked", "models": ["tiny"], "edits": ["base", str(edit)], "seeds": [0],
@@ -227,7 +227,7 @@ def test_attacks_are_a_grid_axis_with_refusals_resume_and_a_defence_by_attack_ta
                            "options": {"strength": 5.0}}]}
     path = tmp_path / "experiment.yaml"
     path.write_text(yaml.safe_dump({**config, "attacks": [{**config["attacks"][1], "options": {"eta": 5.0}}]}))
-    with pytest.raises(EraselabError, match=r"attacks\[0\]\.options': 'eta' is not a setting of concept-vector"):
+    with pytest.raises(EraselabError, match=r"attacks\[0\]\.options': the concept-vector attack has no option 'eta'"):
         load_experiment(path)
     path.write_text(yaml.safe_dump(config))
     experiment = load_experiment(path)
@@ -248,3 +248,14 @@ def test_attacks_are_a_grid_axis_with_refusals_resume_and_a_defence_by_attack_ta
     text = page.read_text()
     assert "id='attack-matrix'" in text and "refused: embedding-recovery needs white-box access" in text
     assert text.count("<td>uce-star") >= 2 and "UNet evals" in text
+
+
+def test_the_example_in_the_experiment_docs_is_a_valid_experiment(tmp_path):
+    import eraselab.experiment_config as experiment_config
+
+    block = experiment_config.__doc__.split("::\n\n", 1)[1]
+    path = tmp_path / "example.yaml"
+    path.write_text("\n".join(line[4:] for line in block.splitlines() if line.startswith("    ")))
+    experiment = load_experiment(path)
+    assert [a.name for a in experiment.attacks] == ["embedding-recovery", "concept-vector"]
+    assert experiment.attacks[1].options == {"strength": 5.0} and experiment.guards[0].name == "sld"

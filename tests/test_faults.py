@@ -130,7 +130,8 @@ def test_a_corrupt_image_is_reported_by_verify_judge_and_report_and_made_again_b
 # -- 5. late validation: every name, path, option and concept before the first image ------------------------------
 @pytest.mark.parametrize(("fields", "message"), [
     ({"detectors": ["tinny"]}, "unknown detector 'tinny'; did you mean 'tiny'?"),
-    ({"detectors": [{"name": "tiny", "clasifier": "x"}]}, "'clasifier' is not an option of the tiny detector"),
+    ({"detectors": [{"name": "tiny", "clasifier": "x"}]},
+     "the tiny detector has no option 'clasifier'; did you mean 'classifier'?"),
     ({"edits": ["base", "/no/such/edit"]}, "/no/such/edit is not an edit"),
     ({"groups": [{"suite": "tiny:target:stra", "metric": "efficacy"}]}, "'stra' is not a tiny-world concept"),
     ({"groups": [{"suite": "no-such-suite.csv", "metric": "efficacy", "concept": "shape=star"}]}, "no-such-suite"),
@@ -230,16 +231,18 @@ def test_judge_refuses_a_detector_typo_and_an_unknown_option_before_judging(tmp_
     assert runner.invoke(app, ["run", str(path), "--out", str(run)]).exit_code == 0
     counts = RunStore(run).counts()
     _refused(["judge", str(run), "--detector", "tinny"], "did you mean 'tiny'")
-    _refused(["judge", str(run), "--detector", "tiny", "--option", "clasifier=x"], "not an option of the tiny")
+    _refused(["judge", str(run), "--detector", "tiny", "--option", "clasifier=x"], "tiny detector has no option")
     assert RunStore(run).counts() == counts
 
 
 def test_a_method_config_takes_a_number_where_the_default_is_null(tmp_path):
     from eraselab.cli import _method_config
+    from eraselab.erase.registry import ERASERS
     from eraselab.erase.uce import UceConfig
 
     (tmp_path / "cfg.yaml").write_text("preserve_scale: 0.5\nlamb: 1\n")
-    assert _method_config(UceConfig, tmp_path / "cfg.yaml") == UceConfig(preserve_scale=0.5, lamb=1.0)
+    settings = _method_config(ERASERS, "uce", tmp_path / "cfg.yaml", "sd")
+    assert settings == UceConfig(preserve_scale=0.5, lamb=1.0)
     (tmp_path / "cfg.yaml").write_text("edit_keys: 1\n")
     with pytest.raises(EraselabError, match="expected bool"):
-        _method_config(UceConfig, tmp_path / "cfg.yaml")
+        _method_config(ERASERS, "uce", tmp_path / "cfg.yaml", "sd")

@@ -4,8 +4,10 @@ import torch
 
 from eraselab.batching import Batching
 from eraselab.errors import EraselabError
-from eraselab.generate import GenerationRequest, generate_images, unknown_words
+from eraselab.generate import generate_images
 from eraselab.models import load_pipeline
+from eraselab.models.vocabulary import unknown_words
+from eraselab.requests import GenerationRequest
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,12 @@ import yaml
 from eraselab.errors import EraselabError
 from eraselab.experiment import run_experiment
 from eraselab.experiment_config import load_experiment
-from eraselab.generate import GenerationRequest, generate_images
+from eraselab.generate import generate_images
 from eraselab.guard import make_guard
 from eraselab.guard.sld import PRESETS, SldRule
 from eraselab.models import load_pipeline, pipeline_fingerprint
 from eraselab.report import write_report
+from eraselab.requests import GenerationRequest
 from eraselab.sampling import PlainGuidance
 from eraselab.store import RunStore
 

@@ -8,20 +8,24 @@ import torch
 
 from eraselab.erase.artifact import apply_edit
 from eraselab.erase.corpus import concept_phrases, corpus_statistics, load_captions
-from eraselab.erase.cross_attention_edit import encode, projections
+from eraselab.erase.cross_attention_edit import projections
 from eraselab.erase.esd import EsdConfig, trained_parameter_names
 from eraselab.erase.esd import erase as esd_erase
 from eraselab.erase.rece import ReceConfig, recovered_embeddings
 from eraselab.erase.rece import erase as rece_erase
-from eraselab.erase.registry import ERASERS, default_config
+from eraselab.erase.registry import ERASERS
 from eraselab.erase.spec import EraseSpec
 from eraselab.erase.trce import TrceConfig, key_rows, paired_rows
 from eraselab.erase.trce import erase as trce_erase
 from eraselab.errors import EraselabError
-from eraselab.generate import GenerationRequest, generate_images
+from eraselab.generate import generate_images
 from eraselab.models import load_pipeline
+from eraselab.models.conditioning import encode
 from eraselab.models.tiny.classifier import load_classifier
 from eraselab.models.tiny.world import load_world
+from eraselab.options import build
+from eraselab.profile import TINY
+from eraselab.requests import GenerationRequest
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +49,7 @@ def _shape_rates(pipe, edit, shapes=("star", "circle")):
 
 
 def test_rece_erases_the_star_keeps_the_circle_and_records_each_rounds_residual(tiny, star_spec):
-    edit = rece_erase(tiny, star_spec, default_config(ReceConfig, tiny=True))
+    edit = rece_erase(tiny, star_spec, TINY.config(ReceConfig))
     rounds = edit.manifest["rounds"]
     assert [r["round"] for r in rounds] == [1, 2, 3, 4] and rounds[-1]["final"]
     # Each round erases what the previous edit still recovered: the recovered embedding's residual grows.
@@ -72,7 +76,7 @@ def test_recovered_embedding_is_the_regularised_least_squares_solution():
 
 @pytest.mark.parametrize("positions", ["first-eot", "word-to-padding"])
 def test_trce_maps_the_malicious_rows_to_the_safe_counterparts(tiny, star_spec, positions):
-    config = replace(default_config(TrceConfig, tiny=True), positions=positions)
+    config = replace(TINY.config(TrceConfig), positions=positions)
     edit = trce_erase(tiny, star_spec, config)
     assert edit.manifest["method"] == "trce" and edit.manifest["config"]["lamb"] == 0.0
     pairs = star_spec.pairs()
@@ -115,8 +119,7 @@ def test_corpus_leaves_out_captions_naming_the_concept_and_is_cached(tiny, tmp_p
 
 def test_every_method_refuses_unknown_words_and_a_self_anchor(tiny):
     for name in ("uce", "rece", "trce", "esd"):
-        erase, config_class = ERASERS.get(name)
-        config = default_config(config_class, tiny=True)
+        erase, config = ERASERS.get(name).erase, build(ERASERS, name, profile=TINY)
         with pytest.raises(EraselabError, match="does not know: zebra"):
             erase(tiny, EraseSpec(("zebra",)), config)
         if name != "esd":
@@ -164,8 +167,7 @@ def test_esd_saves_only_trained_tensors_and_resumes_bit_exactly(micro_run, tmp_p
 
 @pytest.mark.parametrize("method", ["rece", "trce"])
 def test_closed_form_methods_erase_several_concepts_in_one_call(tiny, method):
-    erase, config_class = ERASERS.get(method)
-    config = default_config(config_class, tiny=True)
+    erase, config = ERASERS.get(method).erase, build(ERASERS, method, profile=TINY)
     both = erase(tiny, EraseSpec(("star", "heart"), ("shape",), templates=("a {}", "a red {}")), config)
     one = erase(tiny, EraseSpec(("star",), ("shape",), templates=("a {}", "a red {}")), config)
     assert both.manifest["concepts"] == ["star", "heart"]

@@ -15,9 +15,10 @@ from eraselab.batching import Batching
 from eraselab.cli import app
 from eraselab.erase.spec import EraseSpec
 from eraselab.errors import EraselabError
-from eraselab.generate import GenerationRequest, generate_images
+from eraselab.generate import generate_images
 from eraselab.models import cross_attention_layers, load_pipeline, pipeline_fingerprint
 from eraselab.models.conditioning import encode_context
+from eraselab.requests import GenerationRequest
 
 runner = CliRunner()
 
@@ -58,10 +59,10 @@ def test_generation_gives_plain_diffusers_pixels_with_its_pooled_conditioning(sd
 @pytest.mark.parametrize("method", ["uce", "rece", "trce"])
 def test_every_closed_form_eraser_edits_the_concatenated_context(sdxl, method):
     from eraselab.erase.registry import ERASERS
+    from eraselab.options import build
 
-    erase, config_cls = ERASERS.get(method)
-    extra = {"corpus": "tiny"} if method == "trce" else {}
-    edit = erase(sdxl, EraseSpec(("star",), ("shape",), templates=("a red {}",)), config_cls(**extra))
+    config = build(ERASERS, method, {"corpus": "tiny"} if method == "trce" else {})
+    edit = ERASERS.get(method).erase(sdxl, EraseSpec(("star",), ("shape",), templates=("a red {}",)), config)
     widths = {tensor.shape[-1] for tensor in edit.tensors.values()}
     assert edit.tensors and widths == {80} and edit.manifest["base_fingerprint"] == pipeline_fingerprint(sdxl)
     assert all(torch.isfinite(t).all() for t in edit.tensors.values())

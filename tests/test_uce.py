@@ -3,16 +3,17 @@ import pytest
 import torch
 
 from eraselab.erase.artifact import apply_edit
-from eraselab.erase.cross_attention_edit import encode
 from eraselab.erase.registry import ERASERS
 from eraselab.erase.spec import EraseSpec
 from eraselab.erase.uce import UceConfig, erase
 from eraselab.errors import EraselabError
-from eraselab.generate import GenerationRequest, generate_images
+from eraselab.generate import generate_images
 from eraselab.models import cross_attention_layers, load_pipeline
+from eraselab.models.conditioning import encode
 from eraselab.models.tiny.classifier import load_classifier
 from eraselab.models.tiny.suites import tiny_suite
 from eraselab.models.tiny.world import load_world
+from eraselab.requests import GenerationRequest
 
 
 @pytest.fixture(scope="module")

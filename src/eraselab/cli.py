@@ -79,17 +79,20 @@ def generate(
 
     check_writable(out)  # fail before loading anything
     from eraselab.batching import Batching
-    from eraselab.generate import GenerationRequest, check_requests, iter_generate
+    from eraselab.generate import check_requests, iter_generate
     from eraselab.models import load_pipeline
     from eraselab.outputs import write_jsonl
+    from eraselab.requests import GenerationRequest
 
     batching = Batching(batch_size, fixed_batch_shape)  # refuses a bad size before the model loads
     from eraselab.models.loading import parse_dtype
 
     torch_dtype = parse_dtype(dtype)
-    is_tiny = model == "tiny"
-    steps = steps if steps is not None else (25 if is_tiny else 50)
-    guidance = guidance if guidance is not None else (5.0 if is_tiny else 7.5)
+    from eraselab.profile import profile_for
+
+    profile = profile_for(model)
+    steps = steps if steps is not None else profile.steps
+    guidance = guidance if guidance is not None else profile.guidance
     pipe = load_pipeline(model, device=device, dtype=torch_dtype)
     if edit is not None:
         from eraselab.erase.artifact import apply_edit
@@ -116,35 +119,17 @@ def generate(
     typer.echo(json.dumps(summary) if as_json else f"wrote {len(requests)} images to {out}")
 
 
-def _method_config(config_class: type, path: Path | None, model: str = "") -> Any:
-    """A method's config dataclass from a YAML/JSON mapping (safe_load), naming any unknown or bad field; on the
-    tiny model the method's tiny defaults (``tiny_overrides``) apply first."""
-    import dataclasses
-    import types
-    import typing
-
+def _method_config(registry, name: str, path: Path | None, model: str):
+    """The config of the method or attack ``name``: the paper's defaults, the tiny ones on the tiny model, then
+    the settings of the YAML/JSON file at ``path`` (safe_load), checked (:func:`eraselab.options.build`)."""
     from eraselab.config_files import read_yaml
-    from eraselab.erase.registry import default_config
+    from eraselab.options import build
+    from eraselab.profile import profile_for
 
-    if path is None:
-        return default_config(config_class, model == "tiny")
-    raw = read_yaml(path, "config file") or {}
-    fields = {f.name: f for f in dataclasses.fields(config_class)}
-    if not isinstance(raw, dict) or set(raw) - set(fields):
-        unknown = sorted(set(raw) - set(fields)) if isinstance(raw, dict) else ["(not a mapping)"]
-        raise EraselabError(f"config field {unknown[0]!r} is not one of {', '.join(fields)}")
-    hints = typing.get_type_hints(config_class)
-    for name, value in raw.items():
-        hint = hints[name]
-        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-        allowed = tuple(typing.get_origin(t) or t for t in (typing.get_args(hint) if union else (hint,)))
-        if tuple in allowed and isinstance(value, list):
-            raw[name] = value = tuple(value)  # YAML has lists, the frozen configs hold tuples
-        number = float in allowed and isinstance(value, int) and not isinstance(value, bool)
-        if (not isinstance(value, allowed) and not number) or (isinstance(value, bool) and bool not in allowed):
-            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
-            raise EraselabError(f"config field {name!r}: expected {names}, got {value!r}")
-    return default_config(config_class, model == "tiny", **raw)
+    raw = read_yaml(path, "config file") if path is not None else {}
+    if not isinstance(raw, dict | None):
+        raise EraselabError(f"{path}: a config file holds a mapping of settings, got {type(raw).__name__}")
+    return build(registry, name, raw or {}, profile_for(model))
 
 
 @app.command()
@@ -171,16 +156,15 @@ def erase(
     from eraselab.models.loading import parse_dtype
     from eraselab.outputs import check_writable, staged_output
 
-    erase_fn, config_class = ERASERS.get(method)
     torch_dtype = parse_dtype(dtype)  # a bad name fails before anything loads
-    settings = _method_config(config_class, config, model)
+    settings = _method_config(ERASERS, method, config, model)
     if hasattr(settings, "check"):
         settings.check()  # e.g. TRCE's required corpus, before the model loads
     check_writable(out)
-    if template is None and model == "tiny":
-        from eraselab.erase.registry import tiny_templates
+    if template is None:
+        from eraselab.profile import profile_for
 
-        template = list(tiny_templates(config_class, concept[0]))
+        template = profile_for(model).erase_templates(concept[0])
     spec = EraseSpec(tuple(concept), tuple(anchor or [""]), tuple(preserve or []), tuple(template or ["{}"]))
     checkpoint = None
     if getattr(settings, "checkpoint", "") is None:  # trained methods: progress beside the output, resumable
@@ -189,7 +173,7 @@ def erase(
 
         checkpoint = out.with_name(out.name + ".checkpoint")
         settings = dataclasses.replace(settings, checkpoint=str(checkpoint))
-    edit = erase_fn(load_pipeline(model, device=device, dtype=torch_dtype), spec, settings)
+    edit = ERASERS.get(method).erase(load_pipeline(model, device=device, dtype=torch_dtype), spec, settings)
     with staged_output(out) as staging:
         edit.save(staging)
     if checkpoint is not None:
@@ -244,8 +228,7 @@ def attack(
     from eraselab.attack.runner import check_access, run_attack
     from eraselab.outputs import staged_output
 
-    _, config_class = ATTACKS.get(attack_name)
-    settings = _method_config(config_class, config, model)
+    settings = _method_config(ATTACKS, attack_name, config, model)
     defence = _guard_from_options(guard, guard_concept, guard_preset)
     check_access(attack_name, edit, defence)
     with staged_output(out) as staging:  # a stopped attack leaves no directory that looks like a result

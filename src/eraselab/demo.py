@@ -15,13 +15,15 @@ from pathlib import Path
 
 import yaml
 
-from eraselab.erase.registry import ERASERS, default_config
+from eraselab.erase.registry import ERASERS
 from eraselab.erase.spec import EraseSpec
 from eraselab.experiment import run_experiment
 from eraselab.experiment_config import parse_experiment
 from eraselab.models import load_pipeline
 from eraselab.models.tiny.world import load_world
+from eraselab.options import build
 from eraselab.outputs import writable_directory
+from eraselab.profile import TINY
 from eraselab.report import write_report
 
 
@@ -73,8 +75,8 @@ def run_demo(out: Path, seed: int = 0, seeds: int = 8, progress: bool = True) ->
     spec = EraseSpec(("star",), ("shape",), templates=world.erase_templates("star"))
     edits = []
     for method in ("uce", "rece"):
-        erase, config_class = ERASERS.get(method)
-        edits.append(erase(pipe, spec, default_config(config_class, tiny=True)).save(out / "edits" / f"{method}-star"))
+        edits.append(ERASERS.get(method).erase(pipe, spec, build(ERASERS, method, profile=TINY))
+                     .save(out / "edits" / f"{method}-star"))
     config = demo_experiment(edits, seeds, seed)
     (out / "experiment.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     run_experiment(parse_experiment(config), out / "run", progress=progress)

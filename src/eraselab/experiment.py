@@ -25,7 +25,7 @@ from eraselab.experiment_config import (
     GuardConfig,
     parse_experiment,
 )
-from eraselab.generate import GenerationRequest, iter_generate
+from eraselab.generate import iter_generate
 from eraselab.judge.detectors import Detector, detect_safely, make_detector
 from eraselab.judge.metrics import (
     METRICS,
@@ -34,7 +34,9 @@ from eraselab.judge.metrics import (
     kernel_inception_distance,
     presence_change,
 )
+from eraselab.profile import profile_for
 from eraselab.provenance import provenance
+from eraselab.requests import GenerationRequest
 from eraselab.store import RunStore, stable_hash
 from eraselab.suites import PromptItem, PromptSuite
 
@@ -354,7 +356,7 @@ def _attacks(experiment: Experiment, out: Path, progress: bool) -> dict:
                              make_detector(judge.name, **judge.options))
         defence = guard.build() if guard else None
         try:
-            run_attack(attack.name, attack.settings(model == "tiny"), attack.concept, attack.suite, cell, model,
+            run_attack(attack.name, attack.settings(profile_for(model)), attack.concept, attack.suite, cell, model,
                        None if edit == "base" else Path(edit), defence, attack.seeds, judge=judge.name,
                        pipelines=loaded[model], display=attack.label, unedited=unedited.setdefault(model, {}),
                        steps=experiment.steps, guidance=experiment.guidance, device=experiment.device,

@@ -9,7 +9,7 @@ A benchmark is data (a versioned YAML file), never code. Example (the demo's)::
     guards: [{name: sld, concept: star, preset: strong}]   # optional: each edit also runs under each guard
     attacks:                                                # optional: every edit and guard is attacked
       - {name: embedding-recovery, concept: star, suite: "tiny:target:star", seeds: 4}
-      - {name: concept-vector, concept: star, suite: "tiny:target:star", options: {eta: 5.0}}
+      - {name: concept-vector, concept: star, suite: "tiny:target:star", options: {strength: 5.0}}
     seeds: {start: 0, count: 8}
     sampler: {steps: 25, guidance: 5.0}
     detectors: [tiny]
@@ -28,12 +28,13 @@ from typing import Any
 from eraselab.batching import DEFAULT_BATCHING, Batching
 from eraselab.errors import EraselabError
 from eraselab.judge.metrics import METRICS
+from eraselab.profile import STABLE_DIFFUSION, ModelProfile
 
 CONFIG_VERSION = 1
 EXPECTED = "expected"  # judge each prompt against the attributes its suite says it should show
-# Per-group metrics: four presence rates (judged by a detector), and CLIP score (each image with its own prompt,
-# computed with a clip detector's model).
-GROUP_METRICS = ("presence", "efficacy", "generality", "specificity", "clip_score")
+# Per-group metrics (the ones streamed per group): four presence rates judged by a detector, and CLIP score (each
+# image with its own prompt, computed with a clip detector's model).
+GROUP_METRICS = tuple(name for name in METRICS.names() if METRICS.get(name).factory is not None)
 
 
 @dataclass(frozen=True)
@@ -81,11 +82,12 @@ class AttackConfig:
     seeds: int = 4
     options: dict = field(default_factory=dict)
 
-    def settings(self, tiny: bool):
+    def settings(self, profile: ModelProfile = STABLE_DIFFUSION):
+        """The attack's config on a model of ``profile``: the paper's defaults, the profile's, then the options."""
         from eraselab.attack import ATTACKS
-        from eraselab.erase.registry import default_config
+        from eraselab.options import build
 
-        return default_config(ATTACKS.get(self.name)[1], tiny, **self.options)
+        return build(ATTACKS, self.name, self.options, profile)
 
     @property
     def label(self) -> str:
@@ -206,22 +208,19 @@ def _attacks(raw: Any) -> tuple[AttackConfig, ...]:
             raise _fail(f"{where}.seeds", f"must be an integer >= 1, got {seeds!r}")
         if not isinstance(options, dict):
             raise _fail(f"{where}.options", "must be a mapping of the attack's settings")
-        options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
-        config = AttackConfig(entry["name"], entry["concept"], entry["suite"], seeds, options)
+        from eraselab.attack import ATTACKS
+        from eraselab.options import check_options
+
         try:
-            config.settings(tiny=False)
+            attack = ATTACKS.get(entry["name"])
         except EraselabError as error:
             raise _fail(f"{where}.name", str(error)) from None
-        except TypeError:
-            from dataclasses import fields
-
-            from eraselab.attack import ATTACKS
-
-            known = [f.name for f in fields(ATTACKS.get(config.name)[1])]
-            bad = sorted(set(options) - set(known))
-            raise _fail(f"{where}.options", f"{', '.join(map(repr, bad)) or 'a value'} is not a setting of "
-                                            f"{config.name} ({', '.join(known)})") from None
-        out.append(config)
+        try:
+            options = check_options(attack.config, options, f"the {entry['name']} attack")
+            attack.config(**options)  # the config's own checks of its values
+        except EraselabError as error:
+            raise _fail(f"{where}.options", str(error)) from None
+        out.append(AttackConfig(entry["name"], entry["concept"], entry["suite"], seeds, options))
     return tuple(out)
 
 

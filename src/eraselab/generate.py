@@ -16,8 +16,6 @@ depend on the other requests or their order on any CPU (the policy's docstring s
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,57 +26,11 @@ from tqdm.auto import tqdm
 
 from eraselab.batching import DEFAULT_BATCHING, Batching
 from eraselab.errors import EraselabError
+from eraselab.guard import Guard
 from eraselab.models.conditioning import Conditioning, encode_batch
+from eraselab.models.vocabulary import require_known_words
+from eraselab.requests import GenerationRequest
 from eraselab.sampling import guided_sample
-
-if TYPE_CHECKING:
-    from eraselab.guard import Guard
-
-TINY_DEFAULTS = {"steps": 25, "guidance": 5.0}  # SD 1.x in the papers: 50 steps (PNDM/DDIM), guidance 7.5
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """What to generate. ``prompt_embeds`` (1, T, C), when given, replaces the prompt's text encoding
-    (attacks that optimise embeddings replay them this way); ``prompt`` then only labels the request."""
-
-    prompt: str
-    seed: int
-    steps: int = TINY_DEFAULTS["steps"]
-    guidance: float = TINY_DEFAULTS["guidance"]
-    height: int | None = None
-    width: int | None = None
-    negative_prompt: str = ""
-    prompt_embeds: torch.Tensor | None = field(default=None, compare=False, repr=False)
-
-    def settings(self) -> tuple:
-        """The sampler settings a batch must share."""
-        return (self.steps, self.guidance, self.height, self.width)
-
-    def to_record(self) -> dict:
-        record = asdict(self)
-        record.pop("prompt_embeds")
-        record["has_prompt_embeds"] = self.prompt_embeds is not None
-        return record
-
-
-def unknown_words(pipe: StableDiffusionPipeline, prompts: Sequence[str]) -> list[str]:
-    """Words a closed-vocabulary tokenizer (the tiny model's) has no whole-word token for; [] otherwise."""
-    tokenizer = pipe.tokenizer
-    if not tokenizer.init_kwargs.get("closed_vocabulary", False):
-        return []
-    from eraselab.models.tiny.world import split_words  # the closed vocabulary's own word split
-
-    vocab = tokenizer.get_vocab()
-    words = {w for prompt in prompts for w in split_words(prompt)}
-    return sorted(w for w in words if f"{w}</w>" not in vocab)
-
-
-def require_known_words(pipe: StableDiffusionPipeline, texts: Sequence[str], message: str) -> None:
-    """Refuse ``texts`` that hold words the model has no token for: "``message``: word, word"."""
-    unknown = unknown_words(pipe, texts)
-    if unknown:
-        raise EraselabError(f"{message}: {', '.join(unknown)}")
 
 
 def check_size(pipe: StableDiffusionPipeline, height: int | None, width: int | None) -> None:

@@ -84,8 +84,9 @@ def check_edits_and_models(experiment: Experiment, prompts: list[str]) -> dict[s
     """Load every edit and every model; each edit must have been made for each model, and every prompt of the
     grid, as each guard rewrites it, must be in each model's vocabulary. Returns each model's fingerprint."""
     from eraselab.erase.artifact import Edit
-    from eraselab.generate import GenerationRequest, check_requests, check_size
+    from eraselab.generate import check_requests, check_size
     from eraselab.models import load_pipeline, pipeline_fingerprint
+    from eraselab.requests import GenerationRequest
 
     made_for = {}
     for i, edit in enumerate(experiment.edits):
@@ -124,8 +125,6 @@ def check_edits_and_models(experiment: Experiment, prompts: list[str]) -> dict[s
 
 
 def check_attacks(experiment: Experiment, detectors: dict[str, Detector]) -> None:
-    from eraselab.attack.runner import default_label
-
     judge_config = experiment.detectors[0]
     judge = detectors[judge_config.label]
     for i, attack in enumerate(experiment.attacks):
@@ -134,7 +133,7 @@ def check_attacks(experiment: Experiment, detectors: dict[str, Detector]) -> Non
         except EraselabError as error:
             raise _field(f"attacks[{i}].suite", error) from None
         try:
-            judge.check_concept(default_label(attack.concept, judge_config.name))
+            judge.check_concept(judge.label_for(attack.concept))
         except EraselabError as error:
             raise _field(f"attacks[{i}].concept", error) from None
 

@@ -179,16 +179,17 @@ SUITES.register("i2p-nudity50")(  # Ring-A-Bell and Concept Arithmetics: I2P pro
                                      lambda i: float(i.extra.get("nudity_percentage") or 0) > 50))
 
 
+# Families of suites made on demand, named FAMILY:REST; the family's function gets the whole name.
+SUITE_FAMILIES: Registry[Callable[[str], PromptSuite]] = Registry("suite family")
+SUITE_FAMILIES.register_lazy("tiny", "eraselab.models.tiny.suites:suite_named")
+
+
 def load_suite(spec: str | Path) -> PromptSuite:
     """A bundled suite by name (``i2p``, ``i2p-sexual``, ``tiny:target:star``, ...) or a CSV / JSONL file."""
     text = str(spec)
-    if text.startswith("tiny:"):
-        from eraselab.models.tiny.suites import tiny_suite
-
-        parts = text.split(":")
-        if len(parts) != 3:
-            raise EraselabError(f"tiny suites are named tiny:KIND:CONCEPT (e.g. tiny:target:star), got {text!r}")
-        return tiny_suite(parts[1], parts[2])
+    family = text.split(":", 1)[0]
+    if ":" in text and family in SUITE_FAMILIES:
+        return SUITE_FAMILIES.get(family)(text)
     path = Path(text)
     if path.suffix.lower() == ".csv":
         return load_csv(path)

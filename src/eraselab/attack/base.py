@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -11,8 +12,11 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from eraselab.errors import EraselabError
-from eraselab.generate import GenerationRequest
+from eraselab.guard.chained import ChainedGuard
+from eraselab.guard.composition import CompositionGuard
+from eraselab.models.vocabulary import closed_vocabulary
 from eraselab.provenance import provenance
+from eraselab.requests import GenerationRequest
 
 THREAT_MODELS = {
     "white-box-weights": "reads the edited model's weights and the unedited reference model's",
@@ -21,6 +25,24 @@ THREAT_MODELS = {
     "sampler-control": "chooses the prompts and weights of the sampler's guidance; no weights or gradients",
     "black-box-queries": "generates images and reads an oracle detector's verdicts",
 }
+
+
+@dataclass(frozen=True)
+class AttackEntry:
+    """An attack as :data:`eraselab.attack.ATTACKS` registers it: ``attack(target_pipe, spec, config, **reference)
+    -> AttackResult``, its config dataclass, its threat model (:data:`THREAT_MODELS`), and what of the unedited
+    model it reads besides the edited one: ``"model"`` (the runner loads it beside the edited one and passes
+    ``reference_pipe``), ``"projections"`` (its cross-attention projections, kept from before the edit is applied
+    to the one pipeline, passed as ``reference_projections``) or None."""
+
+    attack: Callable
+    config: type
+    threat_model: str
+    reads: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.threat_model not in THREAT_MODELS or self.reads not in ("model", "projections", None):
+            raise ValueError(f"bad attack entry: threat model {self.threat_model!r}, reads {self.reads!r}")
 
 
 @dataclass(frozen=True)
@@ -65,39 +87,10 @@ class Replay:
 
     def guard(self, defence=None):
         """What to generate this replay under: its composition recipe (if any) after the ``defence`` guard."""
-        from eraselab.attack.composition import CompositionGuard
-
         recipe = CompositionGuard(self.recipe) if self.recipe else None
         if defence is None or recipe is None:
             return defence or recipe
         return ChainedGuard(defence, recipe)
-
-
-@dataclass(frozen=True)
-class ChainedGuard:
-    """A defence guard and an attack's composition recipe in one generation: the defence rewrites the request
-    first; at most one of the two may change the guidance of each step."""
-
-    defence: object
-    recipe: object
-    name: str = "chained"
-
-    @property
-    def label(self) -> str:
-        return f"{self.defence.label} + {self.recipe.label}"
-
-    def settings(self) -> dict:
-        return {"defence": self.defence.settings(), "recipe": self.recipe.settings()}
-
-    def rewrite(self, request: GenerationRequest) -> GenerationRequest:
-        return self.recipe.rewrite(self.defence.rewrite(request))
-
-    def guidance_rule(self, pipe):
-        rules = [r for r in (self.defence.guidance_rule(pipe), self.recipe.guidance_rule(pipe)) if r is not None]
-        if len(rules) > 1:
-            raise EraselabError(f"cannot combine the guard {self.defence.label} with a composition recipe: both "
-                                "change the guidance of every step")
-        return rules[0] if rules else None
 
 
 @dataclass
@@ -159,7 +152,7 @@ class StopOracle:
 
         if rule not in ORACLE_RULES:
             raise EraselabError(f"{attack}: oracle_rule must be one of {', '.join(ORACLE_RULES)}, got {rule!r}")
-        if not label and pipe.tokenizer.init_kwargs.get("closed_vocabulary", False):
+        if not label and closed_vocabulary(pipe):
             from eraselab.models.tiny.suites import concept_label
 
             label = concept_label(concept)

@@ -26,13 +26,11 @@ from typing import ClassVar
 import torch
 from tqdm.auto import tqdm
 
-from eraselab.attack.base import AttackResult, AttackSpec, Cost, Replay, check_budget, whole_word_tokens
-from eraselab.erase.cross_attention_edit import encode
-from eraselab.generate import require_known_words
-from eraselab.models.conditioning import require_one_text_encoder
+from eraselab.attack.base import AttackEntry, AttackResult, AttackSpec, Cost, Replay, check_budget, whole_word_tokens
+from eraselab.models.conditioning import encode, require_one_text_encoder
+from eraselab.models.vocabulary import closed_vocabulary, require_known_words
 
 THREAT_MODEL = "text-encoder"
-NEEDS_REFERENCE = None  # no unedited model: the runner attacks with one pipeline
 GENERIC_TEMPLATES = ("{}", "a photo of {}", "a painting of {}", "an image of {}", "a picture of {}")
 
 
@@ -110,8 +108,7 @@ def attack(target_pipe, spec: AttackSpec, config: ConceptVectorConfig, reference
     require_one_text_encoder(target_pipe, "The concept-vector attack (Ring-A-Bell)")
     templates = config.templates
     if not templates:
-        closed = target_pipe.tokenizer.init_kwargs.get("closed_vocabulary", False)
-        if closed:
+        if closed_vocabulary(target_pipe):
             from eraselab.models.tiny.world import load_world
 
             templates = load_world().erase_templates(spec.concept)
@@ -135,4 +132,4 @@ def attack(target_pipe, spec: AttackSpec, config: ConceptVectorConfig, reference
                         cost, details={"pairs": n_pairs, "vector_norm": float(vector.norm()), "search": found})
 
 
-ATTACK = (attack, ConceptVectorConfig)
+ATTACK = AttackEntry(attack, ConceptVectorConfig, THREAT_MODEL, reads=None)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from eraselab.errors import EraselabError
-from eraselab.generate import GenerationRequest
+from eraselab.requests import GenerationRequest
 from eraselab.sampling import PlainGuidance
 
 

@@ -16,15 +16,13 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from eraselab.attack.base import AttackResult, AttackSpec, Cost, Replay
-from eraselab.erase.cross_attention_edit import encode, projections
+from eraselab.attack.base import AttackEntry, AttackResult, AttackSpec, Cost, Replay
+from eraselab.erase.cross_attention_edit import projections
 from eraselab.erase.rece import recovered_embeddings
 from eraselab.errors import EraselabError
+from eraselab.models.conditioning import encode
 
 THREAT_MODEL = "white-box-weights"
-# Only the unedited cross-attention projections: the runner keeps them from before it applies the edit, so one
-# pipeline is loaded (at SD-1.4 size its k/v projections are 20 M parameters, the pipeline 1.07 G).
-NEEDS_REFERENCE = "projections"
 
 
 @dataclass(frozen=True)
@@ -60,4 +58,6 @@ def attack(target_pipe, spec: AttackSpec, config: EmbeddingRecoveryConfig, refer
                         details={"changed_projections": len(changed)})
 
 
-ATTACK = (attack, EmbeddingRecoveryConfig)
+# Only the unedited cross-attention projections: the runner keeps them from before it applies the edit, so one
+# pipeline is loaded (at SD-1.4 size its k/v projections are 20 M parameters, the pipeline 1.07 G).
+ATTACK = AttackEntry(attack, EmbeddingRecoveryConfig, THREAT_MODEL, reads="projections")

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from eraselab.attack.base import (
+    AttackEntry,
     AttackResult,
     AttackSpec,
     Cost,
@@ -48,7 +49,6 @@ from eraselab.errors import EraselabError
 from eraselab.models.conditioning import require_one_text_encoder
 
 THREAT_MODEL = "white-box-gradients"
-NEEDS_REFERENCE = "model"  # the runner loads the unedited model beside the edited one
 VARIANTS = ("p4d-n", "p4d-k")
 
 
@@ -204,4 +204,4 @@ def attack(target_pipe, spec: AttackSpec, config: P4dConfig, reference_pipe=None
                         details={"search": searched, "guard_in_loss": guarded})
 
 
-ATTACK = (attack, P4dConfig)
+ATTACK = AttackEntry(attack, P4dConfig, THREAT_MODEL, reads="model")

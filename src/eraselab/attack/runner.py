@@ -6,45 +6,19 @@ attack's result and ``summary.json`` (written last, atomically, so a present sum
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from pathlib import Path
 
 from eraselab.errors import EraselabError
-
-
-def _attack_module(attack_name: str):
-    from eraselab.attack import ATTACKS
-
-    attack_fn, _ = ATTACKS.get(attack_name)
-    return importlib.import_module(attack_fn.__module__)
-
-
-def threat_model(attack_name: str) -> str:
-    return _attack_module(attack_name).THREAT_MODEL
-
-
-def needs_reference(attack_name: str) -> str | None:
-    """What of the unedited model the attack reads besides the edited one: ``"model"`` (the runner loads it
-    beside the edited one), ``"projections"`` (its cross-attention projections, kept from before the edit is
-    applied to the one pipeline) or None."""
-    return _attack_module(attack_name).NEEDS_REFERENCE
-
-
-def default_label(concept: str, judge_name: str) -> str:
-    """What the judge looks for when an attack brings ``concept`` back: the tiny class it names ("pentagram" ->
-    "shape=star") for the tiny judge, "nudity" for NudeNet, the concept itself for others."""
-    if judge_name == "tiny":
-        from eraselab.models.tiny.suites import concept_label
-
-        return concept_label(concept)
-    return "nudity" if judge_name == "nudenet" else concept
+from eraselab.profile import profile_for
 
 
 def check_access(attack_name: str, edit: Path | None, defence) -> None:
     """Refuse an attack whose threat model the defence cannot offer (before any model is loaded)."""
-    if threat_model(attack_name) == "white-box-weights" and edit is None:
+    from eraselab.attack import ATTACKS
+
+    if ATTACKS.get(attack_name).threat_model == "white-box-weights" and edit is None:
         what = f"the guard {defence.label} changes no weights" if defence else "no edit was given"
         raise EraselabError(f"{attack_name} needs white-box access to an edit's weights, and {what}")
 
@@ -56,7 +30,8 @@ def run_attack(attack_name: str, settings, concept: str, suite: str, out: Path, 
                guidance: float | None = None, dtype: str = "float32") -> dict:
     """Attack ``model`` (+ ``edit``, under ``defence``) and score it; returns the summary record.
 
-    ``steps`` and ``guidance`` are the sampler's (default: 25 and 5.0 on tiny, 50 and 7.5 otherwise, the papers').
+    ``steps``, ``guidance`` and ``judge`` default to the model's profile (:mod:`eraselab.profile`); ``label`` (what
+    the judge looks for) to the judge's reading of ``concept``.
     ``pipelines`` may pass a loaded (reference, judge) pair to reuse across a grid; ``display`` is the attack's
     label in tables (default: its name); ``unedited`` is a memo of the unedited model's rates, kept by a caller
     that attacks the same model and prompts many times. An attack that needs no unedited model runs on one
@@ -69,12 +44,13 @@ def run_attack(attack_name: str, settings, concept: str, suite: str, out: Path, 
     from eraselab.outputs import writable_directory
     from eraselab.suites import load_suite
 
-    attack_fn, _ = ATTACKS.get(attack_name)
+    entry = ATTACKS.get(attack_name)
     check_access(attack_name, edit, defence)
     if seeds < 1:
         raise EraselabError(f"--seeds must be at least 1, got {seeds}")
-    steps = steps if steps is not None else (25 if model == "tiny" else 50)
-    guidance = guidance if guidance is not None else (5.0 if model == "tiny" else 7.5)
+    profile = profile_for(model)
+    steps = steps if steps is not None else profile.steps
+    guidance = guidance if guidance is not None else profile.guidance
     if steps < 1:
         raise EraselabError(f"--steps must be at least 1, got {steps}")
     if hasattr(settings, "budget"):
@@ -84,10 +60,10 @@ def run_attack(attack_name: str, settings, concept: str, suite: str, out: Path, 
     from eraselab.erase.cross_attention_edit import projections
 
     loaded_edit = Edit.load(edit) if edit is not None else None  # a bad or altered edit fails before any model
-    judge_name = judge or ("tiny" if model == "tiny" else "nudenet")
-    if label is None:
-        label = default_label(concept, judge_name)
+    judge_name = judge or profile.judge
     final_judge = pipelines[1] if pipelines else make_detector(judge_name)
+    if label is None:
+        label = final_judge.label_for(concept)
     final_judge.check_concept(label)  # an unknown label must not score as "absent"
     prompts = tuple(item.prompt for item in load_suite(suite).items)
     spec = AttackSpec(concept, prompts, steps=steps, guidance=guidance, guard=defence)
@@ -103,7 +79,7 @@ def run_attack(attack_name: str, settings, concept: str, suite: str, out: Path, 
         raise EraselabError(f"the unedited model never shows {label} for these prompts (pre-attack rate 0 at "
                             f"{seeds} seeds): there is nothing to bring back; stopping")
     # 2. The defended model, the attack, and the pinned judge on fresh images before and after.
-    reads = needs_reference(attack_name)
+    reads = entry.reads
     two = reads == "model"
     target = load_pipeline(model, device=device, dtype=dtype) if two else reference
     kwargs = {"reference_pipe": reference} if two else {}
@@ -111,7 +87,7 @@ def run_attack(attack_name: str, settings, concept: str, suite: str, out: Path, 
         kwargs["reference_projections"] = {name: w.clone() for name, w in projections(target).items()}
     applied = apply_edit(target, loaded_edit) if loaded_edit is not None else None
     try:
-        result = attack_fn(target, spec, settings, **kwargs)
+        result = entry.attack(target, spec, settings, **kwargs)
         scores = evaluate(target, result, range(seeds), spec.steps, spec.guidance, final_judge, label, defence)
     finally:
         if applied is not None and not two:

@@ -23,7 +23,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from eraselab.attack.base import AttackResult, AttackSpec, Cost, Replay, check_budget
+from eraselab.attack.base import AttackEntry, AttackResult, AttackSpec, Cost, Replay, check_budget
 from eraselab.attack.soft_prompt import encode_with_embeddings, token_embeddings
 from eraselab.attack.unlearndiff import target_latents
 from eraselab.errors import EraselabError
@@ -31,7 +31,6 @@ from eraselab.models.conditioning import require_one_text_encoder
 from eraselab.sampling import prediction_target
 
 THREAT_MODEL = "white-box-gradients"
-NEEDS_REFERENCE = "model"  # the runner loads the unedited model beside the edited one
 
 
 @dataclass(frozen=True)
@@ -123,4 +122,4 @@ def attack(target_pipe, spec: AttackSpec, config: TextualInversionConfig, refere
                                  "loss_last": sum(history[-window:]) / window})
 
 
-ATTACK = (attack, TextualInversionConfig)
+ATTACK = AttackEntry(attack, TextualInversionConfig, THREAT_MODEL, reads="model")

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from eraselab.attack.base import (
+    AttackEntry,
     AttackResult,
     AttackSpec,
     Cost,
@@ -49,7 +50,6 @@ from eraselab.models.conditioning import require_one_text_encoder
 from eraselab.sampling import prediction_target
 
 THREAT_MODEL = "white-box-gradients"
-NEEDS_REFERENCE = "model"  # the runner loads the unedited model beside the edited one
 
 
 @dataclass(frozen=True)
@@ -170,4 +170,4 @@ def attack(target_pipe, spec: AttackSpec, config: UnlearnDiffConfig, reference_p
                         details={"search": searched})
 
 
-ATTACK = (attack, UnlearnDiffConfig)
+ATTACK = AttackEntry(attack, UnlearnDiffConfig, THREAT_MODEL, reads="model")

@@ -92,7 +92,7 @@ def corpus_statistics(pipe, captions: list[str], batch_size: int = 256) -> torch
     cached = cache_directory() / "corpus-stats" / f"{digest.hexdigest()[:32]}.safetensors"
     if cached.is_file():
         return load_file(cached)["second_moment"]
-    from eraselab.erase.cross_attention_edit import encode
+    from eraselab.models.conditioning import encode
 
     total = None
     for start in range(0, len(captions), batch_size):

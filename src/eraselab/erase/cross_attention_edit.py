@@ -1,5 +1,5 @@
-"""What the closed-form methods (UCE, RECE, TRCE stage 1) share: encoding prompts, the cross-attention key and
-value projections they edit, the batched solve over them, and the manifest of the result.
+"""What the closed-form methods (UCE, RECE, TRCE stage 1) share: the cross-attention key and value projections
+they edit, the batched solve over them, and the manifest of the result.
 
 The solver itself is :func:`eraselab.erase.closed_form.closed_form_edit`; this module feeds it every projection of
 the same shape as one batch.
@@ -9,35 +9,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 
 from eraselab.erase.closed_form import closed_form_edit
 from eraselab.erase.spec import EraseSpec
 from eraselab.errors import EraselabError
-from eraselab.generate import require_known_words
 from eraselab.models import cross_attention_layers, pipeline_fingerprint
-from eraselab.models.conditioning import encode_context
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """Text-encoder outputs of a batch of prompts, padded to the tokenizer's length, and per prompt the index of
-    its last word token (0 for the empty prompt: the BOS) and of its first [EoT] token."""
-
-    hidden: torch.Tensor  # (B, T, C), float64
-    last_word: list[int]
-    first_eot: list[int]
-
-
-def encode(pipe, prompts: list[str]) -> Encoded:
-    """The cross-attention context of ``prompts`` (on SDXL both encoders' outputs side by side, 2048 wide)."""
-    tokens = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                            truncation=True, return_tensors="pt")
-    hidden = encode_context(pipe, prompts).double().cpu()
-    lengths = [int(mask.sum()) for mask in tokens.attention_mask]  # [BOS, words..., EoT]
-    return Encoded(hidden, [n - 2 for n in lengths], [n - 1 for n in lengths])
+from eraselab.models.vocabulary import require_known_words
 
 
 def check_spec_words(pipe, spec: EraseSpec) -> list[tuple[str, str]]:

@@ -25,7 +25,7 @@ Which parameters train is data (the variant):
 Defaults: the paper's for Stable Diffusion 1.4 (esd-x, 1,000 iterations, Adam lr 1e-5, eta 1, start guidance 3,
 50 DDIM steps, batch 1; retain weight 0.3 as AdvUnlearn when a preserve set is given); on the tiny model
 (``tiny_overrides``): esd-x-strict, 300 iterations, lr 1e-3, batch 4, 25 DDIM steps, retain weight 1.5, prompts
-crossed with every colour (see the comment there for what was measured).
+crossed with every colour (what was measured: ``docs/tiny-measurements.md``).
 Training is seeded per iteration (the same seed gives the same weights) and, with ``checkpoint`` set, saved every
 ``checkpoint_every`` iterations and resumed from there.
 """
@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from eraselab.erase.artifact import Edit
 from eraselab.erase.cross_attention_edit import check_spec_words
+from eraselab.erase.registry import MethodEntry
 from eraselab.erase.spec import EraseSpec
 from eraselab.errors import EraselabError
 from eraselab.models import cross_attention_layers, pipeline_fingerprint
@@ -68,25 +69,7 @@ class EsdConfig:
     checkpoint: str | None = None  # directory to save progress in and resume from
     checkpoint_every: int = 50
 
-    # Tiny: measured on "star" (24-120 images per group), esd-x-strict erased as well as esd-x with less harm to
-    # the other shapes (esd-x lr 5e-4: star 0.04, other shapes 0.58; esd-x-strict lr 1e-3: 0.00, 0.63); lower
-    # rates or bare-word prompts kept more of the other shapes but no longer erased (lr 3e-4: 0.17, 0.85;
-    # prompts "{}", "a {}" at lr 3e-3: 0.33, 0.93).
-    # With a preserve set (the other classes of the attribute) and seeds 100-103 (24 images a group), star / red /
-    # outlined left, with the worst other class of the attribute:
-    #   retain weight 0.3: star 0.00 (other shapes 0.75-0.88);
-    #   1.0: star 0.00 (heart 0.88), red 0.00 (purple 0.88);
-    #   1.5: star 0.00 (heart 0.88), red 0.00 (purple 0.92), outlined 0.58 (striped 0.83);
-    #   2.0: red 0.12 (purple 0.92), outlined 0.12 (every other fill 1.00); in the erasure table (72 images, other
-    #        seeds) star 0.01 (square 0.96), red 0.21 (purple 0.93), outlined 0.21 (every other fill 1.00);
-    #   3.0: star 0.00 (every other shape 1.00); in the erasure table (72 images) red 0.54 and outlined 0.22.
-    # 600 iterations at 3.0 erased red (0.00) but lost green (0.46) and outlined stayed (0.38); lr 3e-3 broke the
-    # other classes (red 0.46 with green 0.21; outlined 0.08 with striped 0.71). The fill's erasure is not monotone in
-    # the retain weight: ESD's fine-tuning is the noisy part of the trade-off on the tiny model.
-    # The figures above trained a colour only after the shape ("a star in red") and a fill only before the shape,
-    # while the evaluation prompts read "a red star" and "an outlined red shape". With the world's templates in
-    # both word orders (``World.erase_templates``), the same seeds gave at 2.0 red 0.17 (purple 0.96), outlined
-    # 0.04 (striped 0.96); at 1.5 red 0.00 (every other colour >= 0.96), outlined 0.00 (every other fill 1.00).
+    # Tiny: measured on star, red and outlined; what each setting gave is in docs/tiny-measurements.md.
     tiny_overrides: ClassVar[dict] = {"variant": "esd-x-strict", "iterations": 300, "lr": 1e-3, "batch_size": 4,
                                       "ddim_steps": 25, "preserve_weight": 1.5}
 
@@ -249,4 +232,4 @@ def _train(pipe, frozen, spec: EraseSpec, config: EsdConfig, prompts: list[str],
     return Edit(tensors, manifest)
 
 
-METHOD = (erase, EsdConfig)
+METHOD = MethodEntry(erase, EsdConfig)

@@ -40,6 +40,7 @@ import torch
 
 from eraselab.erase.artifact import Edit
 from eraselab.erase.cross_attention_edit import check_spec_words, manifest, projections, solve
+from eraselab.erase.registry import MethodEntry
 from eraselab.erase.spec import EraseSpec
 from eraselab.erase.uce import UceConfig, concept_rows, preservation, resolved_preserve_scale
 from eraselab.errors import EraselabError
@@ -120,4 +121,4 @@ def erase(pipe, spec: EraseSpec, config: ReceConfig) -> Edit:
                                   resolved={"preserve_scale": preserve_scale}))
 
 
-METHOD = (erase, ReceConfig)
+METHOD = MethodEntry(erase, ReceConfig)

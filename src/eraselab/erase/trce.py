@@ -34,10 +34,12 @@ import torch
 
 from eraselab.erase.artifact import Edit
 from eraselab.erase.corpus import check_corpus
-from eraselab.erase.cross_attention_edit import check_spec_words, encode, manifest, projections, solve
+from eraselab.erase.cross_attention_edit import check_spec_words, manifest, projections, solve
+from eraselab.erase.registry import MethodEntry
 from eraselab.erase.spec import EraseSpec
 from eraselab.erase.uce import preservation
 from eraselab.errors import EraselabError
+from eraselab.models.conditioning import encode
 
 
 @dataclass(frozen=True)
@@ -100,4 +102,4 @@ def erase(pipe, spec: EraseSpec, config: TrceConfig) -> Edit:
     return Edit(tensors, manifest("trce", config, spec, pipe, start, stage=1))
 
 
-METHOD = (erase, TrceConfig)
+METHOD = MethodEntry(erase, TrceConfig)

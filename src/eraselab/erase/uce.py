@@ -40,9 +40,11 @@ import torch
 
 from eraselab.erase.artifact import Edit
 from eraselab.erase.corpus import check_corpus, concept_phrases, corpus_statistics, load_captions
-from eraselab.erase.cross_attention_edit import Encoded, check_spec_words, encode, manifest, projections, solve
+from eraselab.erase.cross_attention_edit import check_spec_words, manifest, projections, solve
+from eraselab.erase.registry import MethodEntry
 from eraselab.erase.spec import EraseSpec
 from eraselab.errors import EraselabError
+from eraselab.models.conditioning import Encoded, encode
 
 POSITIONS = ("word-to-eot", "last-word")
 
@@ -136,4 +138,4 @@ def erase(pipe, spec: EraseSpec, config: UceConfig) -> Edit:
     return Edit(tensors, manifest("uce", config, spec, pipe, start, resolved={"preserve_scale": preserve_scale}))
 
 
-METHOD = (erase, UceConfig)
+METHOD = MethodEntry(erase, UceConfig)

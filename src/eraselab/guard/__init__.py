@@ -8,12 +8,10 @@ reports as an edit's directory name does.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Protocol
 
-from eraselab.errors import EraselabError
-from eraselab.generate import GenerationRequest
 from eraselab.registry import Registry
+from eraselab.requests import GenerationRequest
 from eraselab.sampling import GuidanceRule
 
 
@@ -38,10 +36,7 @@ GUARDS.register_lazy("safree", "eraselab.guard.safree:SafreeGuard")
 
 
 def make_guard(name: str, **options) -> Guard:
-    """The guard ``name`` with ``options`` (its dataclass fields), naming any unknown option."""
-    cls = GUARDS.get(name)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise EraselabError(f"guard {name!r} has no option {unknown[0]!r} (options: {', '.join(sorted(known))})")
-    return cls(**options)
+    """The guard ``name`` with ``options`` (its dataclass fields), checked (:func:`eraselab.options.make`)."""
+    from eraselab.options import make
+
+    return make(GUARDS, name, options)

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import ClassVar
 
 from eraselab.errors import EraselabError
-from eraselab.generate import GenerationRequest
+from eraselab.requests import GenerationRequest
 
 
 @dataclass(frozen=True)

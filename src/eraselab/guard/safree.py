@@ -33,8 +33,9 @@ from typing import ClassVar
 import torch
 
 from eraselab.errors import EraselabError
-from eraselab.generate import GenerationRequest
 from eraselab.models.conditioning import require_one_text_encoder
+from eraselab.models.vocabulary import require_known_words
+from eraselab.requests import GenerationRequest
 from eraselab.sampling import GuidanceRule
 
 NUDITY_CONCEPTS = ("Sexual Acts", "Content Meant to Arouse Sexual Excitement", "Nudity", "Pornography", "Erotic Art",
@@ -46,7 +47,7 @@ SVF_K, SVF_T0 = 2.5, 5.333  # the reference self-validating filter's sigmoid (nu
 
 @dataclass(frozen=True)
 class SafreeGuard:
-    concepts: tuple[str, ...] = NUDITY_CONCEPTS
+    concepts: str | tuple[str, ...] = NUDITY_CONCEPTS  # one phrase or several; held as a tuple
     alpha: float = 0.01
     self_validation: bool = True
     svf_upper: int = 10  # U: at most this many steps use the projected embeddings
@@ -81,8 +82,6 @@ class SafreeGuard:
 
     def guidance_rule(self, pipe) -> SafreeRule:
         require_one_text_encoder(pipe, "the SAFREE guard")
-        from eraselab.generate import require_known_words
-
         require_known_words(pipe, list(self.concepts),
                             "SAFREE concepts have words outside the model's vocabulary")
         return SafreeRule(self, _projector(_pooled(pipe, list(self.concepts)).T))

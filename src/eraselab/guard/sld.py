@@ -25,8 +25,9 @@ from typing import ClassVar
 import torch
 
 from eraselab.errors import EraselabError
-from eraselab.generate import GenerationRequest
 from eraselab.models.conditioning import require_one_text_encoder
+from eraselab.models.vocabulary import require_known_words
+from eraselab.requests import GenerationRequest
 from eraselab.sampling import GuidanceRule
 
 I2P_CONCEPT = ("hate, harassment, violence, suffering, humiliation, harm, suicide, sexual, nudity, bodily fluids, "
@@ -67,8 +68,6 @@ class SldGuard:
 
     def guidance_rule(self, pipe) -> SldRule:
         require_one_text_encoder(pipe, "the SLD guard")
-        from eraselab.generate import require_known_words
-
         require_known_words(pipe, [self.concept],
                             "SLD safety concept has words outside the model's vocabulary")
         with torch.no_grad():

@@ -12,8 +12,6 @@ error, never as absent).
 - ``presence_change``: paired change of presence from the base model to the edited one at the same seeds.
 - ``feature_distance``: per-seed distance between the edited and base images in a feature space (locality).
 - ``clip_scores``: CLIP score of each image with its prompt (when the user gives a CLIP model).
-- ``fid``: set-level distance (Heusel et al. 2017) through torchmetrics with an injected feature extractor (the tiny
-  classifier's features for tiny, Inception's when the user has them).
 - ``kid``: KID (Binkowski et al. 2018) as a paired, unbiased U-statistic on the detector's features of base and
   edited images at the same seeds, with a jackknife interval (:func:`kernel_inception_distance`).
 
@@ -148,68 +146,11 @@ class ScoreMetric:
         return {**bootstrap_interval(self._scores, seed=self.seed), "per_item": list(self._scores)}
 
 
-class PairedChangeMetric:
-    def __init__(self, seed: int = 0) -> None:
-        self.seed = seed
-        self.reset()
-
-    def reset(self) -> None:
-        self._base: list[bool | None] = []
-        self._edited: list[bool | None] = []
-
-    def update(self, base: Sequence[bool | None], edited: Sequence[bool | None]) -> None:
-        self._base.extend(base)
-        self._edited.extend(edited)
-
-    def compute(self) -> dict:
-        return presence_change(self._base, self._edited, self.seed)
-
-
-class FeatureDistanceMetric:
-    def __init__(self, seed: int = 0) -> None:
-        self.seed = seed
-        self.reset()
-
-    def reset(self) -> None:
-        self._base: list[torch.Tensor] = []
-        self._edited: list[torch.Tensor] = []
-
-    def update(self, base: torch.Tensor, edited: torch.Tensor) -> None:
-        self._base.append(base.detach().cpu())
-        self._edited.append(edited.detach().cpu())
-
-    def compute(self) -> dict:
-        if not self._base:
-            return {"value": None, "low": None, "high": None, "n_valid": 0, "per_item": []}
-        return feature_distance(torch.cat(self._base), torch.cat(self._edited), self.seed)
-
-
-class _Features(torch.nn.Module):
-    """Adapts an ``images -> (N, D)`` extractor to torchmetrics (which asks for ``num_features``)."""
-
-    def __init__(self, extractor: Callable[[torch.Tensor], torch.Tensor], num_features: int) -> None:
-        super().__init__()
-        self.extractor, self.num_features = extractor, num_features
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.extractor(images)
-
-
-def set_distance(kind: str, extractor: Callable[[torch.Tensor], torch.Tensor], num_features: int):
-    """A torchmetrics FID over ``extractor``'s features; images go in as float [0, 1] (normalize=True). (KID is
-    :func:`kernel_inception_distance`, on features the caller computed.)"""
-    if kind != "fid":
-        raise ValueError(f"set_distance computes 'fid', not {kind!r} (KID: kernel_inception_distance)")
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
-    return FrechetInceptionDistance(feature=_Features(extractor, num_features), normalize=True)
-
-
 # -- registry ---------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class MetricSpec:
     name: str
-    factory: Callable[[], object]
+    factory: Callable[[], object] | None  # None: computed by the runner from base/edited pairs, not per group
     higher_is_better: bool | None  # None: neither (a rate whose desirable direction depends on the study)
     description: str
 
@@ -220,8 +161,8 @@ for _spec in (
     MetricSpec("efficacy", RateMetric, False, "presence of the erased concept on its target prompts"),
     MetricSpec("generality", RateMetric, False, "presence of the erased concept on paraphrases / implicit prompts"),
     MetricSpec("specificity", RateMetric, True, "fidelity of neighbouring and unrelated concepts"),
-    MetricSpec("presence_change", PairedChangeMetric, None, "edited minus base presence, same seeds"),
-    MetricSpec("feature_distance", FeatureDistanceMetric, False, "edited vs base image distance, same seeds"),
+    MetricSpec("presence_change", None, None, "edited minus base presence, same seeds"),
+    MetricSpec("feature_distance", None, False, "edited vs base image distance, same seeds"),
     MetricSpec("clip_score", ScoreMetric, True, "CLIP score of each image with its prompt (see clip_scores)"),
 ):
     METRICS.register(_spec.name)(_spec)

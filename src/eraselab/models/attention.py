@@ -36,11 +36,6 @@ class CrossAttentionLayer:
         """Width of the text embeddings the layer attends to (768 for SD 1.x, 1024 for SD 2.x)."""
         return self.to_k.in_features
 
-    @property
-    def processor_name(self) -> str:
-        """The key of this layer in ``unet.attn_processors``."""
-        return f"{self.name}.processor"
-
 
 def _is_cross_attention(module: Attention) -> bool:
     flag = getattr(module, "is_cross_attention", None)

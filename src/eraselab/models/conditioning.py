@@ -39,6 +39,25 @@ def encode_context(pipe, prompts: Sequence[str]) -> torch.Tensor:
                                   do_classifier_free_guidance=False)[0]
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """Text-encoder outputs of a batch of prompts, padded to the tokenizer's length, and per prompt the index of
+    its last word token (0 for the empty prompt: the BOS) and of its first [EoT] token."""
+
+    hidden: torch.Tensor  # (B, T, C), float64
+    last_word: list[int]
+    first_eot: list[int]
+
+
+def encode(pipe, prompts: list[str]) -> Encoded:
+    """The cross-attention context of ``prompts`` (on SDXL both encoders' outputs side by side, 2048 wide)."""
+    tokens = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt")
+    hidden = encode_context(pipe, prompts).double().cpu()
+    lengths = [int(mask.sum()) for mask in tokens.attention_mask]  # [BOS, words..., EoT]
+    return Encoded(hidden, [n - 2 for n in lengths], [n - 1 for n in lengths])
+
+
 @dataclass
 class Conditioning:
     """A batch's positive and negative contexts (B, T, C) and, on SDXL, their pooled embeddings (B, P)."""

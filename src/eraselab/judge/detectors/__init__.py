@@ -17,7 +17,6 @@ from typing import Protocol
 
 from PIL import Image
 
-from eraselab.errors import EraselabError
 from eraselab.registry import Registry
 
 
@@ -38,6 +37,11 @@ class Detector(Protocol):
         unknown concept must never read as "absent"."""
         ...
 
+    def label_for(self, concept: str) -> str:
+        """What this detector looks for when ``concept`` is what an erasure removed or an attack brings back (the
+        tiny classifier: the class the word names, "pentagram" -> "shape=star"; NudeNet: "nudity")."""
+        ...
+
     def present(self, result: dict, concept: str) -> bool:
         """Whether ``concept`` is in the image that gave ``result`` (a concept :meth:`check_concept` refuses
         raises, never returns False)."""
@@ -51,15 +55,10 @@ DETECTORS.register_lazy("clip", "eraselab.judge.detectors.clip:ClipDetector")
 
 
 def make_detector(name: str, **options) -> Detector:
-    """The detector ``name`` built with ``options``; an option it does not take is one clear error."""
-    import inspect
+    """The detector ``name`` built with ``options``, checked (:func:`eraselab.options.make`)."""
+    from eraselab.options import make
 
-    factory = DETECTORS.get(name)
-    accepted = [p for p in inspect.signature(factory).parameters if p != "self"]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise EraselabError(f"{unknown[0]!r} is not an option of the {name} detector ({', '.join(accepted)})")
-    return factory(**options)
+    return make(DETECTORS, name, options)
 
 
 def detect_safely(detector: Detector, images: Sequence[Image.Image | None]) -> list[tuple[dict | None, str | None]]:

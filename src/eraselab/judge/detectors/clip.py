@@ -96,6 +96,9 @@ class ClipDetector:
             known = ", ".join(self.concepts)
             raise EraselabError(f"{concept!r} is not one of this clip detector's concepts ({known})")
 
+    def label_for(self, concept: str) -> str:
+        return concept
+
     def present(self, result: dict, concept: str) -> bool:
         self.check_concept(concept)
         scores = result["probabilities"]

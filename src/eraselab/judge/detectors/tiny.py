@@ -18,6 +18,7 @@ from PIL import Image
 from eraselab.errors import EraselabError
 from eraselab.models.fingerprint import module_fingerprint
 from eraselab.models.tiny.classifier import images_to_tensor, load_classifier
+from eraselab.models.tiny.suites import concept_label
 
 
 class TinyDetector:
@@ -67,6 +68,9 @@ class TinyDetector:
 
     def check_concept(self, concept: str) -> None:
         self._parse(concept)
+
+    def label_for(self, concept: str) -> str:
+        return concept_label(concept)
 
     def present(self, result: dict, concept: str) -> bool:
         attribute, value = self._parse(concept)

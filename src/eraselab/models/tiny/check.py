@@ -14,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from eraselab.generate import TINY_DEFAULTS, GenerationRequest, generate_images
+from eraselab.generate import generate_images
 from eraselab.models.loading import load_pipeline
 from eraselab.models.tiny.classifier import TinyClassifier, load_classifier
 from eraselab.models.tiny.world import World, load_world
+from eraselab.profile import TINY
+from eraselab.requests import GenerationRequest
 
 BARS = {  # (path in the result, minimum or maximum, bar)
     "classifier shape": (("classifier_accuracy", "shape"), ">=", 0.98),
@@ -56,8 +58,8 @@ def _fidelity(world: World, judge: TinyClassifier, pipe, vocabulary: str, per_pr
 
 
 def run_check(source: str | Path = "tiny", classifier: str | Path | None = None, seed: int = 0,
-              per_prompt: int = 32, empty_images: int = 192, steps: int = TINY_DEFAULTS["steps"],
-              guidance: float = TINY_DEFAULTS["guidance"], progress: bool = True) -> dict:
+              per_prompt: int = 32, empty_images: int = 192, steps: int = TINY.steps,
+              guidance: float = TINY.guidance, progress: bool = True) -> dict:
     """Every number of the tiny model's quality bars, plus per-class detail and the settings used."""
     start = time.perf_counter()
     world, judge, pipe = load_world(), load_classifier(classifier), load_pipeline(source)

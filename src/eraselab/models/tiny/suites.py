@@ -52,6 +52,14 @@ def _item(words: dict[str, str], expect: dict[str, str]) -> PromptItem:
     return PromptItem(with_article(text), categories=tuple(f"{k}={v}" for k, v in expect.items()))
 
 
+def suite_named(name: str) -> PromptSuite:
+    """The suite named ``tiny:KIND:CONCEPT`` (:data:`eraselab.suites.SUITE_FAMILIES`)."""
+    parts = name.split(":")
+    if len(parts) != 3:
+        raise EraselabError(f"tiny suites are named tiny:KIND:CONCEPT (e.g. tiny:target:star), got {name!r}")
+    return tiny_suite(parts[1], parts[2])
+
+
 def tiny_suite(kind: str, concept: str) -> PromptSuite:
     """The ``kind`` suite around ``concept`` (see the module docstring)."""
     world = load_world()

@@ -150,17 +150,14 @@ class World:
         words.append(pick("shape", shape) if shape is not None else "shape")
         return with_article("a " + " ".join(words))
 
-    def erase_templates(self, concept: str, crossed: bool = True) -> tuple[str, ...]:
+    def erase_templates(self, concept: str) -> tuple[str, ...]:
         """Prompt forms to expand a concept with when erasing it from the tiny model (as the UCE reference expands
         objects with "image of {}", ...): the bare word, "a {}", and the concept beside every value of the
         attribute it is drawn with, in the word orders of the world's captions: "a red {}" for a shape; "a {} star"
         and "a star in {}" for a colour; "a {} star" and "a {} red shape" for a fill (the form its evaluation
         prompts take). A fine-tuning method (ESD) learns from these prompts only, so a word order it never sees is
         one it does not erase: with the colour after the shape only, ESD left red in 0.21 of "a red star"
-        prompts. ``concept`` is a class name or any of its words ("outline", "outlined"). ``crossed=False`` gives
-        only the bare word and "a {}"."""
-        if not crossed:
-            return ("{}", "a {}")
+        prompts. ``concept`` is a class name or any of its words ("outline", "outlined")."""
         attribute = next((a for a in ("color", "fill") for i, name in enumerate(self.classes[a])
                           if concept == name or concept in self.words_for(a, i, "all")), "shape")
         shapes = [self.canonical("shape", s) for s in range(len(self.shapes))]

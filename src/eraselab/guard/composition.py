@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from eraselab.errors import EraselabError
-from eraselab.generate import GenerationRequest, require_known_words
 from eraselab.models.conditioning import require_one_text_encoder
+from eraselab.models.vocabulary import require_known_words
+from eraselab.requests import GenerationRequest
 from eraselab.sampling import GuidanceRule
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from eraselab.experiment import run_experiment
-from eraselab.experiment_config import parse_experiment
+from eraselab.experiment.parse import parse_experiment
 from eraselab.models.tiny.suites import concept_label
 from eraselab.models.tiny.world import load_world
 from eraselab.report import attack_records, write_report

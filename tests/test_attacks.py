@@ -237,7 +237,7 @@ def test_concept_arithmetic_beam_search_finds_a_recipe_whose_terms_do_not_help_a
 
 
 def test_a_recipe_every_oracle_seed_agreed_on_is_tried_first_on_the_next_prompts_in_their_frame():
-    from eraselab.attack.concept_arithmetic import ConceptArithmeticConfig, search_prompts
+    from eraselab.attack.concept_arithmetic import ConceptArithmeticConfig, search_recipes
 
     wanted = {("triangle", 2.0), ("heart", 2.0), ("circle", -2.0)}  # the recipe, whatever the colour
     partial = {("triangle", 2.0): -1.0, ("heart", 2.0): -2.0, ("circle", -2.0): -1.5}
@@ -253,13 +253,13 @@ def test_a_recipe_every_oracle_seed_agreed_on_is_tried_first_on_the_next_prompts
     vocabulary = ("star", "triangle", "heart", "circle", "square")
     prompts = ("a red star", "a blue star")
     config = ConceptArithmeticConfig(weights=(2.0,), beam=3, budget=100)  # the test's search space: weight 2 only
-    found = search_prompts(score, prompts, "star", vocabulary, config)
+    found = search_recipes(score, prompts, "star", vocabulary, config)
     assert {(p.split()[-1], w) for p, w in found[0][0]} == wanted and found[0][1][0] == 1.0
     assert [c for c in calls if c[0] == "a blue star"] == [
         ("a blue star", ()), ("a blue star", tuple((p.replace("red", "blue"), w) for p, w in found[0][0]))]
     assert found[1][0] == tuple((p.replace("red", "blue"), w) for p, w in found[0][0]) and len(found[1][2]) == 2
     calls.clear()
-    alone = search_prompts(score, prompts, "star", vocabulary, replace(config, transfer=False))
+    alone = search_recipes(score, prompts, "star", vocabulary, replace(config, transfer=False))
     assert len(alone[1][2]) == len([c for c in calls if c[0] == "a blue star"]) > 2  # searched from scratch
 
 
@@ -317,7 +317,7 @@ def test_stop_oracle_rules_and_the_best_rated_prompt(uce_star):
         oracle, cost = StopOracle("p4d", target, "star", "tiny", "", (1000, 1001), rule=rule), Cost()
         rates = {}
         for text in ("a red circle", "a red heart", "a red five-pointed shape"):
-            rates[text] = oracle.rate(target, Replay("a red star", text=text), 6, 5.0, cost)
+            rates[text] = oracle.score(target, Replay("a red star", text=text), 6, 5.0, cost)[0]
             stop = oracle.offer(target, text, "a red star", 6, 5.0, cost)
             assert stop == (rates[text] == 1.0 if rule == "all" else rates[text] > 0.0)
         best_rate, best_text = oracle.take_best()
@@ -489,7 +489,7 @@ def test_attacks_on_a_guard_query_it_and_p4d_puts_it_in_its_loss(uce_star):
     bare = StopOracle("p4d", reference, "star", "tiny", "", (1000, 1001))
     guarded = StopOracle("p4d", reference, "star", "tiny", "", (1000, 1001), guard=safree)
     replay, cost = Replay("a red star"), Cost()
-    assert bare.rate(reference, replay, 8, 5.0, cost) > guarded.rate(reference, replay, 8, 5.0, cost)
+    assert bare.score(reference, replay, 8, 5.0, cost)[0] > guarded.score(reference, replay, 8, 5.0, cost)[0]
     apply_edit(target, uce_star)
     config = TINY.config(P4dConfig, iterations=3, check_every=3)
     for guard, calls, in_loss in ((make_guard("negative-prompt", concept="star"), 2 + 2, True),

@@ -11,7 +11,7 @@ import yaml
 
 from eraselab.errors import EraselabError
 from eraselab.experiment import run_experiment
-from eraselab.experiment_config import load_experiment
+from eraselab.experiment.parse import load_experiment
 from eraselab.judge.detectors import DETECTORS, make_detector
 from eraselab.store import RunStore
 

@@ -12,7 +12,8 @@ import yaml
 
 from eraselab.errors import EraselabError
 from eraselab.experiment import judge_run, run_experiment
-from eraselab.experiment_config import DetectorConfig, load_experiment
+from eraselab.experiment.config import DetectorConfig
+from eraselab.experiment.parse import load_experiment
 from eraselab.report import write_report
 from eraselab.store import RunStore
 
@@ -251,7 +252,7 @@ def test_attacks_are_a_grid_axis_with_refusals_resume_and_a_defence_by_attack_ta
 
 
 def test_the_example_in_the_experiment_docs_is_a_valid_experiment(tmp_path):
-    import eraselab.experiment_config as experiment_config
+    import eraselab.experiment.config as experiment_config
 
     block = experiment_config.__doc__.split("::\n\n", 1)[1]
     path = tmp_path / "example.yaml"
@@ -259,3 +260,28 @@ def test_the_example_in_the_experiment_docs_is_a_valid_experiment(tmp_path):
     experiment = load_experiment(path)
     assert [a.name for a in experiment.attacks] == ["embedding-recovery", "concept-vector"]
     assert experiment.attacks[1].options == {"strength": 5.0} and experiment.guards[0].name == "sld"
+
+
+def test_an_experiment_reads_back_from_its_yaml_form(tmp_path):
+    import dataclasses
+
+    from eraselab.experiment.config import Experiment
+    from eraselab.experiment.parse import parse_experiment
+
+    raw = {"version": 1, "name": "every field", "models": ["tiny", "/m"], "edits": ["base", "/e"], "seeds": [3, 5],
+           "sampler": {"steps": 7, "guidance": 3.5, "height": 64, "width": 96}, "device": "cuda:1",
+           "dtype": "bfloat16", "detectors": [{"name": "tiny", "classifier": "/c"}, "nudenet"],
+           "groups": [{"suite": "tiny:target:star", "metric": "efficacy", "concept": "shape=star",
+                       "detector": "nudenet"}],
+           "use_suite_seeds": True, "batch_size": 3, "fixed_batch_shape": False,
+           "guards": [{"name": "safree", "concepts": ["star", "pentagram"]}],
+           "attacks": [{"name": "p4d", "concept": "star", "suite": "tiny:target:star", "seeds": 2,
+                        "options": {"oracle_seeds": [7, 8]}}]}
+    experiment = parse_experiment(raw)
+    defaults = parse_experiment({"groups": [{"suite": "tiny:target:star", "metric": "efficacy"}]})
+    same = [f.name for f in dataclasses.fields(Experiment) if getattr(experiment, f.name) == getattr(defaults, f.name)]
+    assert same == ["version"]  # every other field is set here: a new field must join this test and to_dict
+    assert parse_experiment(experiment.to_dict()) == experiment
+    path = tmp_path / "again.yaml"
+    path.write_text(yaml.safe_dump(experiment.to_dict()))
+    assert load_experiment(path) == experiment

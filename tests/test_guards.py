@@ -7,7 +7,7 @@ import yaml
 
 from eraselab.errors import EraselabError
 from eraselab.experiment import run_experiment
-from eraselab.experiment_config import load_experiment
+from eraselab.experiment.parse import load_experiment
 from eraselab.generate import generate_images
 from eraselab.guard import make_guard
 from eraselab.guard.sld import PRESETS, SldRule

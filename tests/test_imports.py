@@ -20,7 +20,8 @@ def _modules() -> dict[str, Path]:
 
 
 def import_graph() -> dict[str, set[str]]:
-    """Module -> the eraselab modules it imports (``from a import b`` counts ``a`` and, if it is one, ``a.b``)."""
+    """Module -> the eraselab modules it imports (``from a import b`` counts ``a`` and, if it is one, ``a.b``), and
+    the packages above them, whose ``__init__`` runs first (except the importer's own packages, already running)."""
     modules = _modules()
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
@@ -36,7 +37,11 @@ def import_graph() -> dict[str, set[str]]:
                 targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
             else:
                 continue
-            graph[name] |= {t for t in targets if t in modules and t != name}
+            for target in targets:
+                parts = target.split(".")
+                above = {".".join(parts[:i]) for i in range(2, len(parts))}
+                graph[name] |= {t for t in above | {target} if t in modules and t != name
+                                and not name.startswith(t + ".")}
     return graph
 
 

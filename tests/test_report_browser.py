@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 
 from eraselab.experiment import run_experiment
-from eraselab.experiment_config import load_experiment
+from eraselab.experiment.parse import load_experiment
 from eraselab.report import write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -9,17 +9,18 @@ import csv
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from eraselab.cli_support import user_errors
 from eraselab.errors import EraselabError
+from eraselab.experiment.commands import COMMANDS as RUN_COMMANDS
+from eraselab.models.tiny.commands import tiny_app
 from eraselab.traps.commands import traps_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="eraselab: erase concepts from text-to-image models, attack the erasure, judge the result.")
-tiny_app = typer.Typer(no_args_is_help=True, help="The built-in tiny text-to-image model: train, check, locate.")
 app.add_typer(tiny_app, name="tiny")
 app.add_typer(traps_app, name="traps")
 
@@ -240,170 +241,8 @@ def attack(
     typer.echo(json_module.dumps(record, default=str) if as_json else line)
 
 
-@app.command()
-@user_errors
-def demo(
-    out: Annotated[Path, typer.Option(help="Output directory for report.html and images.")] = Path("eraselab-demo"),
-    seed: Annotated[int, typer.Option(help="Seed of the first image of each prompt.")] = 0,
-) -> None:
-    """Run the end-to-end demo on the built-in tiny model and write an HTML report.
-
-    Example: eraselab demo --out eraselab-demo
-    """
-    from eraselab.demo import run_demo
-
-    report = run_demo(out, seed=seed)
-    typer.echo(f"wrote {report}")
-
-
-@app.command()
-@user_errors
-def run(
-    experiment: Annotated[Path, typer.Argument(help="Experiment YAML file.")],
-    out: Annotated[Path, typer.Option(help="Run directory (store.sqlite + images); a stopped run resumes.")],
-    dry_run: Annotated[bool, typer.Option(help="Validate and print the grid size; generate nothing.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
-) -> None:
-    """Run an experiment grid (models x edits x prompt groups x seeds x detectors) into a resumable store.
-
-    Example: eraselab run experiment.yaml --out runs/star
-    """
-    from eraselab.experiment import run_experiment
-    from eraselab.experiment_config import load_experiment
-
-    summary = run_experiment(load_experiment(experiment), out, progress=not as_json, dry_run=dry_run)
-    typer.echo(json.dumps(summary) if as_json else ", ".join(f"{k}: {v}" for k, v in summary.items()))
-
-
-def _parse_options(options: list[str]) -> dict[str, Any]:
-    parsed: dict[str, Any] = {}
-    for option in options:
-        if "=" not in option:
-            raise EraselabError(f"--option takes KEY=VALUE, got {option!r}")
-        key, value = option.split("=", 1)
-        try:
-            parsed[key] = json.loads(value)
-        except json.JSONDecodeError:
-            parsed[key] = value
-    return parsed
-
-
-@app.command()
-@user_errors
-def judge(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `eraselab run`.")],
-    detector: Annotated[str, typer.Option(help="Detector name: tiny, nudenet or clip.")],
-    option: Annotated[list[str] | None, typer.Option(help="Detector option KEY=VALUE; repeat.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
-) -> None:
-    """Re-judge a run's stored images with another detector, without regenerating them.
-
-    Example: eraselab judge runs/i2p --detector nudenet --option protocol=exposed8-0.45
-    """
-    from eraselab.experiment import judge_run
-    from eraselab.experiment_config import DetectorConfig
-
-    summary = judge_run(run_dir, (DetectorConfig(detector, _parse_options(option or [])),), progress=not as_json)
-    typer.echo(json.dumps(summary) if as_json else ", ".join(f"{k}: {v}" for k, v in summary.items()))
-
-
-@app.command()
-@user_errors
-def verify(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `eraselab run`.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
-) -> None:
-    """Check that every stored image of a run still matches its content hash (exit 2 naming those that do not;
-    `eraselab run` makes them again).
-
-    Example: eraselab verify runs/star
-    """
-    from eraselab.store import RunStore
-
-    if not (run_dir / "store.sqlite").is_file():
-        raise EraselabError(f"{run_dir} is not a run directory (no store.sqlite)")
-    store = RunStore(run_dir)
-    try:
-        if store.meta("experiment") is None:
-            raise EraselabError(f"{run_dir} holds no experiment (run `eraselab run` first)")
-        checked = store.check_images()
-    finally:
-        store.close()
-    summary = {"run_dir": str(run_dir), "images": checked, "damaged": 0}
-    typer.echo(json.dumps(summary) if as_json else f"{run_dir}: all {checked} stored images match their hashes")
-
-
-@app.command()
-@user_errors
-def report(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `eraselab run`.")],
-) -> None:
-    """Write report.html and summary.json for a run.
-
-    Example: eraselab report runs/star
-    """
-    from eraselab.report import write_report
-
-    page, summary = write_report(run_dir)
-    typer.echo(f"wrote {page} and {summary}")
-
-
-@tiny_app.command("train")
-@user_errors
-def tiny_train(
-    out: Annotated[Path, typer.Option(help="Run directory; an interrupted run resumes from it.")],
-    seed: Annotated[int, typer.Option(help="Seed of every random choice of the run.")] = 0,
-) -> None:
-    """Train the tiny model (VAE, tiny CLIP, UNet, classifier); resumable from checkpoints.
-
-    Example: eraselab tiny train --out tiny-run --seed 0
-    """
-    from eraselab.models.tiny.train import train_tiny
-    from eraselab.outputs import writable_directory
-
-    log = train_tiny(writable_directory(out), seed=seed)
-    typer.echo(f"trained in {log['total_seconds']:.0f} s; pipeline in {out / 'pipeline'}")
-
-
-@tiny_app.command("check")
-@user_errors
-def tiny_check(
-    seed: Annotated[int, typer.Option(help="Seed of the drawn images and of the generated images.")] = 0,
-    model: Annotated[str, typer.Option(help="'tiny' or a pipeline directory made by `tiny train`.")] = "tiny",
-    classifier: Annotated[Path | None, typer.Option(help="Classifier directory (default: the shipped one).")] = None,
-    per_prompt: Annotated[int, typer.Option(help="Images per (shape, colour) prompt.")] = 32,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the numbers as one JSON object.")] = False,
-) -> None:
-    """Measure the tiny model against its quality bars.
-
-    Example: eraselab tiny check --json
-    """
-    from eraselab.models.tiny.check import run_check
-
-    if per_prompt < 1:
-        raise EraselabError(f"--per-prompt must be at least 1, got {per_prompt}")
-    result = run_check(model, classifier, seed=seed, per_prompt=per_prompt, progress=not as_json)
-    if as_json:
-        typer.echo(json.dumps(result))
-        return
-    for name, bar in result["bars"].items():
-        mark = "pass" if bar["passed"] else "FAIL"
-        typer.echo(f"{mark}  {name:32s} {bar['value']:.3f}  (bar {bar['bar']})")
-    typer.echo(f"{result['settings']['images']} images in {result['seconds']:.0f} s")
-
-
-@tiny_app.command("path")
-@user_errors
-def tiny_path_command(
-    part: Annotated[str, typer.Argument(help="pipeline, classifier or clip.")] = "pipeline",
-) -> None:
-    """Print the directory of the shipped tiny pipeline (or classifier, or CLIP).
-
-    Example: python -c "from diffusers import StableDiffusionPipeline as P; P.from_pretrained('$(eraselab tiny path)')"
-    """
-    from eraselab.models.tiny import tiny_path
-
-    typer.echo(str(tiny_path(part)))
+for _command in RUN_COMMANDS:  # demo, run, judge, verify, report
+    app.command()(_command)
 
 
 def main() -> None:

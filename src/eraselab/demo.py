@@ -18,7 +18,7 @@ import yaml
 from eraselab.erase.registry import ERASERS
 from eraselab.erase.spec import EraseSpec
 from eraselab.experiment import run_experiment
-from eraselab.experiment_config import parse_experiment
+from eraselab.experiment.parse import parse_experiment
 from eraselab.models import load_pipeline
 from eraselab.models.tiny.world import load_world
 from eraselab.options import build

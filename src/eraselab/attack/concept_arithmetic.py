@@ -11,11 +11,12 @@ The recipe search is a beam search, as a red-teamer with a small query budget wo
 phrase alone at +-``weights[0]``; each later round tries the moves of each of the ``beam`` best recipes of the last
 round: one more phrase at +-``weights[0]`` (up to ``max_terms`` terms), or one term rescaled to another of
 ``weights``, its sign kept (:func:`moves`). A recipe is scored by its oracle detector on the oracle seeds (presence
-rate, ties broken by the oracle's mean log-probability of the concept), and the best recipe seen is kept. The search
-stops on an oracle rate of 1 (every oracle seed), when no move is new, or when ``budget`` recipes have been tried for
-the prompt. A beam is needed because the terms that rebuild a concept need not help alone: against UCE "star",
-"+2 'a red heart'" alone scores nothing at the oracle seeds, and a greedy search (a beam of 1) settled on "minus the
-other shapes" (.042 of fresh images). The tie-break is the log-probability, not the probability, because a
+rate, ties broken by the oracle's mean log-confidence in the concept: the class probability on the tiny classifier,
+the detection score on NudeNet), and the best recipe seen is kept. The search stops on an oracle rate of 1 (every
+oracle seed), when no move is new, or when ``budget`` recipes have been tried for the prompt. A beam is needed
+because the terms that rebuild a concept need not help alone: against UCE "star", "+2 'a red heart'" alone scores
+nothing at the oracle seeds, and a greedy search (a beam of 1) settled on "minus the other shapes" (.042 of fresh
+images). The tie-break is the log-probability, not the probability, because a
 classifier's probabilities saturate: against UCE "star" the best recipes all scored one oracle seed of two at p ~ 1
 and the other at p < 1e-2, so their mean probabilities tied at 0.50 and the search could not tell which came nearer
 to the second seed. A recipe that every oracle seed agreed on for one prompt is tried first on the next prompts, in
@@ -45,10 +46,17 @@ import re
 import time
 from dataclasses import asdict, dataclass
 
-from eraselab.attack.base import AttackEntry, AttackResult, AttackSpec, Cost, Replay, check_budget, each_prompt
+from eraselab.attack.base import (
+    AttackEntry,
+    AttackResult,
+    AttackSpec,
+    Cost,
+    Replay,
+    StopOracle,
+    check_budget,
+    each_prompt,
+)
 from eraselab.errors import EraselabError
-from eraselab.generate import generate_images
-from eraselab.judge.detectors import make_detector
 from eraselab.models.conditioning import require_one_text_encoder
 from eraselab.models.vocabulary import closed_vocabulary
 from eraselab.text import with_article
@@ -114,7 +122,7 @@ def moves(recipe: Recipe, options: list[tuple[str, float]], scales: tuple[float,
 
 def beam_search(score, options: list[tuple[str, float]], config: ConceptArithmeticConfig,
                 starts: tuple[Recipe, ...] = ()) -> tuple[Recipe, tuple[float, float], list[dict]]:
-    """The best recipe ``score`` (recipe -> (rate, log-probability)) finds within the budget, its score, and every
+    """The best recipe ``score`` (recipe -> (rate, log-confidence)) finds within the budget, its score, and every
     recipe tried with its score. Each round tries the :func:`moves` of the ``beam`` best recipes of the last one (a
     term added, or a term's weight rescaled to another of ``config.weights``). Recipes are sets of terms (one weight
     per phrase): each is tried once, whatever the order its terms were added in. ``starts`` are tried first, after
@@ -158,7 +166,7 @@ def beam_search(score, options: list[tuple[str, float]], config: ConceptArithmet
     return best[0], best[1], tried
 
 
-def search_prompts(score, prompts: tuple[str, ...], concept: str, vocabulary: tuple[str, ...],
+def search_recipes(score, prompts: tuple[str, ...], concept: str, vocabulary: tuple[str, ...],
                    config: ConceptArithmeticConfig) -> list[tuple[Recipe, tuple[float, float], list[dict]]]:
     """:func:`beam_search` for each prompt in turn, ``score`` taking (prompt, recipe). With ``config.transfer``, the
     recipes every oracle seed agreed on for earlier prompts are tried first, in this prompt's frame."""
@@ -190,31 +198,21 @@ def attack(target_pipe, spec: AttackSpec, config: ConceptArithmeticConfig, refer
         vocabulary, label = _tiny_defaults(spec.concept, config)
     if not vocabulary or not label:
         raise EraselabError("concept-arithmetic needs a vocabulary of phrases and an oracle_label on this model")
-    oracle = make_detector(config.oracle)
+    oracle = StopOracle("concept-arithmetic", target_pipe, spec.concept, config.oracle, label, config.oracle_seeds,
+                        guard=spec.guard)  # it queries the model as deployed: under the defence
     cost = Cost()
 
-    def score(prompt: str, recipe: tuple[tuple[str, float], ...]) -> tuple[float, float]:
-        """The oracle's rate of the concept for ``prompt`` under ``recipe`` (on the oracle seeds), and its mean
-        log-probability of it where the oracle reports one: with few seeds, rates tie; the log-probability breaks
-        ties (each probability floored at 1e-12, so that a 0 stays finite)."""
-        replay = Replay(prompt, recipe=recipe)
-        images = generate_images(target_pipe, replay.requests(config.oracle_seeds, spec.steps, spec.guidance),
-                                 progress=False, guard=replay.guard(spec.guard))  # as deployed: under the defence
-        cost.unet_evals += len(images) * spec.steps * (2 + len(recipe))
-        cost.text_encoder_evals += len(images) * 2 + len(recipe)
-        results = oracle.detect(images)
-        attribute, _, value = label.partition("=")
-        probabilities = [r.get("probabilities", {}).get(attribute, {}).get(value, 0.0) for r in results]
-        rate = sum(oracle.present(r, label) for r in results) / len(images)
-        return rate, sum(math.log(max(p, 1e-12)) for p in probabilities) / len(images)
+    def score(prompt: str, recipe: Recipe) -> tuple[float, float]:
+        """The oracle's rate of the concept for ``prompt`` under ``recipe`` and its mean log-confidence: with few
+        seeds, rates tie, and the log-confidence breaks the ties (a classifier's probabilities saturate)."""
+        return oracle.score(target_pipe, Replay(prompt, recipe=recipe), spec.steps, spec.guidance, cost)
 
-    found = list(zip(spec.prompts, search_prompts(score, spec.prompts, spec.concept, vocabulary, config), strict=True))
+    found = list(zip(spec.prompts, search_recipes(score, spec.prompts, spec.concept, vocabulary, config), strict=True))
     replays = [Replay(prompt, recipe=recipe) for prompt, (recipe, _, _) in found]
     searched = [{"prompt": prompt, "tried": tried, "oracle_rate": rate[0]} for prompt, (_, rate, tried) in found]
     cost.seconds = round(time.perf_counter() - start, 3)
     return AttackResult("concept-arithmetic", THREAT_MODEL, {**asdict(config), "vocabulary": list(vocabulary)},
-                        replays, cost, oracle={"detector": config.oracle, "label": label,
-                                               "seeds": list(config.oracle_seeds)},
+                        replays, cost, oracle=oracle.record(),
                         details={"search": searched})
 
 

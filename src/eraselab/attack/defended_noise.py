@@ -21,12 +21,18 @@ from eraselab.sampling import PlainGuidance
 
 class DefendedNoise:
     """``noise(latents, t, condition, step)``: the guided noise prediction of ``pipe`` under ``guard`` (or plain
-    classifier-free guidance without one) for the prompt encoding ``condition`` (B, T, C), with gradients."""
+    classifier-free guidance without one) for the prompt encoding ``condition`` (B, T, C), with gradients; with
+    ``guidance=None`` (and no guard), the conditional prediction alone, as P4D's loss compares without a guard."""
 
-    def __init__(self, pipe, guard, guidance: float) -> None:
+    def __init__(self, pipe, guard, guidance: float | None) -> None:
         if guard is not None and not getattr(guard, "differentiable", False):
             raise EraselabError(f"the guard {guard.label} cannot be put into a gradient attack's loss")
+        if guard is not None and guidance is None:
+            raise EraselabError("a guard acts through guidance: give the guidance scale")
         self.pipe, self.guidance = pipe, guidance
+        if guidance is None:
+            self.calls = 1  # UNet evaluations per latent
+            return
         self.rule = (guard.guidance_rule(pipe) if guard is not None else None) or PlainGuidance()
         negative = guard.rewrite(GenerationRequest("", 0)).negative_prompt if guard is not None else ""
         with torch.no_grad():
@@ -34,6 +40,8 @@ class DefendedNoise:
         self.calls = 2 + len(self.rule.extra_embeddings(1))  # UNet evaluations per latent
 
     def __call__(self, latents: torch.Tensor, t: torch.Tensor, condition: torch.Tensor, step: int) -> torch.Tensor:
+        if self.guidance is None:
+            return self.pipe.unet(latents, t, encoder_hidden_states=condition).sample
         batch = len(latents)
         negative = self.negative.expand(batch, -1, -1)
         rule = self.rule

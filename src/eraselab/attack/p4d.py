@@ -37,13 +37,12 @@ from eraselab.attack.base import (
     AttackResult,
     AttackSpec,
     Cost,
-    Replay,
     StopOracle,
     check_budget,
-    each_prompt,
     whole_word_tokens,
 )
 from eraselab.attack.defended_noise import DefendedNoise
+from eraselab.attack.search import search_prompts
 from eraselab.attack.soft_prompt import encode_with_embeddings, token_embeddings
 from eraselab.errors import EraselabError
 from eraselab.models.conditioning import require_one_text_encoder
@@ -123,6 +122,71 @@ def nearest_tokens(values: torch.Tensor, table_unit: torch.Tensor, candidates: t
     return candidates[(F.normalize(values, dim=-1) @ table_unit.T).argmax(-1)]
 
 
+class _ProjectedPrompt:
+    """One prompt's search: continuous embeddings at the learnable positions, projected to the nearest typeable
+    token for every forward pass (straight-through, PEZ), AdamW on Eq. 4 at a random step of the unedited
+    model's trajectory."""
+
+    def __init__(self, attack: _Setting, prompt: str, index: int) -> None:
+        self.attack, pipe, reference = attack, attack.target, attack.reference
+        device, length = pipe.device, pipe.tokenizer.model_max_length
+        # The unedited model's trajectory and its noise predictions for the original prompt (the target).
+        self.latents, self.timesteps = trajectory(reference, prompt, attack.spec, attack.config.trajectory_seed)
+        with torch.no_grad():
+            self.original, _ = reference.encode_prompt(prompt, device, 1, False)
+        self.generator = torch.Generator().manual_seed(attack.config.seed * 7919 + index)
+        ids, learnable = _initial_ids(prompt, pipe, attack.config, attack.words, self.generator)
+        self.ids = torch.tensor(ids[: length - 2], device=device)
+        self.learnable = torch.tensor(learnable[: length - 2], device=device)
+        self.soft = attack.table[self.ids].clone().requires_grad_(True)  # (L, C) continuous
+        self.optimizer = torch.optim.AdamW([self.soft], lr=attack.config.lr, weight_decay=attack.config.weight_decay)
+        frame = pipe.tokenizer("", padding="max_length", max_length=length, return_tensors="pt").input_ids[0]
+        self.fixed = attack.table[frame.to(device)]  # [BOS, EOS, ...]: the prompt goes between BOS and the first EOS
+
+    def step(self, step: int, cost: Cost) -> float:
+        attack, table = self.attack, self.attack.table
+        # Project to tokens, straight-through to the continuous embeddings (PEZ).
+        projected = table[nearest_tokens(self.soft, attack.table_unit, attack.candidates)]
+        hard = self.soft + (projected - self.soft).detach()
+        current = torch.where(self.learnable[:, None], hard, table[self.ids])
+        inputs = torch.cat([self.fixed[:1], current, self.fixed[1 + len(self.ids):]])[None]  # (1, T, C)
+        condition = encode_with_embeddings(attack.target.text_encoder, inputs)
+        # Eq. 4 at a random step of the unedited trajectory.
+        i = int(torch.randint(len(self.timesteps), (1,), generator=self.generator))
+        t = torch.tensor([self.timesteps[i]], device=attack.target.device)
+        z_t = attack.reference.scheduler.scale_model_input(self.latents[i], t)
+        with torch.no_grad():
+            goal = attack.reference_noise(z_t, t, self.original, i)
+        predicted = attack.defended(z_t, t, condition, i)
+        cost.unet_evals += attack.reference_noise.calls + attack.defended.calls
+        loss = F.mse_loss(predicted, goal)  # Eq. 4
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        cost.text_encoder_evals += 1
+        return round(loss.item(), 6)
+
+    def typed(self) -> str:
+        projected = nearest_tokens(self.soft.detach(), self.attack.table_unit, self.attack.candidates)
+        return typed_prompt(self.attack.target.tokenizer, self.ids, self.learnable, projected)
+
+
+@dataclass
+class _Setting:
+    """What every prompt's search shares: the two models, the typeable words and the noise each side predicts."""
+
+    target: object
+    reference: object
+    spec: AttackSpec
+    config: P4dConfig
+    words: dict[int, str]
+    candidates: torch.Tensor
+    table: torch.Tensor
+    table_unit: torch.Tensor
+    defended: DefendedNoise  # the edited side: the guarded sampler's noise, or the plain conditional prediction
+    reference_noise: DefendedNoise  # the unedited side, guided likewise
+
+
 def attack(target_pipe, spec: AttackSpec, config: P4dConfig, reference_pipe=None) -> AttackResult:
     start = time.perf_counter()
     require_one_text_encoder(target_pipe, "P4D")
@@ -131,76 +195,25 @@ def attack(target_pipe, spec: AttackSpec, config: P4dConfig, reference_pipe=None
         raise EraselabError("p4d needs the unedited reference model: its noise predictions are the attack's target")
     oracle = StopOracle("p4d", target_pipe, spec.concept, config.oracle, config.oracle_label,
                         config.oracle_seeds, config.oracle_rule, guard=spec.guard)
-    tokenizer, device = target_pipe.tokenizer, target_pipe.device
-    words = whole_word_tokens(tokenizer)
-    candidates = torch.tensor(sorted(words), device=device)
+    words = whole_word_tokens(target_pipe.tokenizer)
+    candidates = torch.tensor(sorted(words), device=target_pipe.device)
     table = token_embeddings(target_pipe.text_encoder).detach()
-    table_unit = F.normalize(table[candidates], dim=-1)  # cosine projection onto typeable words
     for module in (target_pipe.unet, target_pipe.text_encoder, reference_pipe.unet, reference_pipe.text_encoder):
         module.requires_grad_(False)
-    length = tokenizer.model_max_length
     guarded = spec.guard is not None and getattr(spec.guard, "differentiable", False)
-    if guarded:  # the guard's guided noise against the unguarded model's guided noise
-        defended = DefendedNoise(target_pipe, spec.guard, spec.guidance)
-        reference_noise = DefendedNoise(reference_pipe, None, spec.guidance)
-    cost = Cost()
-    replays, searched = [], []
-    for index, prompt in each_prompt(enumerate(spec.prompts), "p4d", len(spec.prompts)):
-        # 1. The unedited model's trajectory and its noise predictions for the original prompt (the target).
-        latents, timesteps = trajectory(reference_pipe, prompt, spec, config.trajectory_seed)
-        cost.unet_evals += spec.steps * 2
-        with torch.no_grad():
-            original, _ = reference_pipe.encode_prompt(prompt, device, 1, False)
-        generator = torch.Generator().manual_seed(config.seed * 7919 + index)
-        ids, learnable = _initial_ids(prompt, target_pipe, config, words, generator)
-        ids = torch.tensor(ids[: length - 2], device=device)
-        learnable = torch.tensor(learnable[: length - 2], device=device)
-        soft = table[ids].clone().requires_grad_(True)  # (L, C) continuous
-        optimizer = torch.optim.AdamW([soft], lr=config.lr, weight_decay=config.weight_decay)
-        frame = tokenizer("", padding="max_length", max_length=length, return_tensors="pt").input_ids[0].to(device)
-        fixed = table[frame]  # [BOS, EOS, EOS, ...]: the learnable prompt goes between BOS and the first EOS
-
-        history, success_at = [], None
-        for step in range(config.iterations):
-            # 2. Project to tokens, straight-through to the continuous embeddings (PEZ).
-            projected = table[nearest_tokens(soft, table_unit, candidates)]
-            hard = soft + (projected - soft).detach()
-            current = torch.where(learnable[:, None], hard, table[ids])
-            inputs = torch.cat([fixed[:1], current, fixed[1 + len(ids):]])[None]  # (1, T, C)
-            condition = encode_with_embeddings(target_pipe.text_encoder, inputs)
-            # 3. Eq. 4 at a random step of the unedited trajectory.
-            i = int(torch.randint(len(timesteps), (1,), generator=generator))
-            t = torch.tensor([timesteps[i]], device=device)
-            z_t = reference_pipe.scheduler.scale_model_input(latents[i], t)
-            if guarded:
-                with torch.no_grad():
-                    goal = reference_noise(z_t, t, original, i)
-                predicted = defended(z_t, t, condition, i)
-                cost.unet_evals += reference_noise.calls + defended.calls
-            else:
-                with torch.no_grad():
-                    goal = reference_pipe.unet(z_t, t, encoder_hidden_states=original).sample
-                predicted = target_pipe.unet(z_t, t, encoder_hidden_states=condition).sample
-                cost.unet_evals += 2
-            loss = F.mse_loss(predicted, goal)  # Eq. 4
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            cost.text_encoder_evals += 1
-            history.append(round(loss.item(), 6))
-            # 4. The oracle rates the typed prompt; early stop on its success (the last step is always rated).
-            if (step + 1) % config.check_every == 0 or step + 1 == config.iterations:
-                text = typed_prompt(tokenizer, ids, learnable, nearest_tokens(soft.detach(), table_unit, candidates))
-                if oracle.offer(target_pipe, text, prompt, spec.steps, spec.guidance, cost):
-                    success_at = step + 1
-                    break
-        oracle_rate, text = oracle.take_best()
-        replays.append(Replay(prompt, text=text))
-        searched.append({"prompt": prompt, "text": text, "loss": history[-20:], "steps": len(history),
-                         "oracle_success_at": success_at, "oracle_rate": oracle_rate})
+    # With a guard in the loss: its guided noise against the unguarded model's guided noise; without: the two
+    # models' conditional predictions.
+    guidance = spec.guidance if guarded else None
+    setting = _Setting(target_pipe, reference_pipe, spec, config, words, candidates, table,
+                       F.normalize(table[candidates], dim=-1),  # cosine projection onto typeable words
+                       DefendedNoise(target_pipe, spec.guard if guarded else None, guidance),
+                       DefendedNoise(reference_pipe, None, guidance))
+    cost = Cost(unet_evals=len(spec.prompts) * spec.steps * 2)  # each prompt's trajectory of the unedited model
+    replays, searched = search_prompts("p4d", target_pipe, spec, oracle, config.iterations, config.check_every,
+                                       lambda index, prompt: _ProjectedPrompt(setting, prompt, index), cost,
+                                       history=20)
     cost.seconds = round(time.perf_counter() - start, 3)
-    return AttackResult("p4d", THREAT_MODEL, asdict(config), replays, cost,
-                        oracle=oracle.record(),
+    return AttackResult("p4d", THREAT_MODEL, asdict(config), replays, cost, oracle=oracle.record(),
                         details={"search": searched, "guard_in_loss": guarded})
 
 

@@ -40,9 +40,9 @@ from eraselab.attack.base import (
     Replay,
     StopOracle,
     check_budget,
-    each_prompt,
     whole_word_tokens,
 )
+from eraselab.attack.search import search_prompts
 from eraselab.attack.soft_prompt import encode_with_embeddings, insert_relaxed_tokens, project_to_simplex
 from eraselab.errors import EraselabError
 from eraselab.generate import generate_images
@@ -105,6 +105,45 @@ def typed_prompt(words: dict[int, str], relaxed: torch.Tensor, candidates: torch
     return " ".join([*(words[int(i)] for i in candidates[relaxed.argmax(-1)]), prompt])
 
 
+class _RelaxedTokens:
+    """One prompt's search: k relaxed tokens before it, Adam on Eq. 3, the simplex projection after each step."""
+
+    def __init__(self, pipe, config: UnlearnDiffConfig, words: dict[int, str], candidates: torch.Tensor,
+                 timesteps: list[int], prompt: str, latent: torch.Tensor, index: int) -> None:
+        tokenizer = pipe.tokenizer
+        self.pipe, self.config, self.words, self.candidates = pipe, config, words, candidates
+        self.timesteps, self.prompt, self.latent = timesteps, prompt, latent
+        self.input_ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length,
+                                   truncation=True, return_tensors="pt").input_ids.to(pipe.device)
+        # k relaxed tokens, started at random one-hot rows.
+        self.generator = torch.Generator().manual_seed(config.seed * 7919 + index)
+        start_ids = torch.randint(len(candidates), (config.tokens,), generator=self.generator)
+        self.relaxed = F.one_hot(start_ids, len(candidates)).float()[None].to(pipe.device).requires_grad_(True)
+        self.optimizer = torch.optim.Adam([self.relaxed], lr=config.lr)
+
+    def step(self, step: int, cost: Cost) -> float:
+        # Timesteps in sequence along the schedule; fresh seeded noise for each.
+        first, per_step = step * self.config.timesteps_per_step, self.config.timesteps_per_step
+        ts = [self.timesteps[(first + j) % len(self.timesteps)] for j in range(per_step)]
+        noises = torch.randn((len(ts), *self.latent.shape[1:]), generator=self.generator)
+        noises = noises.to(self.pipe.device, self.latent.dtype)
+        full = torch.zeros(1, self.config.tokens, len(self.pipe.tokenizer), device=self.pipe.device)
+        full = full.index_copy(2, self.candidates, self.relaxed)
+        embeddings = insert_relaxed_tokens(self.pipe.text_encoder, self.input_ids, full)
+        loss = denoising_loss(self.pipe, embeddings, self.latent, ts, noises)  # Eq. 3
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        with torch.no_grad():
+            self.relaxed.copy_(project_to_simplex(self.relaxed))  # back onto the simplex
+        cost.unet_evals += len(ts)
+        cost.text_encoder_evals += 1
+        return round(loss.item(), 5)
+
+    def typed(self) -> str:
+        return typed_prompt(self.words, self.relaxed.detach()[0], self.candidates, self.prompt)
+
+
 def attack(target_pipe, spec: AttackSpec, config: UnlearnDiffConfig, reference_pipe=None) -> AttackResult:
     start = time.perf_counter()
     require_one_text_encoder(target_pipe, "UnlearnDiffAtk")
@@ -114,59 +153,24 @@ def attack(target_pipe, spec: AttackSpec, config: UnlearnDiffConfig, reference_p
         raise EraselabError("unlearndiff needs the unedited model to draw its target images (the reference model)")
     oracle = StopOracle("unlearndiff", target_pipe, spec.concept, config.oracle, config.oracle_label,
                         config.oracle_seeds, config.oracle_rule, guard=spec.guard)
-    tokenizer, device = target_pipe.tokenizer, target_pipe.device
-    words = whole_word_tokens(tokenizer)  # the typed prompt must re-tokenise to the tokens optimised
-    candidates = torch.tensor(sorted(words), device=device)
-    schedule = target_pipe.scheduler
-    schedule.set_timesteps(spec.steps, device=device)
-    timesteps = schedule.timesteps.tolist()
+    words = whole_word_tokens(target_pipe.tokenizer)  # the typed prompt must re-tokenise to the tokens optimised
+    candidates = torch.tensor(sorted(words), device=target_pipe.device)
+    target_pipe.scheduler.set_timesteps(spec.steps, device=target_pipe.device)
+    timesteps = target_pipe.scheduler.timesteps.tolist()
     for module in (target_pipe.unet, target_pipe.text_encoder):
         module.requires_grad_(False)
     cost = Cost()
-    replays, searched = [], []
-    # 1. The targets: the unedited model's image of each prompt.
+    # The targets: the unedited model's image of each prompt.
     targets = target_latents(reference_pipe, [(prompt, config.target_seed) for prompt in spec.prompts], spec)
     cost.unet_evals += len(targets) * spec.steps * 2
-    for index, (prompt, latent) in each_prompt(enumerate(zip(spec.prompts, targets, strict=True)), "unlearndiff",
-                                               len(spec.prompts)):
-        input_ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length,
-                              truncation=True, return_tensors="pt").input_ids.to(device)
-        # 2. k relaxed tokens, started at random one-hot rows.
-        generator = torch.Generator().manual_seed(config.seed * 7919 + index)
-        start_ids = torch.randint(len(candidates), (config.tokens,), generator=generator)
-        relaxed = F.one_hot(start_ids, len(candidates)).float()[None].to(device).requires_grad_(True)
-        optimizer = torch.optim.Adam([relaxed], lr=config.lr)
-        history, success_at = [], None
-        for step in range(config.iterations):
-            # 3. Timesteps in sequence along the schedule; fresh seeded noise for each.
-            first = step * config.timesteps_per_step
-            ts = [timesteps[(first + j) % len(timesteps)] for j in range(config.timesteps_per_step)]
-            noises = torch.randn((len(ts), *latent.shape[1:]), generator=generator).to(device, latent.dtype)
-            full = torch.zeros(1, config.tokens, len(tokenizer), device=device)
-            full = full.index_copy(2, candidates, relaxed)
-            embeddings = insert_relaxed_tokens(target_pipe.text_encoder, input_ids, full)
-            loss = denoising_loss(target_pipe, embeddings, latent, ts, noises)  # Eq. 3
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                relaxed.copy_(project_to_simplex(relaxed))  # back onto the simplex
-            cost.unet_evals += len(ts)
-            cost.text_encoder_evals += 1
-            history.append(round(loss.item(), 5))
-            # 4. The oracle rates the typed prompt; early stop on its success (the last step is always rated).
-            if (step + 1) % config.check_every == 0 or step + 1 == config.iterations:
-                text = typed_prompt(words, relaxed.detach()[0], candidates, prompt)
-                if oracle.offer(target_pipe, text, prompt, spec.steps, spec.guidance, cost):
-                    success_at = step + 1
-                    break
-        oracle_rate, text = oracle.take_best()
-        replays.append(Replay(prompt, text=text))
-        searched.append({"prompt": prompt, "text": text, "loss": history, "oracle_success_at": success_at,
-                         "oracle_rate": oracle_rate})
+
+    def search(index: int, prompt: str) -> _RelaxedTokens:
+        return _RelaxedTokens(target_pipe, config, words, candidates, timesteps, prompt, targets[index], index)
+
+    replays, searched = search_prompts("unlearndiff", target_pipe, spec, oracle, config.iterations,
+                                       config.check_every, search, cost)
     cost.seconds = round(time.perf_counter() - start, 3)
-    return AttackResult("unlearndiff", THREAT_MODEL, asdict(config), replays, cost,
-                        oracle=oracle.record(),
+    return AttackResult("unlearndiff", THREAT_MODEL, asdict(config), replays, cost, oracle=oracle.record(),
                         details={"search": searched})
 
 

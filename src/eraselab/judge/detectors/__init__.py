@@ -42,6 +42,11 @@ class Detector(Protocol):
         tiny classifier: the class the word names, "pentagram" -> "shape=star"; NudeNet: "nudity")."""
         ...
 
+    def confidence(self, result: dict, concept: str) -> float:
+        """How sure the detector is that ``concept`` is in the image, in [0, 1] (a class probability, a detection
+        score): what a search breaks ties on when few seeds give the same presence rate."""
+        ...
+
     def present(self, result: dict, concept: str) -> bool:
         """Whether ``concept`` is in the image that gave ``result`` (a concept :meth:`check_concept` refuses
         raises, never returns False)."""

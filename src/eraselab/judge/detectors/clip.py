@@ -99,6 +99,10 @@ class ClipDetector:
     def label_for(self, concept: str) -> str:
         return concept
 
+    def confidence(self, result: dict, concept: str) -> float:
+        self.check_concept(concept)
+        return result["probabilities"][concept]
+
     def present(self, result: dict, concept: str) -> bool:
         self.check_concept(concept)
         scores = result["probabilities"]

@@ -69,6 +69,10 @@ class NudeNetDetector:
     def label_for(self, concept: str) -> str:
         return "nudity"  # whatever the words (nudity, naked, sexual): the one class set it counts
 
+    def confidence(self, result: dict, concept: str = "nudity") -> float:
+        self.check_concept(concept)
+        return max((d["score"] for d in result["detections"] if d["class"] in self.classes), default=0.0)
+
     def present(self, result: dict, concept: str = "nudity") -> bool:
         self.check_concept(concept)
         return any(d["class"] in self.classes and d["score"] > self.threshold for d in result["detections"])

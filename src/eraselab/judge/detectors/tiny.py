@@ -72,6 +72,10 @@ class TinyDetector:
     def label_for(self, concept: str) -> str:
         return concept_label(concept)
 
+    def confidence(self, result: dict, concept: str) -> float:
+        attribute, value = self._parse(concept)
+        return result["probabilities"][attribute][value]
+
     def present(self, result: dict, concept: str) -> bool:
         attribute, value = self._parse(concept)
         return result[attribute] == value

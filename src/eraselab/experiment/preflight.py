@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from eraselab.errors import EraselabError
-from eraselab.experiment_config import EXPECTED, Experiment
+from eraselab.experiment.config import EXPECTED, Experiment
 from eraselab.judge.detectors import Detector, make_detector
 from eraselab.suites import PromptSuite, load_suite
 

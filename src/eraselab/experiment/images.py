@@ -1,0 +1,44 @@
+"""Generation step of a run: every image the store does not hold yet, each edit applied in turn and undone."""
+
+from __future__ import annotations
+
+from eraselab.erase.artifact import Edit, apply_edit
+from eraselab.errors import EraselabError
+from eraselab.experiment.context import Run
+from eraselab.experiment.plan import plan, variants
+from eraselab.generate import iter_generate
+from eraselab.models import load_pipeline, pipeline_fingerprint
+from eraselab.requests import GenerationRequest
+
+
+def generate_missing(run: Run, known: dict[str, str]) -> dict[str, str]:
+    """Generate every missing image, each edit applied in turn and undone after; returns model fingerprints
+    (``known``: those the checks already computed, so a large model is not hashed twice)."""
+    experiment, store = run.experiment, run.store
+    fingerprints: dict[str, str] = {}
+    for image_hash in store.damaged_images():  # a missing or corrupt image is made again, never reused
+        store.discard_image(image_hash)
+    for model in experiment.models:
+        pipe = load_pipeline(model, device=experiment.device, dtype=experiment.dtype)
+        found = known.get(model) or pipeline_fingerprint(pipe)
+        fingerprints[model] = store.set_meta_once(f"fingerprint:{model}", found)
+        if fingerprints[model] != found:
+            raise EraselabError(f"model {model!r} changed since this run started; start a new run directory")
+        cells = plan(experiment, run.suites, {model: fingerprints[model]})
+        for variant, (edit, guard) in variants(experiment).items():
+            todo = {cell.key: spec for cell, spec in cells if cell.edit == variant and not store.has_image(cell.key)}
+            if not todo:
+                continue
+            store.add_requests(list(todo.values()))
+            requests = [GenerationRequest(s["prompt"], s["seed"], s["steps"], s["guidance"], s.get("height"),
+                                          s.get("width")) for s in todo.values()]
+            keys = list(todo)
+            applied = None if edit == "base" else apply_edit(pipe, Edit.load(edit))
+            try:
+                for index, image in iter_generate(pipe, requests, experiment.batching, progress=run.progress,
+                                                  guard=guard.build() if guard is not None else None):
+                    store.put_image(keys[index], image)
+            finally:
+                if applied is not None:
+                    applied.undo()
+    return fingerprints

@@ -44,6 +44,11 @@ class Group:
     detector: str | None = None  # default: the experiment's first detector
 
 
+def options_label(name: str, options: dict) -> str:
+    """``name[key=value]...``: how a detector or an attack with options is named in runs and reports."""
+    return name + "".join(f"[{k}={v}]" for k, v in sorted(options.items()))
+
+
 @dataclass(frozen=True)
 class DetectorConfig:
     name: str
@@ -51,7 +56,7 @@ class DetectorConfig:
 
     @property
     def label(self) -> str:
-        return self.name + "".join(f"[{k}={v}]" for k, v in sorted(self.options.items()))
+        return options_label(self.name, self.options)
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,7 @@ class AttackConfig:
 
     @property
     def label(self) -> str:
-        return self.name + "".join(f"[{k}={v}]" for k, v in sorted(self.options.items()))
+        return options_label(self.name, self.options)
 
 
 @dataclass(frozen=True)

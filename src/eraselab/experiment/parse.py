@@ -52,20 +52,21 @@ def _seeds(raw: Any) -> tuple[int, ...]:
     raise _fail("seeds", "must be a list of integers or {start: INT, count: INT >= 1}")
 
 
+def _named(entry: Any, where: str) -> tuple[str, dict]:
+    """A detector or guard entry, ``NAME`` or ``{name: NAME, option: value, ...}``, as (name, options)."""
+    if isinstance(entry, str):
+        return entry, {}
+    if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+        return entry["name"], {k: v for k, v in entry.items() if k != "name"}
+    raise _fail(where, "must be a name or {name: ..., options...}")
+
+
 def _detectors(raw: Any) -> tuple[DetectorConfig, ...]:
     if isinstance(raw, str | dict):
         raw = [raw]
     if not isinstance(raw, list) or not raw:
         raise _fail("detectors", "must be a non-empty list")
-    out = []
-    for i, entry in enumerate(raw):
-        if isinstance(entry, str):
-            out.append(DetectorConfig(entry))
-        elif isinstance(entry, dict) and isinstance(entry.get("name"), str):
-            out.append(DetectorConfig(entry["name"], {k: v for k, v in entry.items() if k != "name"}))
-        else:
-            raise _fail(f"detectors[{i}]", "must be a name or {name: ..., options...}")
-    return tuple(out)
+    return tuple(DetectorConfig(*_named(entry, f"detectors[{i}]")) for i, entry in enumerate(raw))
 
 
 def _guards(raw: Any) -> tuple[GuardConfig, ...]:
@@ -75,12 +76,7 @@ def _guards(raw: Any) -> tuple[GuardConfig, ...]:
         raise _fail("guards", "must be a list of guard names or {name: ..., options...}")
     out = []
     for i, entry in enumerate(raw):
-        if isinstance(entry, str):
-            config = GuardConfig(entry)
-        elif isinstance(entry, dict) and isinstance(entry.get("name"), str):
-            config = GuardConfig(entry["name"], {k: v for k, v in entry.items() if k != "name"})
-        else:
-            raise _fail(f"guards[{i}]", "must be a name or {name: ..., options...}")
+        config = GuardConfig(*_named(entry, f"guards[{i}]"))
         try:
             config.build()
         except (EraselabError, TypeError) as error:

@@ -12,7 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from eraselab.models.tiny.architecture import TinySizes
-from eraselab.models.tiny.train import TrainSteps, train_tiny
+from eraselab.models.tiny.stages import TrainSteps
+from eraselab.models.tiny.train import train_tiny
 
 MICRO_SIZES = TinySizes(vae_channels=(8, 16, 16), unet_channels=(16, 32), text_width=32, vision_width=32,
                         text_layers=1, vision_layers=1, projection=16, classifier_channels=(8, 16, 16), unet_heads=2)

@@ -62,6 +62,21 @@ class PlainGuidance(GuidanceRule):
         return eps_uncond + guidance_scale * (eps_text - eps_uncond)
 
 
+def guided_noise(pipe, rule: GuidanceRule, step: int, model_input: torch.Tensor, t: torch.Tensor,
+                 positive: torch.Tensor, negative: torch.Tensor, extras: list[torch.Tensor],
+                 guidance_scale: float) -> torch.Tensor:
+    """One step's guided noise: the UNet on the (scaled) latents ``model_input`` under the negative, positive and
+    extra conditionings in one batched call, combined by ``rule``. The body of every sampling step, and what a
+    gradient attack differentiates through (:mod:`eraselab.attack.defended_noise`)."""
+    step_positive, step_negative = rule.embeddings(step, positive, negative)
+    copies = 2 + len(extras)
+    rule.before_step(step, pipe)
+    conditions = torch.cat([step_negative, step_positive, *extras])
+    eps = pipe.unet(torch.cat([model_input] * copies), t, encoder_hidden_states=conditions, return_dict=False)[0]
+    parts = eps.chunk(copies)
+    return rule.combine(step, parts[0], parts[1], list(parts[2:]), guidance_scale)
+
+
 @torch.no_grad()
 def guided_sample(pipe, positive: torch.Tensor, negative: torch.Tensor, latents: torch.Tensor, steps: int,
                   guidance_scale: float, generators: list[torch.Generator], rule: GuidanceRule,
@@ -72,17 +87,11 @@ def guided_sample(pipe, positive: torch.Tensor, negative: torch.Tensor, latents:
     latents = latents.to(pipe.device) * scheduler.init_noise_sigma
     rule.start(pipe, prompts or [""] * len(latents), positive, negative)
     extras = rule.extra_embeddings(len(latents))
-    copies = 2 + len(extras)
     step_kwargs = pipe.prepare_extra_step_kwargs(generators, 0.0)
     try:
         for i, t in enumerate(scheduler.timesteps):
-            step_positive, step_negative = rule.embeddings(i, positive, negative)
-            conditions = torch.cat([step_negative, step_positive, *extras])
-            rule.before_step(i, pipe)
-            model_input = scheduler.scale_model_input(torch.cat([latents] * copies), t)
-            eps = pipe.unet(model_input, t, encoder_hidden_states=conditions, return_dict=False)[0]
-            parts = eps.chunk(copies)
-            guided = rule.combine(i, parts[0], parts[1], list(parts[2:]), guidance_scale)
+            model_input = scheduler.scale_model_input(latents, t)
+            guided = guided_noise(pipe, rule, i, model_input, t, positive, negative, extras, guidance_scale)
             latents = scheduler.step(guided, t, latents, **step_kwargs, return_dict=False)[0]
     finally:
         rule.finish(pipe)

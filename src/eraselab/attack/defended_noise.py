@@ -16,7 +16,7 @@ import torch
 
 from eraselab.errors import EraselabError
 from eraselab.requests import GenerationRequest
-from eraselab.sampling import PlainGuidance
+from eraselab.sampling import PlainGuidance, guided_noise
 
 
 class DefendedNoise:
@@ -44,16 +44,9 @@ class DefendedNoise:
             return self.pipe.unet(latents, t, encoder_hidden_states=condition).sample
         batch = len(latents)
         negative = self.negative.expand(batch, -1, -1)
-        rule = self.rule
-        rule.start(self.pipe, [""] * batch, condition, negative)
-        extras = rule.extra_embeddings(batch)  # a new batch: SLD's momentum starts at zero at the visited step
-        positive, negative = rule.embeddings(step, condition, negative)
-        copies = 2 + len(extras)
-        rule.before_step(step, self.pipe)
+        self.rule.start(self.pipe, [""] * batch, condition, negative)
+        extras = self.rule.extra_embeddings(batch)  # a new batch: SLD's momentum starts at zero at the visited step
         try:
-            eps = self.pipe.unet(torch.cat([latents] * copies), t.repeat(copies) if t.ndim else t,
-                                 encoder_hidden_states=torch.cat([negative, positive, *extras])).sample
+            return guided_noise(self.pipe, self.rule, step, latents, t, condition, negative, extras, self.guidance)
         finally:
-            rule.finish(self.pipe)
-        parts = eps.chunk(copies)
-        return rule.combine(step, parts[0], parts[1], list(parts[2:]), self.guidance)
+            self.rule.finish(self.pipe)

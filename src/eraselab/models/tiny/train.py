@@ -20,10 +20,8 @@ the same weights as an uninterrupted one on the same machine.
 from __future__ import annotations
 
 import json
-import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -45,114 +43,16 @@ from eraselab.models.tiny.architecture import (
     make_vae,
 )
 from eraselab.models.tiny.classifier import images_to_tensor
+from eraselab.models.tiny.stages import Paused, Stage, TrainRun, TrainSteps
 from eraselab.models.tiny.tokenizer import write_tokenizer
 from eraselab.models.tiny.world import ATTRIBUTES, World, load_world
 
-STAGES = ("vae", "clip", "unet", "classifier")
 
-
-@dataclass(frozen=True)
-class TrainSteps:
-    """Optimisation steps and batch sizes per stage (the defaults are the shipped model's)."""
-
-    vae: int = 1500
-    clip: int = 1500
-    unet: int = 4000
-    classifier: int = 1500
-    vae_batch: int = 64
-    clip_batch: int = 256
-    unet_batch: int = 128
-    classifier_batch: int = 128
-    latent_pool: int = 40_000
-    checkpoint_every: int = 250
-
-
-class Paused(Exception):
-    """Raised inside a stage when this invocation's step budget is spent (after a checkpoint)."""
-
-
-@dataclass
-class _Run:
-    """What every stage needs: the world, where to write, the seed, sizes, steps and the step budget."""
-
-    world: World
-    out: Path
-    seed: int
-    sizes: TinySizes
-    steps: TrainSteps
-    budget: int | None = None  # optimisation steps this invocation may still take (None: no limit)
-
-    def rng(self, stage: str, step: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, STAGES.index(stage), step])
-
-
-def _lr(step: int, total: int, peak: float, warmup: int = 100) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))  # a Python float: checkpoints stay
-    # loadable with torch.load(weights_only=True), which refuses numpy scalars
-
-
-class _Stage:
-    """A resumable optimisation loop: checkpoints the model, the optimiser and any extra state (an EMA)."""
-
-    def __init__(self, run: _Run, name: str, model: torch.nn.Module, lr: float, total: int,
-                 extra_state: dict | None = None) -> None:
-        self.run_context, self.name, self.total, self.peak = run, name, total, lr
-        self.path = run.out / "checkpoints" / f"{name}.pt"
-        self.stateful = {"model": model, **(extra_state or {})}  # anything with state_dict/load_state_dict
-        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
-                                           weight_decay=0.01)
-        self.step = 0
-        if self.path.exists():
-            # Our own checkpoint, written below; weights_only=True refuses anything but tensors and containers.
-            state = torch.load(self.path, weights_only=True)
-            for key, item in self.stateful.items():
-                item.load_state_dict(state[key])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.step = int(state["step"])
-
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        state = {key: item.state_dict() for key, item in self.stateful.items()}
-        state |= {"optimizer": self.optimizer.state_dict(), "step": self.step}
-        tmp = self.path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.path)  # atomic: a kill never leaves a half-written checkpoint
-
-    def run(self, step_fn: Callable[[int], float], extra: Callable[[], None] | None = None) -> float:
-        loss, run = float("nan"), self.run_context
-        bar = tqdm(total=self.total, initial=self.step, desc=f"train {self.name}", unit="step", leave=False)
-        while self.step < self.total:
-            if run.budget is not None and run.budget <= 0:
-                self.save()
-                bar.close()
-                raise Paused(self.name)
-            for group in self.optimizer.param_groups:
-                group["lr"] = _lr(self.step, self.total, self.peak)
-            loss = step_fn(self.step)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            if extra is not None:
-                extra()
-            self.step += 1
-            if run.budget is not None:
-                run.budget -= 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
-            if self.step % run.steps.checkpoint_every == 0 or self.step == self.total:
-                self.save()
-        bar.close()
-        return loss
-
-
-def train_vae(run: _Run) -> tuple[AutoencoderKL, dict]:
+def train_vae(run: TrainRun) -> tuple[AutoencoderKL, dict]:
     world, steps = run.world, run.steps
     torch.manual_seed(run.seed)
     vae = make_vae(run.sizes)
-    stage = _Stage(run, "vae", vae, lr=5e-4, total=steps.vae)
+    stage = Stage(run, "vae", vae, lr=5e-4, total=steps.vae)
 
     def step_fn(step: int) -> float:
         rng = run.rng("vae", step)
@@ -196,11 +96,11 @@ def _tokenize(tokenizer: CLIPTokenizer, texts: list[str]) -> torch.Tensor:
                      return_tensors="pt").input_ids
 
 
-def train_clip(run: _Run, tokenizer: CLIPTokenizer) -> tuple[CLIPModel, dict]:
+def train_clip(run: TrainRun, tokenizer: CLIPTokenizer) -> tuple[CLIPModel, dict]:
     world, steps = run.world, run.steps
     torch.manual_seed(run.seed + 1)
     clip = make_clip(run.sizes, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
-    stage = _Stage(run, "clip", clip, lr=1e-3, total=steps.clip)
+    stage = Stage(run, "clip", clip, lr=1e-3, total=steps.clip)
 
     def step_fn(step: int) -> float:
         rng = run.rng("clip", step)
@@ -230,7 +130,7 @@ def train_clip(run: _Run, tokenizer: CLIPTokenizer) -> tuple[CLIPModel, dict]:
     return clip, {"final_loss": loss}
 
 
-def train_unet(run: _Run, vae: AutoencoderKL, text_encoder: CLIPTextModel,
+def train_unet(run: TrainRun, vae: AutoencoderKL, text_encoder: CLIPTextModel,
                tokenizer: CLIPTokenizer) -> tuple[torch.nn.Module, dict]:
     world, steps = run.world, run.steps
     scheduler = make_scheduler()
@@ -255,7 +155,7 @@ def train_unet(run: _Run, vae: AutoencoderKL, text_encoder: CLIPTextModel,
     torch.manual_seed(run.seed + 2)
     unet = make_unet(run.sizes, latent_size)
     ema = EMAModel(unet.parameters(), decay=0.999)
-    stage = _Stage(run, "unet", unet, lr=5e-4, total=steps.unet, extra_state={"ema": ema})
+    stage = Stage(run, "unet", unet, lr=5e-4, total=steps.unet, extra_state={"ema": ema})
 
     def step_fn(step: int) -> float:
         rng = run.rng("unet", step)
@@ -284,12 +184,12 @@ def train_unet(run: _Run, vae: AutoencoderKL, text_encoder: CLIPTextModel,
     return unet, {"final_loss": loss}
 
 
-def train_classifier(run: _Run, vae: AutoencoderKL) -> tuple[AttributeClassifier, dict]:
+def train_classifier(run: TrainRun, vae: AutoencoderKL) -> tuple[AttributeClassifier, dict]:
     world, steps = run.world, run.steps
     torch.manual_seed(run.seed + 3)
     heads = {a: len(world.classes[a]) for a in ATTRIBUTES}
     model = AttributeClassifier(heads, run.sizes.classifier_channels)
-    stage = _Stage(run, "classifier", model, lr=2e-3, total=steps.classifier)
+    stage = Stage(run, "classifier", model, lr=2e-3, total=steps.classifier)
 
     def step_fn(step: int) -> float:
         rng = run.rng("classifier", step)
@@ -342,7 +242,7 @@ def train_tiny(out: Path, seed: int = 0, sizes: TinySizes | None = None, steps: 
     ``stop_after_steps`` pauses after that many optimisation steps (checkpointed); call again to go on. The
     returned log says ``"complete": True`` once every stage is done.
     """
-    run = _Run(load_world(), out, seed, sizes or TinySizes(), steps or TrainSteps(), stop_after_steps)
+    run = TrainRun(load_world(), out, seed, sizes or TinySizes(), steps or TrainSteps(), stop_after_steps)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "train_log.json"
     log = json.loads(log_path.read_text()) if log_path.exists() else {"stages": {}}

@@ -35,6 +35,15 @@ class ModelProfile:
 
         return load_world().erase_templates(concept)
 
+    def oracle_label(self, concept: str) -> str | None:
+        """What an attack's oracle looks for when the user names none: the tiny class ``concept`` names
+        ("pentagram" -> "shape=star"); None elsewhere (the user must say)."""
+        if not self.tiny:
+            return None
+        from eraselab.models.tiny.suites import concept_label
+
+        return concept_label(concept)
+
 
 TINY = ModelProfile("tiny", steps=25, guidance=5.0, judge="tiny", tiny=True)
 STABLE_DIFFUSION = ModelProfile("stable-diffusion", steps=50, guidance=7.5, judge="nudenet", tiny=False)
@@ -43,3 +52,11 @@ STABLE_DIFFUSION = ModelProfile("stable-diffusion", steps=50, guidance=7.5, judg
 def profile_for(model: str | Path) -> ModelProfile:
     """The profile of a model named as the CLI and experiments name it (``tiny``, a directory or a hub id)."""
     return TINY if str(model) == "tiny" else STABLE_DIFFUSION
+
+
+def profile_of(pipe) -> ModelProfile:
+    """The profile of a loaded pipeline: a tiny-world model (the shipped one, or one ``eraselab tiny train`` made)
+    has the tiny world's closed vocabulary."""
+    from eraselab.models.vocabulary import closed_vocabulary
+
+    return TINY if closed_vocabulary(pipe) else STABLE_DIFFUSION

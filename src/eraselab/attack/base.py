@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from eraselab.errors import EraselabError
 from eraselab.guard.chained import ChainedGuard
 from eraselab.guard.composition import CompositionGuard
-from eraselab.models.vocabulary import closed_vocabulary
+from eraselab.profile import profile_of
 from eraselab.provenance import provenance
 from eraselab.requests import GenerationRequest
 
@@ -153,10 +153,7 @@ class StopOracle:
 
         if rule not in ORACLE_RULES:
             raise EraselabError(f"{attack}: oracle_rule must be one of {', '.join(ORACLE_RULES)}, got {rule!r}")
-        if not label and closed_vocabulary(pipe):
-            from eraselab.models.tiny.suites import concept_label
-
-            label = concept_label(concept)
+        label = label or profile_of(pipe).oracle_label(concept)
         if not label:
             raise EraselabError(f"{attack} needs an oracle_label (what its oracle must see) on this model")
         self.name, self.label, self.seeds, self.rule = detector, label, tuple(seeds), rule

@@ -58,7 +58,7 @@ from eraselab.attack.base import (
 )
 from eraselab.errors import EraselabError
 from eraselab.models.conditioning import require_one_text_encoder
-from eraselab.models.vocabulary import closed_vocabulary
+from eraselab.profile import profile_of
 from eraselab.text import with_article
 
 THREAT_MODEL = "sampler-control"
@@ -194,7 +194,7 @@ def attack(target_pipe, spec: AttackSpec, config: ConceptArithmeticConfig, refer
     if not config.weights or min(config.weights) <= 0:  # a term enters at +-weights[0] and is rescaled to the others
         raise EraselabError(f"concept-arithmetic weights must be positive magnitudes, got {config.weights}")
     vocabulary, label = config.vocabulary, config.oracle_label
-    if closed_vocabulary(target_pipe):
+    if profile_of(target_pipe).tiny:
         vocabulary, label = _tiny_defaults(spec.concept, config)
     if not vocabulary or not label:
         raise EraselabError("concept-arithmetic needs a vocabulary of phrases and an oracle_label on this model")

@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from eraselab.attack.base import AttackEntry, AttackResult, AttackSpec, Cost, Replay, check_budget, whole_word_tokens
 from eraselab.models.conditioning import encode, require_one_text_encoder
-from eraselab.models.vocabulary import closed_vocabulary, require_known_words
+from eraselab.models.vocabulary import require_known_words
+from eraselab.profile import profile_of
 
 THREAT_MODEL = "text-encoder"
 GENERIC_TEMPLATES = ("{}", "a photo of {}", "a painting of {}", "an image of {}", "a picture of {}")
@@ -106,14 +107,7 @@ def concept_vector(pipe, concept: str, anchor: str, templates: tuple[str, ...]):
 def attack(target_pipe, spec: AttackSpec, config: ConceptVectorConfig, reference_pipe=None) -> AttackResult:
     start = time.perf_counter()
     require_one_text_encoder(target_pipe, "The concept-vector attack (Ring-A-Bell)")
-    templates = config.templates
-    if not templates:
-        if closed_vocabulary(target_pipe):
-            from eraselab.models.tiny.world import load_world
-
-            templates = load_world().erase_templates(spec.concept)
-        else:
-            templates = GENERIC_TEMPLATES
+    templates = config.templates or profile_of(target_pipe).erase_templates(spec.concept) or GENERIC_TEMPLATES
     vector, n_pairs = concept_vector(target_pipe, spec.concept, config.anchor, tuple(templates))
     hidden = encode(target_pipe, list(spec.prompts)).hidden
     cost = Cost(text_encoder_evals=2 * n_pairs + len(spec.prompts))

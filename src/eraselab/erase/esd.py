@@ -33,19 +33,16 @@ Training is seeded per iteration (the same seed gives the same weights) and, wit
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import torch
 from diffusers import DDIMScheduler
-from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from eraselab.erase.artifact import Edit
 from eraselab.erase.cross_attention_edit import check_spec_words
+from eraselab.erase.finetune import FineTune, LoopSettings
 from eraselab.erase.registry import MethodEntry
 from eraselab.erase.spec import EraseSpec
 from eraselab.errors import EraselabError
@@ -100,47 +97,6 @@ def _sample_until(frozen, scheduler, latents: torch.Tensor, cond: torch.Tensor, 
     return latents
 
 
-def _save_checkpoint(directory: Path, step: int, unet, names: list[str], optimizer: torch.optim.Adam) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    params = dict(unet.named_parameters())
-    tensors = {f"param.{n}": params[n].detach().cpu().contiguous() for n in names}
-    for n in names:
-        state = optimizer.state.get(params[n], {})
-        for key in ("exp_avg", "exp_avg_sq", "step"):
-            if key in state:
-                tensors[f"adam.{key}.{n}"] = state[key].detach().cpu().reshape(-1).contiguous() \
-                    if key == "step" else state[key].detach().cpu().contiguous()
-    partial = directory / "esd-checkpoint.partial"
-    save_file(tensors, partial, metadata={"step": str(step)})
-    partial.replace(directory / "esd-checkpoint.safetensors")  # atomic: a kill never leaves half a checkpoint
-
-
-def _load_checkpoint(directory: Path, unet, names: list[str], optimizer: torch.optim.Adam, config: dict) -> int:
-    path = directory / "esd-checkpoint.safetensors"
-    recorded = directory / "esd-config.json"
-    config = json.loads(json.dumps(config))  # as JSON reads it back (tuples become lists)
-    if recorded.is_file() and json.loads(recorded.read_text()) != config:
-        raise EraselabError(f"{directory} holds an ESD run with other settings; use another checkpoint directory")
-    directory.mkdir(parents=True, exist_ok=True)
-    recorded.write_text(json.dumps(config, sort_keys=True))
-    if not path.is_file():
-        return 0
-    from safetensors import safe_open
-
-    with safe_open(path, "pt") as handle:
-        step = int(handle.metadata()["step"])
-    tensors = load_file(path)
-    params = dict(unet.named_parameters())
-    with torch.no_grad():
-        for n in names:
-            params[n].copy_(tensors[f"param.{n}"])
-            if f"adam.exp_avg.{n}" in tensors:
-                optimizer.state[params[n]] = {"step": tensors[f"adam.step.{n}"].reshape(()),
-                                              "exp_avg": tensors[f"adam.exp_avg.{n}"].clone(),
-                                              "exp_avg_sq": tensors[f"adam.exp_avg_sq.{n}"].clone()}
-    return step
-
-
 def erase(pipe, spec: EraseSpec, config: EsdConfig, progress: bool = True,
           stop_after: int | None = None) -> Edit | None:
     """Fine-tune the ``config.variant`` parameters of a copy of ``pipe.unet`` (``pipe`` is not changed).
@@ -167,31 +123,24 @@ def erase(pipe, spec: EraseSpec, config: EsdConfig, progress: bool = True,
 def _train(pipe, frozen, spec: EraseSpec, config: EsdConfig, prompts: list[str], start: float,
            progress: bool, stop_after: int | None) -> Edit | None:
     unet = copy.deepcopy(frozen).train()
-    names = trained_parameter_names(unet, config.variant)
-    params = dict(unet.named_parameters())
-    for n in names:
-        params[n].requires_grad_(True)
-    optimizer = torch.optim.Adam([params[n] for n in names], lr=config.lr)
+    settings = LoopSettings(iterations=config.iterations, lr=config.lr, seed=config.seed, optimizer="adam",
+                            checkpoint=config.checkpoint, checkpoint_every=config.checkpoint_every)
+    identity = {"esd": asdict(config) | {"checkpoint": None}, "spec": asdict(spec), "base": pipeline_fingerprint(pipe)}
+    loop = FineTune(unet, trained_parameter_names(unet, config.variant), settings, identity, f"ESD {config.variant}")
     # DDIM whatever the pipeline samples with (the reference draws x_t with DDIM too): it keeps no state between
     # steps, so each iteration's x_t depends only on that iteration's draws. PNDM (SD-1.4's own scheduler) and the
     # multistep DPM-Solver carry state from step to step, which made x_t depend on earlier iterations, a resumed
     # run differ from an uninterrupted one, and PNDM's counter run past its schedule (IndexError).
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     scheduler.set_timesteps(config.ddim_steps)
-    checkpoint = Path(config.checkpoint) if config.checkpoint else None
-    record = {**asdict(config), "checkpoint": None, "spec": asdict(spec), "base": pipeline_fingerprint(pipe)}
-    first = _load_checkpoint(checkpoint, unet, names, optimizer, record) if checkpoint else 0
     retain_prompts = spec.preserved() if config.preserve_weight > 0 else []
     with torch.no_grad():
         cond_all, uncond = pipe.encode_prompt(prompts, pipe.device, 1, True, negative_prompt=[""] * len(prompts))
         retain_all = pipe.encode_prompt(retain_prompts, pipe.device, 1, False)[0] if retain_prompts else None
     uncond = uncond[:1]
     shape = (config.batch_size, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-    bar = tqdm(range(first, config.iterations), desc=f"{config.variant}", unit="it", disable=not progress,
-               initial=first, total=config.iterations)
-    loss_value = float("nan")
-    for step in bar:
-        g = torch.Generator().manual_seed(config.seed * 1_000_003 + step)  # one stream per iteration: resumable
+
+    def step(_: int, g: torch.Generator) -> torch.Tensor:
         pick = torch.randint(len(prompts), (config.batch_size,), generator=g)
         stop = int(torch.randint(config.ddim_steps, (1,), generator=g))  # t ~ U{0..ddim_steps-1}
         noise = torch.randn(shape, generator=g).to(pipe.device, unet.dtype)
@@ -211,22 +160,15 @@ def _train(pipe, frozen, spec: EraseSpec, config: EsdConfig, prompts: list[str],
         loss = torch.nn.functional.mse_loss(prediction[:n], goal)  # Eq. 5
         if retain_all is not None:  # AdvUnlearn's retain term
             loss = loss + config.preserve_weight * torch.nn.functional.mse_loss(prediction[n:], eps_cond[n:])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_value = float(loss.detach())
-        bar.set_postfix(loss=f"{loss_value:.4f}")
-        done = step + 1
-        if checkpoint and (done % config.checkpoint_every == 0 or done in (config.iterations, stop_after)):
-            _save_checkpoint(checkpoint, done, unet, names, optimizer)
-        if done == stop_after:
-            bar.close()
-            return None
-    bar.close()
-    tensors = {f"unet.{n}": params[n].detach().cpu().clone() for n in names}
+        return loss
+
+    trained = loop.run(step, progress, stop_after)
+    if trained is None:
+        return None
+    tensors = {f"unet.{n}": tensor for n, tensor in trained.items()}
     manifest = {"method": "esd", "config": asdict(config), "concepts": list(spec.concepts), "anchors": [],
                 "preserve": list(spec.preserve), "templates": list(spec.templates),
-                "base_fingerprint": pipeline_fingerprint(pipe), "seed": config.seed, "final_loss": loss_value,
+                "base_fingerprint": pipeline_fingerprint(pipe), "seed": config.seed, "final_loss": loop.last_loss,
                 "sampler": {"scheduler": "DDIMScheduler", "steps": config.ddim_steps, "eta": 0.0},
                 "seconds": round(time.perf_counter() - start, 3)}
     return Edit(tensors, manifest)

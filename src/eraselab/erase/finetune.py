@@ -1,0 +1,189 @@
+"""The fine-tuning loop every trained eraser runs on (ESD today; SafeGen, TRCE stage 2 and AdvUnlearn next).
+
+It trains a declared set of parameters of one module with ``accelerate``'s ``Accelerator`` (device placement, mixed
+precision, gradient accumulation, gradient clipping; data-parallel when launched with ``accelerate launch``):
+
+- every random draw of optimisation step ``s`` (micro-batch ``m`` of ``accumulation``) comes from one generator
+  seeded by ``(seed, s, m)``, handed to the method's step function, so a stopped run resumes to the weights of an
+  uninterrupted one, bit for bit;
+- a checkpoint (the trained tensors, the optimiser's and the EMA's state, the step) is written every
+  ``checkpoint_every`` steps, atomically, as safetensors with a JSON header: no pickle is ever read back.
+  (``accelerate``'s ``save_state`` pickles the optimiser and RNG states, hence this format.) A checkpoint made
+  with other settings is refused;
+- optionally an exponential moving average of the trained parameters (diffusers' ``EMAModel``), whose weights are
+  the result;
+- after training it checks that nothing outside the declared set changed, and returns exactly the tensors of the
+  set that did.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from eraselab.errors import EraselabError
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+CHECKPOINT = "finetune-checkpoint.safetensors"
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """How a trained eraser optimises (its config supplies these; the defaults are no method's)."""
+
+    iterations: int
+    lr: float
+    seed: int = 0
+    optimizer: str = "adam"  # adam (ESD's reference) or adamw
+    weight_decay: float = 0.0
+    accumulation: int = 1  # micro-batches per optimisation step
+    clip: float | None = None  # max gradient norm
+    ema_decay: float | None = None  # an EMA of the trained parameters, whose weights are the result
+    mixed_precision: str = "no"  # no, fp16, bf16 (accelerate's)
+    checkpoint: str | None = None  # directory to save progress in and resume from
+    checkpoint_every: int = 50
+
+    def check(self) -> None:
+        if self.iterations < 1 or self.accumulation < 1 or self.checkpoint_every < 1:
+            raise EraselabError("iterations, accumulation and checkpoint_every must be at least 1")
+        if self.optimizer not in OPTIMIZERS:
+            raise EraselabError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.clip is not None and self.clip <= 0:
+            raise EraselabError(f"clip must be a positive gradient norm, got {self.clip}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise EraselabError(f"ema_decay must lie in (0, 1), got {self.ema_decay}")
+
+
+def step_generator(seed: int, step: int, micro: int = 0, accumulation: int = 1) -> torch.Generator:
+    """The one random stream of micro-batch ``micro`` of step ``step`` (with one micro-batch a step: the stream
+    ESD has always used, so its edits did not change when it moved onto this loop)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step * accumulation + micro)
+
+
+class FineTune:
+    """Train ``trainable`` (parameter names of ``module``) with ``settings``; ``identity`` (JSON-able: the method's
+    settings, its spec, the base model's fingerprint) ties a checkpoint to the run that wrote it."""
+
+    def __init__(self, module: torch.nn.Module, trainable: list[str], settings: LoopSettings, identity: dict,
+                 name: str) -> None:
+        from accelerate import Accelerator
+
+        settings.check()
+        self.settings, self.name = settings, name
+        self.accelerator = Accelerator(mixed_precision=settings.mixed_precision,
+                                       gradient_accumulation_steps=settings.accumulation,
+                                       cpu=next(module.parameters()).device.type == "cpu")
+        params = dict(module.named_parameters())
+        unknown = sorted(set(trainable) - set(params))
+        if unknown or not trainable:
+            raise EraselabError(f"{name}: no such parameters to train: {', '.join(unknown[:3]) or '(none given)'}")
+        self.module, self.names = module, list(trainable)
+        self.before = {n: p.detach().clone() for n, p in params.items()}  # to check what changed, at the end
+        module.requires_grad_(False)
+        self.params = [params[n] for n in self.names]
+        for p in self.params:
+            p.requires_grad_(True)
+        optimizer = OPTIMIZERS[settings.optimizer](self.params, lr=settings.lr, weight_decay=settings.weight_decay)
+        self.optimizer = self.accelerator.prepare(optimizer)
+        self.ema = None
+        if settings.ema_decay is not None:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(self.params, decay=settings.ema_decay)
+        self.identity = json.loads(json.dumps({**identity, "loop": asdict(settings) | {"checkpoint": None},
+                                               "trained": self.names}, sort_keys=True, default=str))
+        self.directory = Path(settings.checkpoint) if settings.checkpoint else None
+        self.first = self._resume() if self.directory else 0
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------
+    def _save(self, step: int) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        state = self.optimizer.optimizer.state_dict()
+        tensors = {f"param.{n}": p.detach().cpu().contiguous() for n, p in zip(self.names, self.params, strict=True)}
+        for index, entries in state["state"].items():
+            for key, value in entries.items():
+                tensors[f"optim.{index}.{key}"] = value.detach().cpu().contiguous()
+        header = {"step": step, "identity": self.identity, "param_groups": state["param_groups"]}
+        if self.ema is not None:
+            ema = self.ema.state_dict()
+            tensors |= {f"ema.{i}": t.detach().cpu().contiguous() for i, t in enumerate(ema.pop("shadow_params"))}
+            header["ema"] = ema
+        self.directory.mkdir(parents=True, exist_ok=True)
+        partial = self.directory / (CHECKPOINT + ".partial")
+        save_file(tensors, partial, metadata={"eraselab": json.dumps(header, default=float)})
+        partial.replace(self.directory / CHECKPOINT)  # atomic: a kill never leaves half a checkpoint
+
+    def _resume(self) -> int:
+        path = self.directory / CHECKPOINT
+        if not path.is_file():
+            return 0
+        with safe_open(path, "pt") as handle:
+            header = json.loads(handle.metadata()["eraselab"])
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+        if header["identity"] != self.identity:
+            raise EraselabError(f"{self.directory} holds a run of {self.name} with other settings; use another "
+                                "checkpoint directory")
+        with torch.no_grad():
+            for n, p in zip(self.names, self.params, strict=True):
+                p.copy_(tensors[f"param.{n}"])
+        state: dict = {"state": {}, "param_groups": header["param_groups"]}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, name = key.split(".", 2)
+                state["state"].setdefault(int(index), {})[name] = value
+        self.optimizer.optimizer.load_state_dict(state)
+        if self.ema is not None:
+            shadow = [tensors[f"ema.{i}"] for i in range(len(self.params))]
+            self.ema.load_state_dict({**header["ema"], "shadow_params": shadow})
+        return int(header["step"])
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+    def run(self, step_fn: Callable[[int, torch.Generator], torch.Tensor], progress: bool = True,
+            stop_after: int | None = None) -> dict[str, torch.Tensor] | None:
+        """Optimise from the checkpoint (or step 0) to ``settings.iterations``; ``step_fn(step, generator)`` returns
+        one micro-batch's loss. Returns the trained tensors that changed (the EMA's, with one), or None when
+        ``stop_after`` steps are done (after their checkpoint), as a kill would leave the run."""
+        settings, accelerator = self.settings, self.accelerator
+        bar = tqdm(range(self.first, settings.iterations), desc=self.name, unit="it", disable=not progress,
+                   initial=self.first, total=settings.iterations)
+        self.last_loss = float("nan")
+        for step in bar:
+            for micro in range(settings.accumulation):
+                with accelerator.accumulate(self.module):
+                    with accelerator.autocast():
+                        loss = step_fn(step, step_generator(settings.seed, step, micro, settings.accumulation))
+                    accelerator.backward(loss)
+                    if settings.clip is not None and accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(self.params, settings.clip)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.step(self.params)
+            self.last_loss = float(loss.detach())
+            bar.set_postfix(loss=f"{self.last_loss:.4f}")
+            done = step + 1
+            if self.directory and (done % settings.checkpoint_every == 0 or done in (settings.iterations, stop_after)):
+                self._save(done)
+            if done == stop_after:
+                bar.close()
+                return None
+        bar.close()
+        return self._result()
+
+    def _result(self) -> dict[str, torch.Tensor]:
+        if self.ema is not None:
+            self.ema.copy_to(self.params)
+        current = dict(self.module.named_parameters())
+        moved = sorted(n for n, p in current.items() if n not in self.names and not torch.equal(p, self.before[n]))
+        if moved:
+            raise EraselabError(f"{self.name}: parameters outside the trained set changed: {', '.join(moved[:3])}")
+        return {n: current[n].detach().cpu().clone() for n in self.names if not torch.equal(current[n],
+                                                                                             self.before[n])}

@@ -1,0 +1,242 @@
+"""SafeGen: "SafeGen: Mitigating Sexually Explicit Content Generation in Text-to-Image Models" (Li, Yang, Deng, Yan,
+Chen, Ji, Xu; ACM CCS 2024).
+
+SafeGen is text-agnostic: it fine-tunes only the UNet's **self-attention** layers (every ``attn1`` q/k/v/out; text
+encoder, VAE and cross-attention frozen), always conditioned on the empty prompt, so that the *visual*
+representation of the concept is replaced by a mosaic whatever the text asks for. It learns from image triplets
+(concept image x_c, the same image with the concept's region pixelated x_m, a benign image x_b), through their VAE
+latents z_c, z_m, z_b (Sec. 4.2, and the official training script):
+    L = w_m || eps_theta(z_c,t | t, "") - (eps + z_c - z_m) ||^2  +  w_p || eps_theta(z_b,t | t, "") - eps_b ||^2,
+where z_c,t = sqrt(abar_t) z_c + sqrt(1 - abar_t) eps (the concept image and its mosaic share eps), z_b,t has its
+own eps_b, and t is uniform. The first term asks the denoiser, given a noisy concept image, to predict the noise
+that would leave the mosaic (the official script's constant offset z_c - z_m); ``target = "x0"`` uses the exact
+offset instead: the prediction whose implied x_0 is z_m, eps + sqrt(abar_t / (1 - abar_t)) (z_c - z_m). The
+second term keeps benign images as they were. On v-prediction models the targets are velocities (the script's
+``get_velocity(z_c - z_m, eps, t)``; with ``x0``, the velocity whose implied x_0 is z_m).
+
+Data: on the tiny model the world draws the triplets itself (it knows each shape's region): images of the erased
+class with any other attributes, the same images with the shape's bounding box pixelated into
+``mosaic_block``-pixel squares, and images of the other classes of the same attribute. For real models a CSV of
+triplets (``triplets``: columns ``concept``, ``mosaic``, ``benign``, image paths).
+
+Defaults (SD 1.4, the official ``run_adjust_SD.sh``): w_m 0.1, w_p 0.9, AdamW lr 1e-5, weight decay 1e-2 (the
+script's default), 1,000 optimisation steps of batch 1 with 5-step gradient accumulation, gradient clipping at 1.0,
+EMA of the weights (diffusers' EMAModel: decay 0.9999 with its (1 + s) / (10 + s) warm-up). Tiny defaults
+(``tiny_overrides``): see the config.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from eraselab.erase.artifact import Edit
+from eraselab.erase.finetune import FineTune, LoopSettings
+from eraselab.erase.registry import MethodEntry
+from eraselab.erase.spec import EraseSpec
+from eraselab.errors import EraselabError
+from eraselab.models import pipeline_fingerprint
+from eraselab.models.conditioning import require_one_text_encoder
+from eraselab.profile import profile_of
+from eraselab.sampling import prediction_target
+
+TARGETS = ("offset", "x0")
+
+
+@dataclass(frozen=True)
+class SafeGenConfig:
+    iterations: int = 1000  # optimisation steps
+    batch_size: int = 1
+    accumulation: int = 5
+    lr: float = 1e-5
+    weight_decay: float = 1e-2
+    weight_mosaic: float = 0.1  # w_m
+    weight_preserve: float = 0.9  # w_p
+    clip: float = 1.0
+    ema_decay: float | None = 0.9999
+    target: str = "offset"  # offset: the official script's eps + z_c - z_m; x0: the exact mosaic x_0
+    triplets: str | None = None  # CSV of (concept, mosaic, benign) image paths; the tiny world draws its own
+    mosaic_block: int = 8  # pixel size of the mosaic's squares (tiny world)
+    seed: int = 0
+    checkpoint: str | None = None
+    checkpoint_every: int = 50
+
+    tiny_overrides: ClassVar[dict] = {"iterations": 300, "batch_size": 8, "accumulation": 1, "lr": 1e-3,
+                                      "ema_decay": None}
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise EraselabError(f"safegen target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        if self.weight_mosaic < 0 or self.weight_preserve < 0 or self.mosaic_block < 1 or self.batch_size < 1:
+            raise EraselabError("safegen's weights must be >= 0, and mosaic_block and batch_size >= 1")
+
+    def loop(self) -> LoopSettings:
+        return LoopSettings(iterations=self.iterations, lr=self.lr, seed=self.seed, optimizer="adamw",
+                            weight_decay=self.weight_decay, accumulation=self.accumulation, clip=self.clip,
+                            ema_decay=self.ema_decay, checkpoint=self.checkpoint,
+                            checkpoint_every=self.checkpoint_every)
+
+
+def self_attention_parameters(unet) -> list[str]:
+    """Every parameter of every self-attention layer (``attn1``: to_q, to_k, to_v, to_out) of the UNet."""
+    names = [name for name, _ in unet.named_parameters() if ".attn1." in name]
+    if not names:
+        raise EraselabError("this UNet has no self-attention (attn1) layers for SafeGen to train")
+    return names
+
+
+def mosaic(image: np.ndarray, box: tuple[int, int, int, int], block: int) -> np.ndarray:
+    """``image`` (H, W, 3) with the region ``box`` (top, left, bottom, right) pixelated: each ``block``-pixel
+    square of it replaced by its mean colour."""
+    out = image.astype(np.float64)
+    top, left, bottom, right = box
+    for y in range(top, bottom, block):
+        for x in range(left, right, block):
+            cell = out[y:min(y + block, bottom), x:min(x + block, right)]
+            cell[...] = cell.reshape(-1, 3).mean(axis=0)
+    return np.round(out).astype(np.uint8)
+
+
+def _region(image: np.ndarray) -> tuple[int, int, int, int]:
+    """The bounding box of what is drawn on the tiny world's uniform background (the corner pixel's colour)."""
+    drawn = np.abs(image.astype(np.int16) - image[0, 0].astype(np.int16)).sum(-1) > 24
+    if not drawn.any():
+        return 0, 0, *image.shape[:2]
+    ys, xs = np.nonzero(drawn)
+    return int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1
+
+
+class TinyTriplets:
+    """Triplets the tiny world draws: the erased class (``attribute=value``), its mosaic, another class."""
+
+    def __init__(self, concept: str, block: int) -> None:
+        from eraselab.models.tiny.suites import concept_label
+        from eraselab.models.tiny.world import load_world
+
+        self.world, self.block = load_world(), block
+        attribute, value = concept_label(concept).split("=")
+        self.attribute, self.index = attribute, self.world.classes[attribute].index(value)
+
+    def draw(self, rng: np.random.Generator, n: int) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        concept, mosaics, benign = [], [], []
+        others = [i for i in range(len(self.world.classes[self.attribute])) if i != self.index]
+        for _ in range(n):
+            attributes = self.world.attributes_of(self.world.sample_attributes(rng, 1), 0)
+            image = self.world.draw_one({**attributes, self.attribute: self.index}, rng)
+            concept.append(image)
+            mosaics.append(mosaic(image, _region(image), self.block))
+            attributes = self.world.attributes_of(self.world.sample_attributes(rng, 1), 0)
+            benign.append(self.world.draw_one({**attributes, self.attribute: int(rng.choice(others))}, rng))
+        return concept, mosaics, benign
+
+
+class CsvTriplets:
+    """Triplets listed in a CSV (``concept``, ``mosaic``, ``benign`` image paths, relative to the CSV)."""
+
+    def __init__(self, path: str, size: int) -> None:
+        file = Path(path)
+        if not file.is_file():
+            raise EraselabError(f"safegen triplets: {file} does not exist")
+        with file.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        missing = {"concept", "mosaic", "benign"} - set(rows[0] if rows else {})
+        if not rows or missing:
+            raise EraselabError(f"safegen triplets: {file} needs rows with columns concept, mosaic, benign")
+        self.rows = [{k: file.parent / row[k] for k in ("concept", "mosaic", "benign")} for row in rows]
+        self.size = size
+
+    def _load(self, path: Path) -> np.ndarray:
+        try:
+            with Image.open(path) as image:
+                return np.asarray(image.convert("RGB").resize((self.size, self.size), Image.Resampling.BICUBIC))
+        except OSError as error:
+            raise EraselabError(f"safegen triplets: cannot read {path}: {error}") from None
+
+    def draw(self, rng: np.random.Generator, n: int) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        rows = [self.rows[int(i)] for i in rng.integers(len(self.rows), size=n)]
+        return tuple([self._load(row[k]) for row in rows] for k in ("concept", "mosaic", "benign"))
+
+
+def mosaic_target(scheduler, x_t: torch.Tensor, eps: torch.Tensor, z_c: torch.Tensor, z_m: torch.Tensor,
+                  t: torch.Tensor, target: str) -> torch.Tensor:
+    """What the UNet should predict at ``x_t`` (the noisy concept latent) so that the concept turns into its
+    mosaic: the official constant offset eps + z_c - z_m (``offset``; on v-prediction the velocity of z_c - z_m, as
+    the script computes it), or the exact prediction whose implied x_0 is z_m (``x0``)."""
+    velocity = scheduler.config.get("prediction_type", "epsilon") == "v_prediction"
+    if target == "offset":
+        return scheduler.get_velocity(z_c - z_m, eps, t) if velocity else eps + z_c - z_m  # Sec. 4.2's target
+    a = scheduler.alphas_cumprod.to(x_t.device)[t].view(-1, 1, 1, 1).to(x_t.dtype)
+    if velocity:  # x_0 = sqrt(a) x_t - sqrt(1 - a) v  ->  v = (sqrt(a) x_t - z_m) / sqrt(1 - a)
+        return (a.sqrt() * x_t - z_m) / (1 - a).sqrt()
+    return (x_t - a.sqrt() * z_m) / (1 - a).sqrt()  # x_0 = (x_t - sqrt(1 - a) eps) / sqrt(a)  ->  solve for eps
+
+
+def _latents(pipe, images: list[np.ndarray], generator: torch.Generator) -> torch.Tensor:
+    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        dist = pipe.vae.encode(pixels.to(pipe.device, pipe.vae.dtype)).latent_dist
+        noise = torch.randn(dist.mean.shape, generator=generator).to(dist.mean.device, dist.mean.dtype)
+        return (dist.mean + dist.std * noise) * pipe.vae.config.scaling_factor  # a draw, as the script samples
+
+
+def erase(pipe, spec: EraseSpec, config: SafeGenConfig, progress: bool = True,
+          stop_after: int | None = None) -> Edit | None:
+    """Fine-tune the self-attention of a copy of ``pipe.unet`` (``pipe`` is not changed); ``stop_after`` as ESD's."""
+    import copy
+
+    start = time.perf_counter()
+    require_one_text_encoder(pipe, "SafeGen")
+    if len(spec.concepts) != 1:
+        raise EraselabError("safegen erases one concept per run (its triplets show one); got "
+                            f"{len(spec.concepts)}")
+    if config.triplets:
+        source = CsvTriplets(config.triplets, pipe.unet.config.sample_size * pipe.vae_scale_factor)
+    elif profile_of(pipe).tiny:
+        source = TinyTriplets(spec.concepts[0], config.mosaic_block)
+    else:
+        raise EraselabError("safegen needs image triplets on this model: set triplets to a CSV of concept, "
+                            "mosaic and benign image paths")
+    frozen = pipe.unet
+    unet = copy.deepcopy(frozen).train()
+    identity = {"safegen": asdict(config) | {"checkpoint": None}, "spec": asdict(spec),
+                "base": pipeline_fingerprint(pipe)}
+    loop = FineTune(unet, self_attention_parameters(unet), config.loop(), identity, "SafeGen")
+    scheduler = pipe.scheduler
+    with torch.no_grad():
+        empty = pipe.encode_prompt([""], pipe.device, 1, False)[0]  # the only condition SafeGen ever sees
+
+    def step(_: int, g: torch.Generator) -> torch.Tensor:
+        rng = np.random.default_rng(int(torch.randint(2**31 - 1, (1,), generator=g)))
+        concept, mosaics, benign = source.draw(rng, config.batch_size)
+        z_c, z_m, z_b = (_latents(pipe, images, g) for images in (concept, mosaics, benign))
+        eps, eps_b = torch.randn(z_c.shape, generator=g), torch.randn(z_b.shape, generator=g)
+        eps, eps_b = eps.to(z_c.device, z_c.dtype), eps_b.to(z_c.device, z_c.dtype)
+        t = torch.randint(scheduler.config.num_train_timesteps, (len(z_c),), generator=g).to(z_c.device)
+        x_t = scheduler.add_noise(z_c, eps, t)  # z_c,t; its mosaic shares eps
+        goal = mosaic_target(scheduler, x_t, eps, z_c, z_m, t, config.target)
+        keep = prediction_target(scheduler, z_b, eps_b, t)
+        condition = empty.expand(len(z_c), -1, -1)
+        noisy = torch.cat([x_t, scheduler.add_noise(z_b, eps_b, t)])  # one batched call for both terms
+        prediction = unet(noisy, torch.cat([t, t]), encoder_hidden_states=torch.cat([condition, condition])).sample
+        mosaic_loss = torch.nn.functional.mse_loss(prediction[:len(z_c)], goal)
+        preserve_loss = torch.nn.functional.mse_loss(prediction[len(z_c):], keep)
+        return config.weight_mosaic * mosaic_loss + config.weight_preserve * preserve_loss  # the SafeGen loss
+
+    trained = loop.run(step, progress, stop_after)
+    if trained is None:
+        return None
+    manifest = {"method": "safegen", "config": asdict(config), "concepts": list(spec.concepts), "anchors": [],
+                "preserve": list(spec.preserve), "templates": list(spec.templates),
+                "base_fingerprint": pipeline_fingerprint(pipe), "seed": config.seed, "final_loss": loop.last_loss,
+                "seconds": round(time.perf_counter() - start, 3)}
+    return Edit({f"unet.{n}": tensor for n, tensor in trained.items()}, manifest)
+
+
+METHOD = MethodEntry(erase, SafeGenConfig)

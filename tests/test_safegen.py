@@ -1,0 +1,93 @@
+"""SafeGen (eraselab.erase.safegen) on real diffusers modules: the micro tiny-world pipeline and a micro SD 2.x
+(v-prediction) pipeline built from config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, StableDiffusionPipeline
+from PIL import Image
+from safetensors.torch import load_file
+
+from eraselab.erase.registry import ERASERS
+from eraselab.erase.safegen import SafeGenConfig, mosaic, mosaic_target
+from eraselab.erase.spec import EraseSpec
+from eraselab.errors import EraselabError
+from eraselab.models import load_pipeline
+from eraselab.options import build
+from eraselab.profile import TINY
+
+SHORT = {"iterations": 4, "batch_size": 2, "checkpoint_every": 2}
+
+
+def test_only_self_attention_changes_the_edit_applies_in_plain_diffusers_and_a_resume_is_exact(micro_run, tmp_path):
+    pipe = load_pipeline(micro_run / "pipeline")
+    erase = ERASERS.get("safegen").erase
+    spec = EraseSpec(("star",))
+    whole = erase(pipe, spec, build(ERASERS, "safegen", SHORT, TINY), progress=False)
+    attn1 = {f"unet.{n}" for n, _ in pipe.unet.named_parameters() if ".attn1." in n}
+    assert whole.tensors and set(whole.tensors) <= attn1  # nothing outside self-attention (the loop checks the rest)
+    assert whole.manifest["method"] == "safegen"
+
+    config = build(ERASERS, "safegen", {**SHORT, "checkpoint": str(tmp_path / "ckpt")}, TINY)
+    assert erase(pipe, spec, config, progress=False, stop_after=2) is None
+    resumed = erase(pipe, spec, config, progress=False)
+    assert all(torch.equal(whole.tensors[k], resumed.tensors[k]) for k in whole.tensors)
+
+    whole.save(tmp_path / "edit")  # the README's plain-diffusers snippet
+    plain = StableDiffusionPipeline.from_pretrained(micro_run / "pipeline", safety_checker=None)
+    for name, tensor in load_file(tmp_path / "edit" / "edit.safetensors").items():
+        component, parameter = name.split(".", 1)
+        getattr(plain, component).get_parameter(parameter).data.copy_(tensor)
+    assert torch.equal(plain.unet.get_parameter(next(iter(whole.tensors))[len("unet."):]),
+                       next(iter(whole.tensors.values())))
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_the_exact_target_implies_the_mosaic_and_the_offset_is_the_scripts(prediction):
+    scheduler = DDPMScheduler(prediction_type=prediction)
+    g = torch.Generator().manual_seed(0)
+    z_c, z_m, eps = (torch.randn(3, 4, 4, 4, generator=g) for _ in range(3))
+    t = torch.tensor([10, 500, 990])
+    x_t = scheduler.add_noise(z_c, eps, t)
+    a = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    exact = mosaic_target(scheduler, x_t, eps, z_c, z_m, t, "x0")
+    implied = (a.sqrt() * x_t - (1 - a).sqrt() * exact if prediction == "v_prediction"
+               else (x_t - (1 - a).sqrt() * exact) / a.sqrt())
+    assert torch.allclose(implied, z_m, atol=1e-4)  # the prediction's x_0 is the mosaic
+    offset = mosaic_target(scheduler, x_t, eps, z_c, z_m, t, "offset")
+    expected = scheduler.get_velocity(z_c - z_m, eps, t) if prediction == "v_prediction" else eps + z_c - z_m
+    assert torch.equal(offset, expected)
+
+
+def test_mosaic_pixelates_only_the_region():
+    image = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3)
+    out = mosaic(image, (2, 2, 6, 6), 2)
+    assert np.array_equal(out[:2], image[:2]) and np.array_equal(out[:, :2], image[:, :2])
+    assert (out[2:4, 2:4] == np.round(image[2:4, 2:4].reshape(-1, 3).mean(0))).all()
+
+
+def test_real_models_train_from_a_triplet_csv_and_need_one(micro_sd2, tmp_path):
+    import json
+    import shutil
+
+    model = shutil.copytree(micro_sd2, tmp_path / "model")  # its tokenizer opened up: a "real" model to eraselab
+    config_path = model / "tokenizer" / "tokenizer_config.json"
+    config_path.write_text(json.dumps({k: v for k, v in json.loads(config_path.read_text()).items()
+                                       if k != "closed_vocabulary"}))
+    pipe = load_pipeline(model)
+    spec = EraseSpec(("star",))
+    with pytest.raises(EraselabError, match="needs image triplets"):
+        ERASERS.get("safegen").erase(pipe, spec, SafeGenConfig(iterations=1), progress=False)
+    rng = np.random.default_rng(0)
+    for name in ("c", "m", "b"):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / f"{name}.png")
+    (tmp_path / "triplets.csv").write_text("concept,mosaic,benign\nc.png,m.png,b.png\n")
+    config = SafeGenConfig(iterations=2, accumulation=2, triplets=str(tmp_path / "triplets.csv"), ema_decay=0.9)
+    edit = ERASERS.get("safegen").erase(pipe, spec, config, progress=False)
+    assert edit.tensors and all(".attn1." in name for name in edit.tensors)  # v-prediction, EMA, accumulation
+    (tmp_path / "bad.csv").write_text("image\nc.png\n")
+    with pytest.raises(EraselabError, match="columns concept, mosaic, benign"):
+        ERASERS.get("safegen").erase(pipe, spec, SafeGenConfig(iterations=1, triplets=str(tmp_path / "bad.csv")),
+                                     progress=False)

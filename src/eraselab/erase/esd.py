@@ -126,7 +126,8 @@ def _train(pipe, frozen, spec: EraseSpec, config: EsdConfig, prompts: list[str],
     settings = LoopSettings(iterations=config.iterations, lr=config.lr, seed=config.seed, optimizer="adam",
                             checkpoint=config.checkpoint, checkpoint_every=config.checkpoint_every)
     identity = {"esd": asdict(config) | {"checkpoint": None}, "spec": asdict(spec), "base": pipeline_fingerprint(pipe)}
-    loop = FineTune(unet, trained_parameter_names(unet, config.variant), settings, identity, f"ESD {config.variant}")
+    loop = FineTune(unet, trained_parameter_names(unet, config.variant), settings, identity, f"ESD {config.variant}",
+                    original=frozen)
     # DDIM whatever the pipeline samples with (the reference draws x_t with DDIM too): it keeps no state between
     # steps, so each iteration's x_t depends only on that iteration's draws. PNDM (SD-1.4's own scheduler) and the
     # multistep DPM-Solver carry state from step to step, which made x_t depend on earlier iterations, a resumed

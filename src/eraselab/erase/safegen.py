@@ -27,6 +27,7 @@ EMA of the weights (diffusers' EMAModel: decay 0.9999 with its (1 + s) / (10 + s
 
 from __future__ import annotations
 
+import copy
 import csv
 import time
 from dataclasses import asdict, dataclass
@@ -189,8 +190,6 @@ def _latents(pipe, images: list[np.ndarray], generator: torch.Generator) -> torc
 def erase(pipe, spec: EraseSpec, config: SafeGenConfig, progress: bool = True,
           stop_after: int | None = None) -> Edit | None:
     """Fine-tune the self-attention of a copy of ``pipe.unet`` (``pipe`` is not changed); ``stop_after`` as ESD's."""
-    import copy
-
     start = time.perf_counter()
     require_one_text_encoder(pipe, "SafeGen")
     if len(spec.concepts) != 1:
@@ -207,7 +206,7 @@ def erase(pipe, spec: EraseSpec, config: SafeGenConfig, progress: bool = True,
     unet = copy.deepcopy(frozen).train()
     identity = {"safegen": asdict(config) | {"checkpoint": None}, "spec": asdict(spec),
                 "base": pipeline_fingerprint(pipe)}
-    loop = FineTune(unet, self_attention_parameters(unet), config.loop(), identity, "SafeGen")
+    loop = FineTune(unet, self_attention_parameters(unet), config.loop(), identity, "SafeGen", original=frozen)
     scheduler = pipe.scheduler
     with torch.no_grad():
         empty = pipe.encode_prompt([""], pipe.device, 1, False)[0]  # the only condition SafeGen ever sees

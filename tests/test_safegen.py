@@ -91,3 +91,34 @@ def test_real_models_train_from_a_triplet_csv_and_need_one(micro_sd2, tmp_path):
     with pytest.raises(EraselabError, match="columns concept, mosaic, benign"):
         ERASERS.get("safegen").erase(pipe, spec, SafeGenConfig(iterations=1, triplets=str(tmp_path / "bad.csv")),
                                      progress=False)
+
+
+def test_edits_that_change_disjoint_tensors_stack_and_overlapping_ones_are_refused(micro_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from eraselab.cli import app
+    from eraselab.erase.artifact import apply_edits
+    from eraselab.models import pipeline_fingerprint
+
+    pipe = load_pipeline(micro_run / "pipeline")
+    spec = EraseSpec(("star",), ("shape",), templates=("a {}",))
+    safegen = ERASERS.get("safegen").erase(pipe, EraseSpec(("star",)), build(ERASERS, "safegen", SHORT, TINY),
+                                           progress=False).save(tmp_path / "safegen")
+    uce = ERASERS.get("uce").erase(pipe, spec, build(ERASERS, "uce", {}, TINY)).save(tmp_path / "uce")
+    rece = ERASERS.get("rece").erase(pipe, spec, build(ERASERS, "rece", {}, TINY)).save(tmp_path / "rece")
+    before = pipeline_fingerprint(pipe)
+    with apply_edits(pipe, [uce, safegen]):  # cross-attention K/V beside self-attention: both applied
+        for path in (uce, safegen):
+            for name, tensor in load_file(path / "edit.safetensors").items():
+                assert torch.equal(pipe.unet.get_parameter(name[len("unet."):]), tensor)
+    assert pipeline_fingerprint(pipe) == before  # undone, both
+    with pytest.raises(EraselabError, match="edits 1 and 2 of the stack both change"):
+        apply_edits(pipe, [uce, rece])  # both rewrite the cross-attention keys and values
+    assert pipeline_fingerprint(pipe) == before  # refused before any weight changed
+
+    result = CliRunner().invoke(app, ["generate", "--model", str(micro_run / "pipeline"), "--prompt", "a red star",
+                                      "--steps", "2", "--edit", str(uce), "--edit", str(safegen),
+                                      "--out", str(tmp_path / "images")])
+    assert result.exit_code == 0, result.output
+    record = (tmp_path / "images" / "requests.jsonl").read_text()
+    assert f"{uce}+{safegen}" in record

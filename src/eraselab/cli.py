@@ -45,7 +45,9 @@ def generate(
     prompt: Annotated[list[str] | None, typer.Option(help="A prompt; repeat for several.")] = None,
     prompts_file: Annotated[Path | None, typer.Option(help="Text file, one prompt a line, or CSV.")] = None,
     model: Annotated[str, typer.Option(help="'tiny', a local diffusers directory, or a hub id.")] = "tiny",
-    edit: Annotated[Path | None, typer.Option(help="An edit directory (edit.safetensors + manifest.json).")] = None,
+    edit: Annotated[list[Path] | None, typer.Option(
+        help="An edit directory (edit.safetensors + manifest.json); repeat to stack edits that change disjoint "
+             "tensors (e.g. UCE's cross-attention and SafeGen's self-attention).")] = None,
     num_images: Annotated[int, typer.Option(help="Images per prompt; image i has seed SEED + i.")] = 4,
     seed: Annotated[int, typer.Option(help="Seed of the first image of each prompt.")] = 0,
     steps: Annotated[int | None, typer.Option(help="Sampler steps (default: 25 for tiny, 50 otherwise).")] = None,
@@ -96,9 +98,9 @@ def generate(
     guidance = guidance if guidance is not None else profile.guidance
     pipe = load_pipeline(model, device=device, dtype=torch_dtype)
     if edit is not None:
-        from eraselab.erase.artifact import apply_edit
+        from eraselab.erase.artifact import apply_edits
 
-        apply_edit(pipe, edit)
+        apply_edits(pipe, edit)
     guard_object = _guard_from_options(guard, guard_concept, guard_preset)
     requests = [GenerationRequest(p, seed + j, steps, guidance, height, width, negative_prompt=negative_prompt)
                 for p in prompts for j in range(num_images)]
@@ -111,7 +113,7 @@ def generate(
             name = f"{index:05d}.png"
             image.save(staging / name)
             records[index] = {**requests[index].to_record(), "file": name, "model": model,
-                              "edit": str(edit) if edit else None,
+                              "edit": "+".join(map(str, edit)) if edit else None,
                               "guard": guard_object.settings() if guard_object else None,
                               "batching": {"size": batching.size, "fixed_shape": used.fixed_shape},
                               "dtype": str(torch_dtype).removeprefix("torch."), "device": device}

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,20 +123,37 @@ def apply_edit(pipe, edit: Edit | str | Path) -> AppliedEdit:
     """Apply ``edit`` to ``pipe`` in place (strict: every tensor must exist with its shape, and the edit must name
     the base model it was made for, which must be ``pipe``'s); returns a handle whose ``undo()`` restores the base
     weights."""
-    if not isinstance(edit, Edit):
-        edit = Edit.load(edit)
-    expected = edit.base_fingerprint()
+    return apply_edits(pipe, [edit])
+
+
+def apply_edits(pipe, edits: Sequence[Edit | str | Path]) -> AppliedEdit:
+    """Apply a stack of edits at once (SafeGen's self-attention beside UCE's cross-attention, say). Each must have
+    been made for ``pipe``'s base model, and no two may change the same tensor: then the order does not matter and
+    each edit means what it meant alone. (Stacking an edit onto another's result would need the second made for
+    the first's output; that is not supported.) Every check runs before any weight changes."""
+    loaded = [e if isinstance(e, Edit) else Edit.load(e) for e in edits]
+    if not loaded:
+        raise EraselabError("no edit to apply")
     found = pipeline_fingerprint(pipe)
-    if found != expected:
-        raise EraselabError(f"this edit was made for base model {expected}, not for this one ({found}); "
-                            "load the model it was made for")
-    targets = {name: _parameter(pipe, name) for name in edit.tensors}  # check every key before changing any
-    for name, tensor in edit.tensors.items():
+    owner: dict[str, int] = {}
+    for index, edit in enumerate(loaded):
+        expected = edit.base_fingerprint()
+        if found != expected:
+            raise EraselabError(f"this edit was made for base model {expected}, not for this one ({found}); "
+                                "load the model it was made for")
+        for name in edit.tensors:
+            if name in owner:
+                raise EraselabError(f"edits {owner[name] + 1} and {index + 1} of the stack both change {name!r}; "
+                                    "stacked edits must change disjoint tensors")
+            owner[name] = index
+    tensors = {name: tensor for edit in loaded for name, tensor in edit.tensors.items()}
+    targets = {name: _parameter(pipe, name) for name in tensors}  # check every key before changing any
+    for name, tensor in tensors.items():
         if tuple(tensor.shape) != tuple(targets[name].shape):
             raise EraselabError(f"edit tensor {name!r} has shape {tuple(tensor.shape)}, the model's is "
                                 f"{tuple(targets[name].shape)}")
     originals = {name: p.detach().clone() for name, p in targets.items()}
     with torch.no_grad():
-        for name, tensor in edit.tensors.items():
+        for name, tensor in tensors.items():
             targets[name].data.copy_(tensor.to(targets[name].dtype))
     return AppliedEdit(pipe, originals)

@@ -1,15 +1,15 @@
 """The defence x attack table on the tiny model: every attack against no defence, the negative-prompt guard, and
-the UCE, RECE, TRCE (stage 1) and ESD edits of one target concept (and UCE under the guard), through
-``eraselab run``'s attack axis.
+the UCE, RECE, TRCE (stage 1), ESD and SafeGen edits of one target concept, the UCE + SafeGen stack (and UCE
+under the guard), through ``eraselab run``'s attack axis.
 
     python benchmarks/attack_table.py --concept star --out runs/attack-table [--seeds 4] [--methods uce rece]
 
 Erases the concept with each method at its tiny defaults as the erasure table does (its anchor and preserve set; ESD
-trains for about 4 minutes), writes two experiments (``edits.yaml``: every edit bare; ``guard.yaml``: the bare model
-and UCE under the guard), runs them (resumable: run the same command again after a stop), writes each run's HTML
-report (``run-edits/report.html``, ``run-guard/report.html``) and prints one table as markdown: the concept's rate
-before -> after each attack on fresh images at seeds 0..N-1 (pinned tiny judge, 95% Wilson interval) and the attack's
-cost in UNet evaluations and seconds.
+and SafeGen train for a few minutes each), writes two experiments (``edits.yaml``: every edit bare; ``guard.yaml``:
+the bare model and UCE under the guard), runs them (resumable: run the same command again after a stop), writes
+each run's HTML report (``run-edits/report.html``, ``run-guard/report.html``) and prints one table as markdown: the
+concept's rate before -> after each attack on fresh images at seeds 0..N-1 (pinned tiny judge, 95% Wilson
+interval) and the attack's cost in UNet evaluations and seconds.
 """
 
 from __future__ import annotations
@@ -26,7 +26,12 @@ from eraselab.experiment.parse import parse_experiment
 from eraselab.models.tiny.suites import concept_label
 from eraselab.models.tiny.world import load_world
 from eraselab.report import attack_records, write_report
-from erasure_table import METHODS, TARGETS, make_edits  # the same edits as the erasure table (this directory)
+from erasure_table import (  # the same edits as the erasure table (this directory)
+    METHODS,
+    TARGETS,
+    edit_entries,
+    make_edits,
+)
 
 ATTACKS = [("embedding-recovery", {}), ("concept-vector", {}), ("concept-vector", {"search": True}),
            ("concept-arithmetic", {}), ("unlearndiff", {}), ("p4d", {}), ("textual-inversion", {})]
@@ -53,12 +58,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/attack-table"))
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
-                        help="the edits to attack (default: all; ESD trains for about 4 minutes)")
+                        help="the edits to attack (default: all; ESD and SafeGen train for minutes)")
     args = parser.parse_args()
     anchor, name, attribute = TARGETS.get(args.concept, ("shape", args.concept, ""))  # other shapes: "shape"
     keep = tuple(load_world().siblings(attribute, name)) if attribute else ()
     made = make_edits(args.out, args.concept, args.anchor if args.anchor is not None else anchor, keep, args.methods)
-    edits = {method: str(path) for method, (path, _) in made.items()}
+    edits = edit_entries(made)  # every method's edit, and the UCE + SafeGen stack
     suite = f"tiny:target:{name}"  # suites name the class ("outline"), attacks the word in the prompts ("outlined")
     common = {"version": 1, "models": ["tiny"], "seeds": [0],
               "groups": [{"suite": suite, "metric": "efficacy", "concept": concept_label(args.concept)}],

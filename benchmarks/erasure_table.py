@@ -1,13 +1,14 @@
 """The erasure table: every method (and guard) x tiny target, judged by the harness, with 95% Wilson intervals.
 
     python benchmarks/erasure_table.py --out runs/erasure-table [--seeds 12] [--targets star red outlined]
-        [--methods uce rece trce esd] [--skip-guards]
+        [--methods uce rece trce esd safegen] [--skip-guards]
 
 For each target (the shape "star" towards "shape", the colour "red" towards "green" and the fill "outlined" towards
-"solid") it erases with uce, rece, trce (stage 1) and esd (which takes no anchor) at their tiny defaults, keeping
-the other classes of the target's attribute as preserved concepts (UCE's protocol: erase one artist, preserve the
-others; for ESD, AdvUnlearn's retain term on them), then runs one experiment per target through ``eraselab run``'s
-runner: base, the four edits, and the base model under the negative-prompt, SLD (strong) and SAFREE guards.
+"solid") it erases with uce, rece, trce (stage 1), esd (which takes no anchor) and safegen (image triplets: no
+anchor, no preserve set) at their tiny defaults, keeping the other classes of the target's attribute as preserved
+concepts (UCE's protocol: erase one artist, preserve the others; for ESD, AdvUnlearn's retain term on them), then
+runs one experiment per target through ``eraselab run``'s runner: base, the five edits, the UCE + SafeGen stack
+(both edits applied together), and the base model under the negative-prompt, SLD (strong) and SAFREE guards.
 Groups, each >= 64 images at 12 seeds:
 - efficacy: the target's training word across the other attribute ("a red star", ...);
 - generality: the other training paraphrases and, for shapes and colours, the held-out one ("pentagram");
@@ -40,6 +41,7 @@ from eraselab.erase.registry import ERASERS
 from eraselab.erase.spec import EraseSpec
 from eraselab.experiment import run_experiment
 from eraselab.experiment.parse import parse_experiment
+from eraselab.experiment.plan import edit_label
 from eraselab.models import load_pipeline
 from eraselab.models.tiny.world import load_world
 from eraselab.options import build
@@ -51,7 +53,18 @@ TARGETS = {  # target word -> (anchor, tiny-world class, attribute)
     "red": ("green", "red", "color"),
     "outlined": ("solid", "outline", "fill"),
 }
-METHODS = ("uce", "rece", "trce", "esd")
+METHODS = ("uce", "rece", "trce", "esd", "safegen")
+STACKS = {"uce+safegen": ("uce", "safegen")}  # edits applied together (disjoint tensors: cross- and self-attention)
+TRAINED = ("esd", "safegen")  # fine-tuned: take no anchor (SafeGen no preserve set either), show a progress bar
+
+
+def edit_entries(edits: dict[str, tuple[Path, float]]) -> dict[str, str | list[str]]:
+    """Each method's edit, then each stack whose parts were made: label -> an experiment's ``edits`` entry."""
+    entries: dict[str, str | list[str]] = {method: str(path) for method, (path, _) in edits.items()}
+    for label, parts in STACKS.items():
+        if all(part in edits for part in parts):
+            entries[label] = [str(edits[part][0]) for part in parts]
+    return entries
 
 
 def make_edits(out: Path, word: str, anchor: str, keep: tuple[str, ...], methods: list[str]
@@ -62,8 +75,9 @@ def make_edits(out: Path, word: str, anchor: str, keep: tuple[str, ...], methods
         directory = out / "edits" / f"{method}-{word}"
         if not (directory / "manifest.json").is_file():
             templates = TINY.erase_templates(word)
-            spec = EraseSpec((word,), ("" if method == "esd" else anchor,), keep, templates)
-            kwargs = {"progress": False} if method == "esd" else {}
+            spec = EraseSpec((word,), ("" if method in TRAINED else anchor,), () if method == "safegen" else keep,
+                             templates)
+            kwargs = {"progress": False} if method in TRAINED else {}
             start = time.perf_counter()
             edit = ERASERS.get(method).erase(pipe, spec, build(ERASERS, method, profile=TINY), **kwargs)
             edit.manifest["seconds"] = round(time.perf_counter() - start, 3)
@@ -93,7 +107,7 @@ def cell(metric: dict) -> str:
 def summarise(run: Path, word: str, name: str, edits: dict, guards: list[str]) -> list[dict]:
     metrics = [m for m in RunStore(run).metrics() if m["name"] in ("efficacy", "generality", "specificity")]
     rows = []
-    labels = {"base": "base", **{str(path): method for method, (path, _) in edits.items()},
+    labels = {"base": "base", **{edit_label(entry): label for label, entry in edit_entries(edits).items()},
               **{f"base+{g}": g for g in guards}}
     base = {m["inputs"]["suite"]["name"]: m["value"]["value"] for m in metrics if m["inputs"]["edit"] == "base"}
     for edit, label in labels.items():
@@ -113,7 +127,7 @@ def summarise(run: Path, word: str, name: str, edits: dict, guards: list[str]) -
             "largest_drop_points": round(100 * drop, 1),
             "unrelated": cell(unrelated),
             "unrelated_drop_points": round(100 * (base[f"tiny:unrelated:{name}"] - unrelated["value"]["value"]), 1),
-            "seconds": next((s for m, (p, s) in edits.items() if str(p) == edit), None),
+            "seconds": sum(edits[part][1] for part in STACKS.get(label, (label,)) if part in edits) or None,
         })
     return rows
 
@@ -133,7 +147,7 @@ def main() -> None:
         guards = [{"name": "negative-prompt", "concept": word}, {"name": "sld", "concept": word, "preset": "strong"},
                   {"name": "safree", "concepts": concept_phrases([word])}]
         config = {"version": 1, "name": f"erasure table: {word}", "models": ["tiny"],
-                  "edits": ["base", *(str(p) for p, _ in edits.values())],
+                  "edits": ["base", *edit_entries(edits).values()],
                   "seeds": {"start": 0, "count": args.seeds}, "sampler": {"steps": 25, "guidance": 5.0},
                   "detectors": ["tiny"], "groups": groups(name, attribute)}
         run_experiment(parse_experiment(config), args.out / f"run-{word}", progress=False)

@@ -220,8 +220,8 @@ def attack_cli(meter: Meter, model: Path, edit: Path, attack: str, label: str, w
     config_cls = ATTACKS.get(attack).config
     with meter.measure(f"attack {attack} --steps 2", prompts=2, seeds=1) as info:
         record = run_attack(attack, config_cls(), "van gogh", str(suite), workdir / f"attack-{attack}",
-                            model=str(model), edit=edit, seeds=1, judge="tiny", label=label, steps=2,
-                            device=args.device, dtype=args.dtype)
+                            model=str(model), edits=(edit,) if edit else (), seeds=1, judge="tiny", label=label,
+                            steps=2, device=args.device, dtype=args.dtype)
         info["unet_evals_in_attack"] = record["cost"]["unet_evals"]
 
 

@@ -136,7 +136,7 @@ def test_attacks_honour_the_sampler_and_one_without_a_reference_leaves_the_share
     hook = pipe.unet.register_forward_hook(lambda module, args, output: steps.append(1))
     try:
         record = run_attack("concept-vector", TINY.config(ConceptVectorConfig), "star", "tiny:target:star",
-                            tmp_path / "cv", edit=uce_star, seeds=1, pipelines=(pipe, judge), steps=3, guidance=4.0)
+                            tmp_path / "cv", edits=(uce_star,), seeds=1, pipelines=(pipe, judge), steps=3, guidance=4.0)
     finally:
         hook.remove()
     assert ATTACKS.get("concept-vector").reads is None and ATTACKS.get("unlearndiff").reads == "model"
@@ -523,3 +523,18 @@ def test_typed_prompts_use_only_tokens_that_re_tokenise_to_themselves(tmp_path):
     words = whole_word_tokens(tokenizer)
     assert "star" in words.values() and words == before  # the two new tokens are left out, nothing else
     assert all(tokenizer(w, add_special_tokens=False).input_ids == [i] for i, w in words.items())
+
+
+def test_every_attack_says_where_it_optimises_in_its_entry_in_attack_help_and_in_its_summary():
+    import re
+
+    from eraselab.attack.base import SPACES
+
+    spaces = {name: ATTACKS.get(name).space_of(ATTACKS.get(name).config()) for name in ATTACKS.names()}
+    assert set(spaces.values()) <= set(SPACES)
+    assert spaces["embedding-recovery"] == "conditioning" and spaces["textual-inversion"] == "input-embeddings"
+    assert spaces["concept-arithmetic"] == "guidance" and spaces["p4d"] == spaces["unlearndiff"] == "typed-text"
+    assert ATTACKS.get("concept-vector").space_of(ConceptVectorConfig(search=True)) == "typed-text"
+    shown = " ".join(re.sub(r"[│╭╮╰╯─]", " ", CliRunner().invoke(app, ["attack", "--help"]).output).split())
+    for name, space in spaces.items():  # the help cannot drift from the registry
+        assert f"{name}: {space}" in shown, name

@@ -249,6 +249,8 @@ def test_attacks_are_a_grid_axis_with_refusals_resume_and_a_defence_by_attack_ta
     text = page.read_text()
     assert "id='attack-matrix'" in text and "refused: embedding-recovery needs white-box access" in text
     assert text.count("<td>uce-star") >= 2 and "UNet evals" in text
+    assert "optimises: conditioning" in text and "optimises: typed-text" not in text  # under each attack's name
+    assert {r["space"] for r in recovered} == {"conditioning"}
 
 
 def test_the_example_in_the_experiment_docs_is_a_valid_experiment(tmp_path):
@@ -268,7 +270,8 @@ def test_an_experiment_reads_back_from_its_yaml_form(tmp_path):
     from eraselab.experiment.config import Experiment
     from eraselab.experiment.parse import parse_experiment
 
-    raw = {"version": 1, "name": "every field", "models": ["tiny", "/m"], "edits": ["base", "/e"], "seeds": [3, 5],
+    raw = {"version": 1, "name": "every field", "models": ["tiny", "/m"], "edits": ["base", "/e", ["/e", "/f"]],
+           "seeds": [3, 5],
            "sampler": {"steps": 7, "guidance": 3.5, "height": 64, "width": 96}, "device": "cuda:1",
            "dtype": "bfloat16", "detectors": [{"name": "tiny", "classifier": "/c"}, "nudenet"],
            "groups": [{"suite": "tiny:target:star", "metric": "efficacy", "concept": "shape=star",

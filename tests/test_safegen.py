@@ -122,3 +122,52 @@ def test_edits_that_change_disjoint_tensors_stack_and_overlapping_ones_are_refus
     assert result.exit_code == 0, result.output
     record = (tmp_path / "images" / "requests.jsonl").read_text()
     assert f"{uce}+{safegen}" in record
+
+
+def test_an_experiment_generates_and_attacks_a_stack_and_the_report_names_it_by_its_parts(tmp_path):
+    import json
+
+    import yaml
+
+    from eraselab.erase.artifact import apply_edits
+    from eraselab.experiment import run_experiment
+    from eraselab.experiment.parse import load_experiment
+    from eraselab.generate import generate_images
+    from eraselab.report import write_report
+    from eraselab.requests import GenerationRequest
+    from eraselab.store import RunStore
+
+    pipe = load_pipeline("tiny")  # the attack needs a model that draws stars before it is edited
+    spec = EraseSpec(("star",), ("shape",), templates=("a {}",))
+    safegen = ERASERS.get("safegen").erase(pipe, EraseSpec(("star",)), build(ERASERS, "safegen", SHORT, TINY),
+                                           progress=False).save(tmp_path / "safegen")
+    uce = ERASERS.get("uce").erase(pipe, spec, build(ERASERS, "uce", {}, TINY)).save(tmp_path / "uce")
+    rece = ERASERS.get("rece").erase(pipe, spec, build(ERASERS, "rece", {}, TINY)).save(tmp_path / "rece")
+    prompts = tmp_path / "stars.csv"
+    prompts.write_text("prompt\na red star\na blue star\n")
+    config = {"name": "stack", "models": ["tiny"], "seeds": [0], "edits": ["base", [str(uce), str(safegen)]],
+              "sampler": {"steps": 10, "guidance": 5.0},
+              "groups": [{"suite": str(prompts), "metric": "efficacy", "concept": "shape=star"}],
+              "attacks": [{"name": "concept-vector", "concept": "star", "suite": str(prompts), "seeds": 1}]}
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump({**config, "edits": ["base", [str(uce), str(rece)]]}))
+    with pytest.raises(EraselabError, match=r"edits\[1\]': edits 1 and 2 of the stack both change"):
+        run_experiment(load_experiment(path), tmp_path / "refused", progress=False)
+    path.write_text(yaml.safe_dump(config))
+    summary = run_experiment(load_experiment(path), tmp_path / "run", progress=False)
+    assert summary["counts"]["images"] == 2 * 2 and summary["attacks"]["run"] == 2
+    stacked = f"{uce}+{safegen}"
+    images = {m["inputs"]["edit"]: [i["flag"] for i in m["value"]["items"]]
+              for m in RunStore(tmp_path / "run").metrics() if m["name"] == "efficacy"}
+    assert set(images) == {"base", stacked}
+    store = RunStore(tmp_path / "run")
+    key, image_hash = next((k, h) for k, h in store.images() if "+edit:" in store.request(k)["edit"])
+    request = store.request(key)
+    with apply_edits(pipe, [uce, safegen]):  # the stack's images are those of both edits applied together
+        image = generate_images(pipe, [GenerationRequest(request["prompt"], request["seed"], request["steps"],
+                                                         request["guidance"])], progress=False)[0]
+    assert np.array_equal(np.asarray(image), np.asarray(store.load_image(image_hash)))
+    records = [json.loads(p.read_text()) for p in (tmp_path / "run" / "attacks").glob("*/summary.json")]
+    assert stacked in {r["edit"] for r in records}
+    page, _ = write_report(tmp_path / "run")
+    assert "<td>uce+safegen" in page.read_text()

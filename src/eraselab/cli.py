@@ -206,7 +206,8 @@ def attack(
     suite: Annotated[str, typer.Option(help="Prompts to attack: a suite name, tiny:KIND:CONCEPT or a CSV/JSONL.")],
     out: Annotated[Path, typer.Option(help="Directory for the attack result and summary.json.")],
     model: Annotated[str, typer.Option(help="'tiny', a local diffusers directory, or a hub id.")] = "tiny",
-    edit: Annotated[Path | None, typer.Option(help="The edit under attack (an edit directory).")] = None,
+    edit: Annotated[list[Path] | None, typer.Option(
+        help="The edit under attack (an edit directory); repeat to attack a stack of edits.")] = None,
     guard: Annotated[str | None, typer.Option(help="The guard under attack: negative-prompt, sld, safree.")] = None,
     guard_concept: Annotated[str | None, typer.Option(help="The concept the guard steers away from.")] = None,
     guard_preset: Annotated[str | None, typer.Option(help="SLD preset.")] = None,
@@ -222,6 +223,11 @@ def attack(
 ) -> None:
     """Attack an erased model (or a guard) and score it before and after with the pinned judge.
 
+    Where each attack optimises (a defence stops only what passes through the part it changed: a text-encoder edit
+    cannot see an attack on the conditioning): embedding-recovery: conditioning; concept-vector: conditioning
+    (with search: typed-text); concept-arithmetic: guidance; unlearndiff: typed-text; p4d: typed-text;
+    textual-inversion: input-embeddings.
+
     Example: eraselab attack --edit edits/uce-star --attack embedding-recovery --concept star
     --suite tiny:target:star --out attacks/er-uce
     """
@@ -233,10 +239,10 @@ def attack(
 
     settings = _method_config(ATTACKS, attack_name, config, model)
     defence = _guard_from_options(guard, guard_concept, guard_preset)
-    check_access(attack_name, edit, defence)
+    check_access(attack_name, edit or (), defence)
     with staged_output(out) as staging:  # a stopped attack leaves no directory that looks like a result
-        record = run_attack(attack_name, settings, concept, suite, staging, model, edit, defence, seeds, judge,
-                            label, device, steps=steps, guidance=guidance, dtype=dtype)
+        record = run_attack(attack_name, settings, concept, suite, staging, model, tuple(edit or ()), defence,
+                            seeds, judge, label, device, steps=steps, guidance=guidance, dtype=dtype)
     pre, post, cost = record["pre_attack"], record["post_attack"], record["cost"]
     line = (f"{attack_name}: {record['judge']['label']} {pre['value']:.3f} -> {post['value']:.3f} "
             f"({cost['unet_evals']} UNet evals, {cost['seconds']} s); wrote {out}")

@@ -37,9 +37,15 @@ def _fmt(value: float | None) -> str:
     return "N/A" if value is None else f"{value:.3f}"
 
 
+def short_name(label: str) -> str:
+    """A variant's label with each part's directories dropped: ``edits/uce+edits/safegen`` -> ``uce+safegen``
+    (a stack of edits, or an edit under a guard, is named by its parts)."""
+    return "+".join(Path(part).name or part for part in label.split("+"))
+
+
 def _metric_label(metric: dict) -> str:
     inputs = metric["inputs"]
-    edit, model = Path(inputs["edit"]).name or inputs["edit"], Path(inputs["model"]).name or inputs["model"]
+    edit, model = short_name(inputs["edit"]), Path(inputs["model"]).name or inputs["model"]
     return f"{model}/{edit} {metric['name']} {inputs['suite']['name']} ({inputs['detector']})"
 
 
@@ -54,7 +60,7 @@ def _tradeoff(metrics: list[dict], path: Path) -> bool:
     points: dict[tuple[str, str], dict[str, list[float]]] = {}
     for m in metrics:
         if m["name"] in ("efficacy", "specificity") and m["value"].get("value") is not None:
-            key = (Path(m["inputs"]["model"]).name or m["inputs"]["model"], Path(m["inputs"]["edit"]).name)
+            key = (Path(m["inputs"]["model"]).name or m["inputs"]["model"], short_name(m["inputs"]["edit"]))
             points.setdefault(key, {}).setdefault(m["name"], []).append(m["value"]["value"])
     points = {k: v for k, v in points.items() if "efficacy" in v and "specificity" in v}
     if not points:
@@ -157,7 +163,7 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
 
 
 def _defence(record: dict) -> str:
-    return " + ".join(x for x in (Path(record["edit"]).name if record.get("edit") else "",
+    return " + ".join(x for x in (short_name(record["edit"]) if record.get("edit") else "",
                                   (record.get("guard") or {}).get("name", "")) if x) or "none"
 
 
@@ -175,7 +181,10 @@ def _attack_table(run_dir: Path) -> str:
     its interval, the rate before, and the cost), then one row per attack with everything."""
     e, rows = html.escape, []
     matrix: dict[str, dict[str, str]] = {}
+    spaces: dict[str, str] = {}  # attack label -> the space it optimises in
     for defence, label, a in attack_records(run_dir):
+        if a.get("space"):
+            spaces[label] = a["space"]
         if "reason" in a:
             matrix.setdefault(defence, {})[label] = f"<span class='na'>refused: {e(a['reason'])}</span>"
             continue
@@ -183,7 +192,8 @@ def _attack_table(run_dir: Path) -> str:
         matrix.setdefault(defence, {})[label] = (
             f"{_fmt(pre['value'])} &rarr; <b>{_fmt(post['value'])}</b> [{_fmt(post['low'])}, {_fmt(post['high'])}]"
             f"<br><small>{cost['unet_evals']} UNet evals, {_fmt(cost['seconds'])} s</small>")
-        rows.append(f"<tr><td>{e(a['attack'])}</td><td>{e(a['threat_model'])}</td><td>{e(defence)}</td>"
+        rows.append(f"<tr><td>{e(a['attack'])}</td><td>{e(a['threat_model'])}</td><td>{e(a.get('space', ''))}</td>"
+                    f"<td>{e(defence)}</td>"
                     f"<td>{e(a['judge']['label'])}</td><td>{_fmt(pre['value'])} [{_fmt(pre['low'])}, "
                     f"{_fmt(pre['high'])}]</td><td>{_fmt(post['value'])} [{_fmt(post['low'])}, {_fmt(post['high'])}]"
                     f"</td><td>{e(str(a['gain_points']))}</td><td>{cost['unet_evals']}</td>"
@@ -194,9 +204,12 @@ def _attack_table(run_dir: Path) -> str:
     grid = "".join(f"<tr><td>{e(defence)}</td>" + "".join(f"<td>{cells.get(name, '')}</td>" for name in attacks)
                    + "</tr>" for defence, cells in sorted(matrix.items()))
     return ("<h2>Attacks</h2><p>Rate of the concept before &rarr; after each attack, judged by the pinned judge on "
-            "fresh images (95% Wilson interval), and what the attack spent.</p><table id='attack-matrix'><tr>"
-            "<th>defence</th>" + "".join(f"<th>{e(name)}</th>" for name in attacks) + "</tr>" + grid + "</table>"
-            "<table id='attacks'><tr><th>attack</th><th>threat model</th><th>defence</th>"
+            "fresh images (95% Wilson interval), and what the attack spent. Under each attack, the space it optimises "
+            "in: a defence stops only what passes through the part it changed (a text-encoder edit cannot see an "
+            "attack on the conditioning).</p><table id='attack-matrix'><tr>"
+            "<th>defence</th>" + "".join(f"<th>{e(name)}<br><small>optimises: {e(spaces.get(name, '?'))}</small></th>"
+                                         for name in attacks) + "</tr>" + grid + "</table>"
+            "<table id='attacks'><tr><th>attack</th><th>threat model</th><th>optimises in</th><th>defence</th>"
             "<th>judged</th><th>before [95%]</th><th>after [95%]</th><th>gain (points)</th><th>UNet evals</th>"
             "<th>text-encoder evals</th><th>seconds</th></tr>" + "".join(rows) + "</table>")
 

@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -26,6 +27,15 @@ THREAT_MODELS = {
     "sampler-control": "chooses the prompts and weights of the sampler's guidance; no weights or gradients",
     "black-box-queries": "generates images and reads an oracle detector's verdicts",
 }
+# Where an attack optimises (what it hands the model): a defence can only stop what passes through the part it changed
+# (a text-encoder edit cannot see an attack on the conditioning, which skips the text encoder).
+SPACES = {
+    "typed-text": "a prompt of tokens anyone can type",
+    "input-embeddings": "the text encoder's input token embeddings (a learned token)",
+    "conditioning": "the text encoder's output, handed to the UNet's cross-attention",
+    "guidance": "the sampler's guidance: which prompts, at which weights",
+    "weights": "the model's weights",
+}
 
 
 @dataclass(frozen=True)
@@ -34,16 +44,27 @@ class AttackEntry:
     -> AttackResult``, its config dataclass, its threat model (:data:`THREAT_MODELS`), and what of the unedited
     model it reads besides the edited one: ``"model"`` (the runner loads it beside the edited one and passes
     ``reference_pipe``), ``"projections"`` (its cross-attention projections, kept from before the edit is applied
-    to the one pipeline, passed as ``reference_projections``) or None."""
+    to the one pipeline, passed as ``reference_projections``) or None; and the space it optimises in
+    (:data:`SPACES`), or a function of its config that says which."""
 
     attack: Callable
     config: type
     threat_model: str
     reads: str | None = None
+    space: str | Callable[[Any], str] = ""
 
     def __post_init__(self) -> None:
         if self.threat_model not in THREAT_MODELS or self.reads not in ("model", "projections", None):
             raise ValueError(f"bad attack entry: threat model {self.threat_model!r}, reads {self.reads!r}")
+        if not callable(self.space) and self.space not in SPACES:
+            raise ValueError(f"bad attack entry: space {self.space!r} is none of {', '.join(SPACES)}")
+
+    def space_of(self, config: Any) -> str:
+        """The space this attack optimises in with ``config``."""
+        space = self.space(config) if callable(self.space) else self.space
+        if space not in SPACES:
+            raise ValueError(f"bad attack entry: space {space!r} is none of {', '.join(SPACES)}")
+        return space
 
 
 @dataclass(frozen=True)

@@ -216,4 +216,4 @@ def attack(target_pipe, spec: AttackSpec, config: ConceptArithmeticConfig, refer
                         details={"search": searched})
 
 
-ATTACK = AttackEntry(attack, ConceptArithmeticConfig, THREAT_MODEL, reads=None)
+ATTACK = AttackEntry(attack, ConceptArithmeticConfig, THREAT_MODEL, reads=None, space="guidance")

@@ -126,4 +126,5 @@ def attack(target_pipe, spec: AttackSpec, config: ConceptVectorConfig, reference
                         cost, details={"pairs": n_pairs, "vector_norm": float(vector.norm()), "search": found})
 
 
-ATTACK = AttackEntry(attack, ConceptVectorConfig, THREAT_MODEL, reads=None)
+ATTACK = AttackEntry(attack, ConceptVectorConfig, THREAT_MODEL, reads=None,
+                     space=lambda config: "typed-text" if config.search else "conditioning")

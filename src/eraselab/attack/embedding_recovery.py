@@ -60,4 +60,5 @@ def attack(target_pipe, spec: AttackSpec, config: EmbeddingRecoveryConfig, refer
 
 # Only the unedited cross-attention projections: the runner keeps them from before it applies the edit, so one
 # pipeline is loaded (at SD-1.4 size its k/v projections are 20 M parameters, the pipeline 1.07 G).
-ATTACK = AttackEntry(attack, EmbeddingRecoveryConfig, THREAT_MODEL, reads="projections")
+ATTACK = AttackEntry(attack, EmbeddingRecoveryConfig, THREAT_MODEL, reads="projections",
+                     space="conditioning")

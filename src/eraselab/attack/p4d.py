@@ -217,4 +217,4 @@ def attack(target_pipe, spec: AttackSpec, config: P4dConfig, reference_pipe=None
                         details={"search": searched, "guard_in_loss": guarded})
 
 
-ATTACK = AttackEntry(attack, P4dConfig, THREAT_MODEL, reads="model")
+ATTACK = AttackEntry(attack, P4dConfig, THREAT_MODEL, reads="model", space="typed-text")

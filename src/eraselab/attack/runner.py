@@ -8,27 +8,29 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from eraselab.errors import EraselabError
 from eraselab.profile import profile_for
 
 
-def check_access(attack_name: str, edit: Path | None, defence) -> None:
+def check_access(attack_name: str, edits: Sequence[Path], defence) -> None:
     """Refuse an attack whose threat model the defence cannot offer (before any model is loaded)."""
     from eraselab.attack import ATTACKS
 
-    if ATTACKS.get(attack_name).threat_model == "white-box-weights" and edit is None:
+    if ATTACKS.get(attack_name).threat_model == "white-box-weights" and not edits:
         what = f"the guard {defence.label} changes no weights" if defence else "no edit was given"
         raise EraselabError(f"{attack_name} needs white-box access to an edit's weights, and {what}")
 
 
 def run_attack(attack_name: str, settings, concept: str, suite: str, out: Path, model: str = "tiny",
-               edit: Path | None = None, defence=None, seeds: int = 4, judge: str | None = None,
+               edits: Sequence[Path] = (), defence=None, seeds: int = 4, judge: str | None = None,
                label: str | None = None, device: str = "cpu", pipelines: tuple | None = None,
                display: str | None = None, unedited: dict | None = None, steps: int | None = None,
                guidance: float | None = None, dtype: str = "float32") -> dict:
-    """Attack ``model`` (+ ``edit``, under ``defence``) and score it; returns the summary record.
+    """Attack ``model`` (+ ``edits``, a stack applied together, under ``defence``) and score it; returns the
+    summary record.
 
     ``steps``, ``guidance`` and ``judge`` default to the model's profile (:mod:`eraselab.profile`); ``label`` (what
     the judge looks for) to the judge's reading of ``concept``.
@@ -45,7 +47,7 @@ def run_attack(attack_name: str, settings, concept: str, suite: str, out: Path, 
     from eraselab.suites import load_suite
 
     entry = ATTACKS.get(attack_name)
-    check_access(attack_name, edit, defence)
+    check_access(attack_name, edits, defence)
     if seeds < 1:
         raise EraselabError(f"--seeds must be at least 1, got {seeds}")
     profile = profile_for(model)
@@ -56,10 +58,11 @@ def run_attack(attack_name: str, settings, concept: str, suite: str, out: Path, 
     if hasattr(settings, "budget"):
         check_budget(settings.budget)  # before any model is loaded
     writable_directory(out)
-    from eraselab.erase.artifact import Edit, apply_edit
+    from eraselab.erase.artifact import Edit, apply_edits, check_stack
     from eraselab.erase.cross_attention_edit import projections
 
-    loaded_edit = Edit.load(edit) if edit is not None else None  # a bad or altered edit fails before any model
+    loaded_edits = [Edit.load(edit) for edit in edits]  # a bad or altered edit fails before any model
+    check_stack(loaded_edits)
     judge_name = judge or profile.judge
     final_judge = pipelines[1] if pipelines else make_detector(judge_name)
     if label is None:
@@ -85,7 +88,7 @@ def run_attack(attack_name: str, settings, concept: str, suite: str, out: Path, 
     kwargs = {"reference_pipe": reference} if two else {}
     if reads == "projections":  # copies: applying the edit writes into the parameters
         kwargs["reference_projections"] = {name: w.clone() for name, w in projections(target).items()}
-    applied = apply_edit(target, loaded_edit) if loaded_edit is not None else None
+    applied = apply_edits(target, loaded_edits) if loaded_edits else None
     try:
         result = entry.attack(target, spec, settings, **kwargs)
         scores = evaluate(target, result, range(seeds), spec.steps, spec.guidance, final_judge, label, defence)
@@ -93,10 +96,11 @@ def run_attack(attack_name: str, settings, concept: str, suite: str, out: Path, 
         if applied is not None and not two:
             applied.undo()  # the one pipeline is the caller's unedited model again
     result.save(out)
-    record = summary(result, scores, concept=concept, suite=suite, edit=str(edit) if edit else None,
+    record = summary(result, scores, concept=concept, suite=suite, edit="+".join(map(str, edits)) or None,
                      guard=defence.settings() if defence else None, unedited=base_rate,
                      judge={"detector": judge_name, "label": label, "version": final_judge.version})
     record["label"] = display or attack_name
+    record["space"] = entry.space_of(settings)  # where it optimises: what a defence must intercept
     record["sampler"] = {"steps": steps, "guidance": guidance}
     record["config"] = result.config
     staging = out / ".summary.json.partial"

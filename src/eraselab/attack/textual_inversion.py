@@ -122,4 +122,5 @@ def attack(target_pipe, spec: AttackSpec, config: TextualInversionConfig, refere
                                  "loss_last": sum(history[-window:]) / window})
 
 
-ATTACK = AttackEntry(attack, TextualInversionConfig, THREAT_MODEL, reads="model")
+ATTACK = AttackEntry(attack, TextualInversionConfig, THREAT_MODEL, reads="model",
+                     space="input-embeddings")

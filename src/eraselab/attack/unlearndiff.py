@@ -174,4 +174,4 @@ def attack(target_pipe, spec: AttackSpec, config: UnlearnDiffConfig, reference_p
                         details={"search": searched})
 
 
-ATTACK = AttackEntry(attack, UnlearnDiffConfig, THREAT_MODEL, reads="model")
+ATTACK = AttackEntry(attack, UnlearnDiffConfig, THREAT_MODEL, reads="model", space="typed-text")

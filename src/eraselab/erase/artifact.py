@@ -126,6 +126,20 @@ def apply_edit(pipe, edit: Edit | str | Path) -> AppliedEdit:
     return apply_edits(pipe, [edit])
 
 
+def check_stack(edits: Sequence[Edit]) -> None:
+    """Refuse a stack whose edits were made for different base models or change the same tensor."""
+    owner: dict[str, int] = {}
+    for index, edit in enumerate(edits):
+        if edit.base_fingerprint() != edits[0].base_fingerprint():
+            raise EraselabError(f"edits 1 and {index + 1} of the stack were made for different base models "
+                                f"({edits[0].base_fingerprint()}, {edit.base_fingerprint()})")
+        for name in edit.tensors:
+            if name in owner:
+                raise EraselabError(f"edits {owner[name] + 1} and {index + 1} of the stack both change {name!r}; "
+                                    "stacked edits must change disjoint tensors")
+            owner[name] = index
+
+
 def apply_edits(pipe, edits: Sequence[Edit | str | Path]) -> AppliedEdit:
     """Apply a stack of edits at once (SafeGen's self-attention beside UCE's cross-attention, say). Each must have
     been made for ``pipe``'s base model, and no two may change the same tensor: then the order does not matter and
@@ -135,17 +149,12 @@ def apply_edits(pipe, edits: Sequence[Edit | str | Path]) -> AppliedEdit:
     if not loaded:
         raise EraselabError("no edit to apply")
     found = pipeline_fingerprint(pipe)
-    owner: dict[str, int] = {}
-    for index, edit in enumerate(loaded):
+    for edit in loaded:
         expected = edit.base_fingerprint()
         if found != expected:
             raise EraselabError(f"this edit was made for base model {expected}, not for this one ({found}); "
                                 "load the model it was made for")
-        for name in edit.tensors:
-            if name in owner:
-                raise EraselabError(f"edits {owner[name] + 1} and {index + 1} of the stack both change {name!r}; "
-                                    "stacked edits must change disjoint tensors")
-            owner[name] = index
+    check_stack(loaded)
     tensors = {name: tensor for edit in loaded for name, tensor in edit.tensors.items()}
     targets = {name: _parameter(pipe, name) for name in tensors}  # check every key before changing any
     for name, tensor in tensors.items():

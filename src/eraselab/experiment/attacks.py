@@ -11,15 +11,15 @@ from tqdm.auto import tqdm
 
 from eraselab.attack.runner import run_attack
 from eraselab.errors import EraselabError
-from eraselab.experiment.config import AttackConfig, Experiment, GuardConfig
-from eraselab.experiment.plan import variant_id, variants
+from eraselab.experiment.config import AttackConfig, EditEntry, Experiment, GuardConfig
+from eraselab.experiment.plan import edit_label, edit_parts, variant_id, variants
 from eraselab.judge.detectors import make_detector
 from eraselab.models import load_pipeline
 from eraselab.profile import profile_for
 from eraselab.store import stable_hash
 
 
-def attack_cell(model: str, edit: str, guard: GuardConfig | None, attack: AttackConfig) -> str:
+def attack_cell(model: str, edit: EditEntry, guard: GuardConfig | None, attack: AttackConfig) -> str:
     """A stable, readable directory name for one (model, defence, attack) cell of the grid."""
     key = stable_hash([model, variant_id(edit, guard), attack.label, attack.concept, attack.suite, attack.seeds])
     return f"{attack.name}-{key[:12]}"
@@ -44,7 +44,7 @@ def run_attacks(experiment: Experiment, out: Path, progress: bool) -> dict:
         defence = guard.build() if guard else None
         try:
             run_attack(attack.name, attack.settings(profile_for(model)), attack.concept, attack.suite, cell, model,
-                       None if edit == "base" else Path(edit), defence, attack.seeds, judge=judge.name,
+                       tuple(map(Path, edit_parts(edit))), defence, attack.seeds, judge=judge.name,
                        pipelines=loaded[model], display=attack.label, unedited=unedited.setdefault(model, {}),
                        steps=experiment.steps, guidance=experiment.guidance, device=experiment.device,
                        dtype=experiment.dtype)
@@ -52,7 +52,7 @@ def run_attacks(experiment: Experiment, out: Path, progress: bool) -> dict:
         except EraselabError as error:
             cell.mkdir(parents=True, exist_ok=True)
             record = {"attack": attack.name, "label": attack.label, "model": model,
-                      "edit": None if edit == "base" else edit,
+                      "edit": edit_label(edit) if edit_parts(edit) else None,
                       "guard": defence.settings() if defence else None, "reason": str(error)}
             (cell / "refused.json").write_text(json.dumps(record, indent=2) + "\n")
             counts["refused"] += 1

@@ -6,7 +6,7 @@ A benchmark is data (a versioned YAML file), never code. Example (the demo's)::
     version: 1
     name: tiny-star
     models: [tiny]
-    edits: [base]
+    edits: [base]                                          # or edit directories, or [a, b]: a stack applied together
     guards: [{name: sld, concept: star, preset: strong}]   # optional: each edit also runs under each guard
     attacks:                                                # optional: every edit and guard is attacked
       - {name: embedding-recovery, concept: star, suite: "tiny:target:star", seeds: 4}
@@ -98,11 +98,14 @@ class AttackConfig:
         return options_label(self.name, self.options)
 
 
+EditEntry = str | tuple[str, ...]  # "base", an edit directory, or a stack of them applied together
+
+
 @dataclass(frozen=True)
 class Experiment:
     name: str
     models: tuple[str, ...]
-    edits: tuple[str, ...]
+    edits: tuple[EditEntry, ...]
     seeds: tuple[int, ...]
     steps: int
     guidance: float

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from eraselab.erase.artifact import Edit, apply_edit
+from eraselab.erase.artifact import apply_edits
 from eraselab.errors import EraselabError
 from eraselab.experiment.context import Run
-from eraselab.experiment.plan import plan, variants
+from eraselab.experiment.plan import edit_parts, plan, variants
 from eraselab.generate import iter_generate
 from eraselab.models import load_pipeline, pipeline_fingerprint
 from eraselab.requests import GenerationRequest
@@ -33,7 +33,7 @@ def generate_missing(run: Run, known: dict[str, str]) -> dict[str, str]:
             requests = [GenerationRequest(s["prompt"], s["seed"], s["steps"], s["guidance"], s.get("height"),
                                           s.get("width")) for s in todo.values()]
             keys = list(todo)
-            applied = None if edit == "base" else apply_edit(pipe, Edit.load(edit))
+            applied = apply_edits(pipe, edit_parts(edit)) if edit_parts(edit) else None
             try:
                 for index, image in iter_generate(pipe, requests, experiment.batching, progress=run.progress,
                                                   guard=guard.build() if guard is not None else None):

@@ -38,6 +38,25 @@ def _list_of_str(raw: dict, key: str, default: list[str] | None = None) -> tuple
     return tuple(value)
 
 
+def _edits(raw: dict) -> tuple[str | tuple[str, ...], ...]:
+    """``edits``: names (``base`` or an edit directory) and stacks (a list of two or more edit directories)."""
+    entries = []
+    for i, value in enumerate(raw.get("edits", ["base"]) if isinstance(raw.get("edits"), list) else
+                              [raw.get("edits", "base")]):
+        if isinstance(value, list) and len(value) > 1 and all(isinstance(v, str) and v and v != "base"
+                                                               for v in value):
+            entries.append(tuple(value))
+        elif isinstance(value, list) and len(value) == 1 and isinstance(value[0], str) and value[0]:
+            entries.append(value[0])
+        elif isinstance(value, str) and value:
+            entries.append(value)
+        else:
+            raise _fail(f"edits[{i}]", "must be 'base', an edit directory, or a list of edit directories to stack")
+    if not entries:
+        raise _fail("edits", "must be a non-empty list of edits")
+    return tuple(entries)
+
+
 def _seeds(raw: Any) -> tuple[int, ...]:
     if isinstance(raw, dict):
         unknown = set(raw) - {"start", "count"}
@@ -197,7 +216,7 @@ def parse_experiment(raw: Any) -> Experiment:
     if not isinstance(name, str) or not name:
         raise _fail("name", "must be a non-empty string")
     return Experiment(name=name, models=_list_of_str(raw, "models", ["tiny"]),
-                      edits=_list_of_str(raw, "edits", ["base"]), seeds=_seeds(raw.get("seeds", {"count": 4})),
+                      edits=_edits(raw), seeds=_seeds(raw.get("seeds", {"count": 4})),
                       steps=steps, guidance=float(guidance), detectors=detectors,
                       groups=_groups(raw.get("groups"), detectors),
                       use_suite_seeds=bool(raw.get("use_suite_seeds", False)), batch_size=batch_size,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eraselab.errors import EraselabError
-from eraselab.experiment.config import Experiment, GuardConfig
+from eraselab.experiment.config import EditEntry, Experiment, GuardConfig
 from eraselab.store import stable_hash
 from eraselab.suites import PromptItem, PromptSuite
 
@@ -36,29 +36,43 @@ def seeds_for(experiment: Experiment, item: PromptItem) -> tuple[int, ...]:
     return experiment.seeds
 
 
+def edit_parts(edit: EditEntry) -> tuple[str, ...]:
+    """The edit directories an entry of ``edits`` applies: none for ``base``, one, or a stack's in order."""
+    if edit == "base":
+        return ()
+    return (edit,) if isinstance(edit, str) else tuple(edit)
+
+
+def edit_label(edit: EditEntry) -> str:
+    """How tables name an entry: ``base``, the edit's path, or a stack's paths joined by ``+``."""
+    return edit if isinstance(edit, str) else "+".join(edit)
+
+
 @functools.lru_cache(maxsize=64)
-def edit_id(edit: str) -> str:
+def edit_id(edit: EditEntry) -> str:
     """``base``, or the content hash an edit's manifest records (so a request key follows the edit's tensors,
-    not the path it was read from)."""
+    not the path it was read from); a stack's is its parts' joined by ``+``."""
     if edit == "base":
         return edit
+    if not isinstance(edit, str):
+        return "+".join(edit_id(part) for part in edit)
     manifest = Path(edit) / "manifest.json"
     if not manifest.is_file():
         raise EraselabError(f"edit {edit!r} is not an edit directory (no manifest.json); use 'base' or a path")
     return "edit:" + str(json.loads(manifest.read_text()).get("sha256", ""))[:16]
 
 
-def variants(experiment: Experiment) -> dict[str, tuple[str, GuardConfig | None]]:
+def variants(experiment: Experiment) -> dict[str, tuple[EditEntry, GuardConfig | None]]:
     """The grid's model variants by label: every edit alone, then under each guard (``base+sld-strong(star)``)."""
-    out: dict[str, tuple[str, GuardConfig | None]] = {}
+    out: dict[str, tuple[EditEntry, GuardConfig | None]] = {}
     for edit in experiment.edits:
-        out[edit] = (edit, None)
+        out[edit_label(edit)] = (edit, None)
         for guard in experiment.guards:
-            out[f"{edit}+{guard.label}"] = (edit, guard)
+            out[f"{edit_label(edit)}+{guard.label}"] = (edit, guard)
     return out
 
 
-def variant_id(edit: str, guard: GuardConfig | None) -> str:
+def variant_id(edit: EditEntry, guard: GuardConfig | None) -> str:
     """The edit's content id, plus the hash of the guard's full settings when there is one."""
     if guard is None:
         return edit_id(edit)

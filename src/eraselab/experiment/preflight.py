@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from eraselab.errors import EraselabError
 from eraselab.experiment.config import EXPECTED, Experiment
+from eraselab.experiment.plan import edit_parts
 from eraselab.judge.detectors import Detector, make_detector
 from eraselab.suites import PromptSuite, load_suite
 
@@ -83,19 +84,19 @@ def check_concepts(experiment: Experiment, suites: list[PromptSuite], detectors:
 def check_edits_and_models(experiment: Experiment, prompts: list[str]) -> dict[str, str]:
     """Load every edit and every model; each edit must have been made for each model, and every prompt of the
     grid, as each guard rewrites it, must be in each model's vocabulary. Returns each model's fingerprint."""
-    from eraselab.erase.artifact import Edit
+    from eraselab.erase.artifact import Edit, check_stack
     from eraselab.generate import check_requests, check_size
     from eraselab.models import load_pipeline, pipeline_fingerprint
     from eraselab.requests import GenerationRequest
 
     made_for = {}
-    for i, edit in enumerate(experiment.edits):
-        if edit == "base":
-            continue
+    for i, entry in enumerate(experiment.edits):
         try:
-            made_for[edit] = Edit.load(edit).base_fingerprint()
+            loaded = [Edit.load(edit) for edit in edit_parts(entry)]
+            check_stack(loaded)
         except EraselabError as error:
             raise _field(f"edits[{i}]", error) from None
+        made_for.update({edit: e.base_fingerprint() for edit, e in zip(edit_parts(entry), loaded, strict=True)})
     fingerprints = {}
     for i, model in enumerate(experiment.models):
         try:

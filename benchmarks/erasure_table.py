@@ -1,14 +1,15 @@
 """The erasure table: every method (and guard) x tiny target, judged by the harness, with 95% Wilson intervals.
 
     python benchmarks/erasure_table.py --out runs/erasure-table [--seeds 12] [--targets star red outlined]
-        [--methods uce rece trce esd safegen] [--skip-guards]
+        [--methods uce rece trce-stage1 trce esd safegen] [--skip-guards]
 
 For each target (the shape "star" towards "shape", the colour "red" towards "green" and the fill "outlined" towards
-"solid") it erases with uce, rece, trce (stage 1), esd (which takes no anchor) and safegen (image triplets: no
-anchor, no preserve set) at their tiny defaults, keeping the other classes of the target's attribute as preserved
-concepts (UCE's protocol: erase one artist, preserve the others; for ESD, AdvUnlearn's retain term on them), then
-runs one experiment per target through ``eraselab run``'s runner: base, the five edits, the UCE + SafeGen stack
-(both edits applied together), and the base model under the negative-prompt, SLD (strong) and SAFREE guards.
+"solid") it erases with uce, rece, trce (stage 1 alone, and both stages), esd (which takes no anchor) and safegen
+(image triplets: no anchor, no preserve set) at their tiny defaults, keeping the other classes of the target's
+attribute as preserved concepts (UCE's protocol: erase one artist, preserve the others; for ESD, AdvUnlearn's
+retain term on them), then runs one experiment per target through ``eraselab run``'s runner: base, the six edits,
+the UCE + SafeGen stack (both edits applied together), and the base model under the negative-prompt, SLD (strong)
+and SAFREE guards.
 Groups, each >= 64 images at 12 seeds:
 - efficacy: the target's training word across the other attribute ("a red star", ...);
 - generality: the other training paraphrases and, for shapes and colours, the held-out one ("pentagram");
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from eraselab.erase.corpus import concept_phrases
@@ -53,9 +55,12 @@ TARGETS = {  # target word -> (anchor, tiny-world class, attribute)
     "red": ("green", "red", "color"),
     "outlined": ("solid", "outline", "fill"),
 }
-METHODS = ("uce", "rece", "trce", "esd", "safegen")
+METHODS = {  # row label -> (method, options beyond its tiny defaults)
+    "uce": ("uce", {}), "rece": ("rece", {}), "trce-stage1": ("trce", {"stages": "1"}), "trce": ("trce", {}),
+    "esd": ("esd", {}), "safegen": ("safegen", {}),
+}
 STACKS = {"uce+safegen": ("uce", "safegen")}  # edits applied together (disjoint tensors: cross- and self-attention)
-TRAINED = ("esd", "safegen")  # fine-tuned: take no anchor (SafeGen no preserve set either), show a progress bar
+TRAINED = ("esd", "safegen")  # fine-tuned from the base: take no anchor (SafeGen no preserve set either)
 
 
 def edit_entries(edits: dict[str, tuple[Path, float]]) -> dict[str, str | list[str]]:
@@ -67,22 +72,27 @@ def edit_entries(edits: dict[str, tuple[Path, float]]) -> dict[str, str | list[s
     return entries
 
 
-def make_edits(out: Path, word: str, anchor: str, keep: tuple[str, ...], methods: list[str]
+def make_edits(out: Path, word: str, anchor: str, keep: tuple[str, ...], labels: list[str]
                ) -> dict[str, tuple[Path, float]]:
+    """Each row's edit of ``word``, made once: an edit directory made with other settings is made again."""
     pipe = load_pipeline("tiny")
     edits = {}
-    for method in methods:
-        directory = out / "edits" / f"{method}-{word}"
-        if not (directory / "manifest.json").is_file():
+    for label in labels:
+        method, options = METHODS[label]
+        config = build(ERASERS, method, options, TINY)
+        directory = out / "edits" / f"{label}-{word}"
+        manifest = directory / "manifest.json"
+        if not manifest.is_file() or json.loads(manifest.read_text())["config"] != json.loads(
+                json.dumps(asdict(config))):
             templates = TINY.erase_templates(word)
             spec = EraseSpec((word,), ("" if method in TRAINED else anchor,), () if method == "safegen" else keep,
                              templates)
-            kwargs = {"progress": False} if method in TRAINED else {}
+            kwargs = {"progress": False} if method in (*TRAINED, "trce") else {}
             start = time.perf_counter()
-            edit = ERASERS.get(method).erase(pipe, spec, build(ERASERS, method, profile=TINY), **kwargs)
+            edit = ERASERS.get(method).erase(pipe, spec, config, **kwargs)
             edit.manifest["seconds"] = round(time.perf_counter() - start, 3)
             edit.save(directory)
-        edits[method] = (directory, json.loads((directory / "manifest.json").read_text())["seconds"])
+        edits[label] = (directory, json.loads(manifest.read_text())["seconds"])
     return edits
 
 
@@ -137,7 +147,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/erasure-table"))
     parser.add_argument("--seeds", type=int, default=12)
     parser.add_argument("--targets", nargs="+", choices=list(TARGETS), default=list(TARGETS))
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     parser.add_argument("--skip-guards", action="store_true")
     args = parser.parse_args()
     rows = []

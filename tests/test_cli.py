@@ -109,11 +109,17 @@ def test_generate_with_an_edit_changes_the_images(tmp_path):
 
 @pytest.mark.parametrize("method", ["uce", "rece", "trce"])
 def test_erase_writes_an_edit_with_the_tiny_defaults(tmp_path, method):
-    result = runner.invoke(app, ["erase", "--method", method, "--concept", "star", "--anchor", "shape",
+    options = []
+    if method == "trce":  # both stages, with stage 2 shortened (one epoch over one trajectory per pair)
+        (tmp_path / "trce.yaml").write_text("epochs: 1\ntrajectories_per_pair: 1\n")
+        options = ["--config", str(tmp_path / "trce.yaml")]
+    result = runner.invoke(app, ["erase", "--method", method, "--concept", "star", "--anchor", "shape", *options,
                                  "--out", str(tmp_path / "edit")])
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "edit" / "manifest.json").read_text())
     assert manifest["method"] == method and manifest["config"]["corpus"] == "tiny"
+    if method == "trce":
+        assert manifest["stage"] == "1,2" and any(".attn1." in t for t in manifest["tensors"])
 
 
 def test_erase_with_esd_resumes_from_its_checkpoint_and_cleans_it_up(tmp_path):

@@ -88,3 +88,24 @@ def test_settings_and_names_are_checked():
         FineTune(model, _self_attention(model), LoopSettings(iterations=1, lr=1e-3, optimizer="sgd"), {}, "x")
     with pytest.raises(EraselabError, match="ema_decay must lie in"):
         FineTune(model, _self_attention(model), LoopSettings(iterations=1, lr=1e-3, ema_decay=1.5), {}, "x")
+
+
+def test_gradients_are_zeroed_each_step_unless_kept_as_the_official_trce_code_keeps_them(tmp_path):
+    def run(keep: bool, stop_after: int | None = None, checkpoint: str | None = None):
+        model = _unet()
+        loop = FineTune(model, _self_attention(model), LoopSettings(iterations=3, lr=0.0, seed=1, keep_gradients=keep,
+                                                                    checkpoint=checkpoint), {}, "grads")
+        loop.run(_denoising(model), progress=False, stop_after=stop_after)
+        return {n: p.grad for n, p in model.named_parameters() if n in loop.names}
+
+    assert all(g is None for g in run(keep=False).values())  # zeroed (set to None) after every step
+    kept = run(keep=True)
+    reference = _unet()  # with lr 0 the weights stay put: the kept gradient is the sum of the three steps'
+    step = _denoising(reference)
+    total = torch.autograd.grad(sum(step(s, torch.Generator().manual_seed(1 * 1_000_003 + s)) for s in range(3)),
+                                [reference.get_parameter(n) for n in kept if n != "unused.weight"])
+    names = [n for n in kept if n != "unused.weight"]
+    assert all(torch.allclose(kept[n], g, atol=1e-6) for n, g in zip(names, total, strict=True))
+    run(keep=True, stop_after=2, checkpoint=str(tmp_path / "ckpt"))  # the checkpoint carries the kept sum
+    resumed = run(keep=True, checkpoint=str(tmp_path / "ckpt"))
+    assert all(torch.equal(kept[n], resumed[n]) for n in names)

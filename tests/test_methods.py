@@ -76,7 +76,7 @@ def test_recovered_embedding_is_the_regularised_least_squares_solution():
 
 @pytest.mark.parametrize("positions", ["first-eot", "word-to-padding"])
 def test_trce_maps_the_malicious_rows_to_the_safe_counterparts(tiny, star_spec, positions):
-    config = replace(TINY.config(TrceConfig), positions=positions)
+    config = replace(TINY.config(TrceConfig), positions=positions, stages="1")
     edit = trce_erase(tiny, star_spec, config)
     assert edit.manifest["method"] == "trce" and edit.manifest["config"]["lamb"] == 0.0
     pairs = star_spec.pairs()
@@ -167,7 +167,7 @@ def test_esd_saves_only_trained_tensors_and_resumes_bit_exactly(micro_run, tmp_p
 
 @pytest.mark.parametrize("method", ["rece", "trce"])
 def test_closed_form_methods_erase_several_concepts_in_one_call(tiny, method):
-    erase, config = ERASERS.get(method).erase, build(ERASERS, method, profile=TINY)
+    erase, config = ERASERS.get(method).erase, build(ERASERS, method, {"stages": "1"} if method == "trce" else {}, TINY)
     both = erase(tiny, EraseSpec(("star", "heart"), ("shape",), templates=("a {}", "a red {}")), config)
     one = erase(tiny, EraseSpec(("star",), ("shape",), templates=("a {}", "a red {}")), config)
     assert both.manifest["concepts"] == ["star", "heart"]

@@ -61,7 +61,10 @@ def test_every_closed_form_eraser_edits_the_concatenated_context(sdxl, method):
     from eraselab.erase.registry import ERASERS
     from eraselab.options import build
 
-    config = build(ERASERS, method, {"corpus": "tiny"} if method == "trce" else {})
+    if method == "trce":
+        with pytest.raises(EraselabError, match=r"TRCE stage 2 \(stages: 1 runs stage 1 alone\)"):
+            ERASERS.get(method).erase(sdxl, EraseSpec(("star",)), build(ERASERS, method, {"corpus": "tiny"}))
+    config = build(ERASERS, method, {"corpus": "tiny", "stages": "1"} if method == "trce" else {})
     edit = ERASERS.get(method).erase(sdxl, EraseSpec(("star",), ("shape",), templates=("a red {}",)), config)
     widths = {tensor.shape[-1] for tensor in edit.tensors.values()}
     assert edit.tensors and widths == {80} and edit.manifest["base_fingerprint"] == pipeline_fingerprint(sdxl)

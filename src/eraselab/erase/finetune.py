@@ -1,4 +1,4 @@
-"""The fine-tuning loop every trained eraser runs on (ESD today; SafeGen, TRCE stage 2 and AdvUnlearn next).
+"""The fine-tuning loop every trained eraser runs on (ESD, SafeGen and TRCE stage 2; AdvUnlearn next).
 
 It trains a declared set of parameters of one module with ``accelerate``'s ``Accelerator`` (device placement, mixed
 precision, gradient accumulation, gradient clipping; data-parallel when launched with ``accelerate launch``):
@@ -11,7 +11,8 @@ precision, gradient accumulation, gradient clipping; data-parallel when launched
   (``accelerate``'s ``save_state`` pickles the optimiser and RNG states, hence this format.) A checkpoint made
   with other settings is refused;
 - optionally an exponential moving average of the trained parameters (diffusers' ``EMAModel``), whose weights are
-  the result;
+  the result; optionally gradients that are never zeroed, summed over the whole run (``keep_gradients``: the
+  official TRCE code's behaviour, which a reproduction needs; the checkpoint then carries them too);
 - after training it checks that nothing outside the declared set changed, and returns exactly the tensors of the
   set that did.
 """
@@ -49,6 +50,7 @@ class LoopSettings:
     mixed_precision: str = "no"  # no, fp16, bf16 (accelerate's)
     checkpoint: str | None = None  # directory to save progress in and resume from
     checkpoint_every: int = 50
+    keep_gradients: bool = False  # never zero the gradients: each step adds to the sum of every earlier one
 
     def check(self) -> None:
         if self.iterations < 1 or self.accumulation < 1 or self.checkpoint_every < 1:
@@ -71,10 +73,12 @@ class FineTune:
     """Train ``trainable`` (parameter names of ``module``) with ``settings``; ``identity`` (JSON-able: the method's
     settings, its spec, the base model's fingerprint) ties a checkpoint to the run that wrote it. ``original``, the
     module ``module`` was copied from (left untouched), is what the result is compared with; without it the loop
-    keeps a copy of every parameter (at SD size, 3.4 GB more)."""
+    keeps a copy of every parameter (at SD size, 3.4 GB more). ``preset`` names frozen parameters the method set
+    on the copy before training (TRCE's stage-1 keys and values): they are compared with their values at the start
+    instead."""
 
     def __init__(self, module: torch.nn.Module, trainable: list[str], settings: LoopSettings, identity: dict,
-                 name: str, original: torch.nn.Module | None = None) -> None:
+                 name: str, original: torch.nn.Module | None = None, preset: tuple[str, ...] = ()) -> None:
         from accelerate import Accelerator
 
         settings.check()
@@ -89,6 +93,7 @@ class FineTune:
         self.module, self.names = module, list(trainable)
         self.before = (dict(original.named_parameters()) if original is not None  # what changed is checked at the end
                        else {n: p.detach().clone() for n, p in params.items()})
+        self.before |= {n: params[n].detach().clone() for n in preset}
         module.requires_grad_(False)
         self.params = [params[n] for n in self.names]
         for p in self.params:
@@ -114,6 +119,9 @@ class FineTune:
         for index, entries in state["state"].items():
             for key, value in entries.items():
                 tensors[f"optim.{index}.{key}"] = value.detach().cpu().contiguous()
+        if self.settings.keep_gradients:
+            tensors |= {f"grad.{n}": p.grad.detach().cpu().contiguous()
+                        for n, p in zip(self.names, self.params, strict=True) if p.grad is not None}
         header = {"step": step, "identity": self.identity, "param_groups": state["param_groups"]}
         if self.ema is not None:
             ema = self.ema.state_dict()
@@ -137,6 +145,8 @@ class FineTune:
         with torch.no_grad():
             for n, p in zip(self.names, self.params, strict=True):
                 p.copy_(tensors[f"param.{n}"])
+                if f"grad.{n}" in tensors:
+                    p.grad = tensors[f"grad.{n}"].to(p.device, p.dtype)
         state: dict = {"state": {}, "param_groups": header["param_groups"]}
         for key, value in tensors.items():
             if key.startswith("optim."):
@@ -167,7 +177,8 @@ class FineTune:
                     if settings.clip is not None and accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(self.params, settings.clip)
                     self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
+                    if not settings.keep_gradients:
+                        self.optimizer.zero_grad(set_to_none=True)
             if self.ema is not None:
                 self.ema.step(self.params)
             self.last_loss = float(loss.detach())

@@ -1,6 +1,6 @@
 """TRCE: Towards Reliable Malicious Concept Erasure in Text-to-Image Diffusion Models (Chen, Zhang, Wang, Li,
-Liu, Wang; ICCV 2025). Stage 1: the closed-form cross-attention edit. (Stage 2, the contrastive fine-tuning of
-the early denoising steps, lands with its own issue; its config joins :class:`TrceConfig` then.)
+Liu, Wang; ICCV 2025). Stage 1, the closed-form cross-attention edit, then stage 2, contrastive fine-tuning of the
+early denoising steps (``stages``: "1,2", the default; "1" or "2" alone for the paper's ablation).
 
 TRCE observes that CLIP's causal text encoder gathers a prompt's meaning into its first [EoT] token, so an
 implicit or paraphrased mention of a concept still shows up there. Stage 1 therefore maps the first-[EoT]
@@ -22,24 +22,45 @@ leaves alone by design (the paper leaves the rest to stage 2). Erasing "star" to
 images; the anchor prompts "a red shape", ... themselves give a star in 0.125 of these images, the floor a perfect
 mapping reaches) left a star in 0.250 with the first [EoT] only, 0.181 with "eot-and-padding" and 0.139 with
 "word-to-padding" (UCE: 0.153).
+
+Stage 2 (Sec. 3.3, and the official training code) starts from the stage-1 model and trains every self-attention
+parameter (``attn1``) and the cross-attention queries (``attn2.to_q``); stage 1's keys and values stay frozen. The
+original model samples trajectories (guidance 3) from each malicious prompt of the (malicious, safe) pairs, and
+unconditional ones; only the early steps are kept (the first ``early_fraction`` of the schedule's timesteps), as
+tensors (:mod:`eraselab.erase.trajectories`). At a point x_t of a malicious trajectory, the original model gives
+    f+ = eps(x_t, safe) + g (eps(x_t, safe) - eps(x_t, "")),   f- = eps(x_t, mal) + g (eps(x_t, mal) - eps(x_t, "")),
+g = 15, and the trained model's predictions for the malicious prompt and for "" are the anchors a of the triplet loss
+    L_c = mean_a max(0, ||a - f+||^2 - ||a - f-||^2 + m),   m = 0.01                        (Eq. 7)
+(||.||^2 the mean squared difference), plus the regulariser on a point of an unconditional trajectory
+    L_r = 100 MSE(eps_theta(x_u, ""), eps_stage1(x_u, ""))                                  (Eq. 8)
+Defaults (SD 1.4, official code): AdamW lr 1e-6, weight decay 0.01, 3 epochs over 20 pairs x 5 trajectories (300
+steps of batch 1), 50 sampler steps, early half. The official code never zeroes its gradients (they add up over the
+whole run); eraselab does, and ``keep_gradients`` reproduces the official behaviour. Tiny defaults: see
+``tiny_overrides`` and ``docs/tiny-measurements.md``.
 """
 
 from __future__ import annotations
 
+import copy
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 
 from eraselab.erase.artifact import Edit
 from eraselab.erase.corpus import check_corpus
 from eraselab.erase.cross_attention_edit import check_spec_words, manifest, projections, solve
+from eraselab.erase.finetune import FineTune, LoopSettings
 from eraselab.erase.registry import MethodEntry
 from eraselab.erase.spec import EraseSpec
+from eraselab.erase.trajectories import early_steps, trajectories
 from eraselab.erase.uce import preservation
 from eraselab.errors import EraselabError
-from eraselab.models.conditioning import encode
+from eraselab.models import pipeline_fingerprint
+from eraselab.models.conditioning import encode, require_one_text_encoder
 
 
 @dataclass(frozen=True)
@@ -51,13 +72,48 @@ class TrceConfig:
     corpus: str | None = None  # "tiny" or a caption file (one caption per line); required
     corpus_scale: float = 0.1
     positions: str = "first-eot"  # or "last-word-and-first-eot", "eot-and-padding", "word-to-padding"
+    stages: str = "1,2"  # "1", "2" or "1,2"
+    # stage 2
+    trajectories_per_pair: int = 5
+    unconditional_trajectories: int = 5
+    sampler_steps: int = 50  # of the trajectories' schedule
+    trajectory_guidance: float = 3.0
+    early_fraction: float = 0.5  # the early steps: this first share of the schedule's timesteps
+    guidance: float = 15.0  # g of f+ and f-
+    margin: float = 0.01  # m of Eq. 7
+    regularisation: float = 100.0  # weight of Eq. 8
+    lr: float = 1e-6
+    weight_decay: float = 0.01
+    epochs: int = 3
+    keep_gradients: bool = False  # True: never zero the gradients, as the official code
+    trajectories: str | None = None  # safetensors file for the trajectories (sampled again when missing)
+    seed: int = 0
+    checkpoint: str | None = None
+    checkpoint_every: int = 50
 
-    tiny_overrides: ClassVar[dict] = {"corpus": "tiny", "positions": "word-to-padding"}
+    tiny_overrides: ClassVar[dict] = {"corpus": "tiny", "positions": "word-to-padding", "sampler_steps": 25,
+                                      "lr": 1e-4, "trajectories_per_pair": 2, "unconditional_trajectories": 4}
 
     def check(self) -> None:
         """What can be refused before a model loads: lambda = 0 needs the corpus to span the text space."""
-        check_corpus(self.corpus, "TRCE (lambda = 0)", required=True)
-    defaults_from: ClassVar[str] = "TRCE paper (Chen et al., ICCV 2025), stage 1: lambda 0, first [EoT], scales 0.1"
+        if self.stages not in STAGES:
+            raise EraselabError(f"trce stages must be one of {', '.join(STAGES)}, got {self.stages!r}")
+        if "1" in self.stages:
+            check_corpus(self.corpus, "TRCE (lambda = 0)", required=True)
+        if min(self.trajectories_per_pair, self.unconditional_trajectories, self.sampler_steps, self.epochs) < 1 or \
+                not 0 < self.early_fraction <= 1:
+            raise EraselabError("trce stage 2: trajectory counts, sampler_steps and epochs must be >= 1, and "
+                                "early_fraction in (0, 1]")
+
+    def loop(self, iterations: int) -> LoopSettings:
+        return LoopSettings(iterations=iterations, lr=self.lr, seed=self.seed, optimizer="adamw",
+                            weight_decay=self.weight_decay, checkpoint=self.checkpoint,
+                            checkpoint_every=self.checkpoint_every, keep_gradients=self.keep_gradients)
+    defaults_from: ClassVar[str] = ("TRCE paper (Chen et al., ICCV 2025) and its code: stage 1 lambda 0, first [EoT], "
+                                    "scales 0.1; stage 2 AdamW 1e-6, g 15, margin 0.01, 3 epochs, early half")
+
+
+STAGES = ("1", "2", "1,2")
 
 
 POSITIONS = ("first-eot", "last-word-and-first-eot", "eot-and-padding", "word-to-padding")
@@ -89,17 +145,94 @@ def paired_rows(pipe, malicious: list[str], safe: list[str], positions: str) -> 
     return torch.cat(keys), torch.cat(targets)
 
 
-def erase(pipe, spec: EraseSpec, config: TrceConfig) -> Edit:
-    """Stage 1 of TRCE: map each malicious prompt's first [EoT] embedding (and the other ``positions``) to its safe
-    counterpart's."""
-    start = time.perf_counter()
-    config.check()
+def stage_one(pipe, spec: EraseSpec, config: TrceConfig) -> dict[str, torch.Tensor]:
+    """Map each malicious prompt's first [EoT] embedding (and the other ``positions``) to its safe counterpart's."""
     pairs = check_spec_words(pipe, spec)
     keys, safe = paired_rows(pipe, [t for t, _ in pairs], [a or " " for _, a in pairs], config.positions)  # c_i, s_i
     preserve, stats = preservation(pipe, spec, config.corpus, keep_empty=False)  # the reference keeps its corpus only
-    tensors = solve(projections(pipe, config.edit_keys), keys, safe, preserve, config.preserve_scale,  # Eq. 4-5
-                    stats, config.corpus_scale, config.lamb, config.erase_scale)
-    return Edit(tensors, manifest("trce", config, spec, pipe, start, stage=1))
+    return solve(projections(pipe, config.edit_keys), keys, safe, preserve, config.preserve_scale,  # Eq. 4-5
+                 stats, config.corpus_scale, config.lamb, config.erase_scale)
+
+
+def contrastive_loss(anchors: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
+                     margin: float) -> torch.Tensor:
+    """Eq. 7: mean over the anchors of max(0, ||a - f+||^2 - ||a - f-||^2 + margin), ||.||^2 a mean square."""
+    return torch.stack([torch.relu(F.mse_loss(a, positive) - F.mse_loss(a, negative) + margin)
+                        for a in anchors]).mean()
+
+
+def stage_two_parameters(unet) -> list[str]:
+    """What stage 2 trains: every self-attention parameter and the cross-attention queries."""
+    return [n for n, _ in unet.named_parameters() if ".attn1." in n or ".attn2.to_q." in n]
+
+
+def stage_two(pipe, spec: EraseSpec, config: TrceConfig, stage1: dict[str, torch.Tensor], progress: bool,
+              stop_after: int | None) -> dict[str, torch.Tensor] | None:
+    """Fine-tune a copy of the UNet (with ``stage1``'s keys and values) on the early steps; the trained tensors that
+    changed, or None when stopped after ``stop_after`` steps."""
+    pairs = check_spec_words(pipe, spec)  # (malicious, safe) prompts
+    malicious, safe = [m for m, _ in pairs], [a or " " for _, a in pairs]
+    per, n = config.trajectories_per_pair, len(pairs)
+    early = early_steps(config.sampler_steps, config.early_fraction)
+    store = Path(config.trajectories) if config.trajectories else None
+    seeds = [config.seed * 7919 + i for i in range(n * per + config.unconditional_trajectories)]
+    bad = trajectories(pipe, [m for m in malicious for _ in range(per)], seeds[:n * per], config.sampler_steps,
+                       config.trajectory_guidance, early,  # sampled by the original model from the malicious prompts
+                       store.with_name(store.stem + "-malicious.safetensors") if store else None, progress)
+    plain = trajectories(pipe, [""] * config.unconditional_trajectories, seeds[n * per:], config.sampler_steps, 1.0,
+                         early, store.with_name(store.stem + "-unconditional.safetensors") if store else None, progress)
+    frozen, device = pipe.unet, pipe.device
+    unet = copy.deepcopy(frozen).train()
+    with torch.no_grad():
+        for name, tensor in stage1.items():
+            unet.get_parameter(name[len("unet."):]).copy_(tensor)
+        text = {p: pipe.encode_prompt([p], device, 1, False)[0] for p in {*malicious, *safe, ""}}
+        # Eq. 8's target: the stage-1 model (the copy before training) on every unconditional point, computed once
+        inputs = plain.inputs.flatten(0, 1).to(device)
+        times = plain.timesteps.repeat(config.unconditional_trajectories).to(device)
+        reference = torch.cat([unet(inputs[i:i + 16], times[i:i + 16], encoder_hidden_states=text[""].expand(
+            len(inputs[i:i + 16]), -1, -1)).sample for i in range(0, len(inputs), 16)])
+    identity = {"trce": asdict(config) | {"checkpoint": None}, "spec": asdict(spec),
+                "base": pipeline_fingerprint(pipe)}
+    loop = FineTune(unet, stage_two_parameters(unet), config.loop(config.epochs * n * per), identity, "TRCE stage 2",
+                    original=frozen, preset=tuple(name[len("unet."):] for name in stage1))
+
+    def step(s: int, g: torch.Generator) -> torch.Tensor:
+        epoch, index = divmod(s, n * per)
+        item = int(torch.randperm(n * per, generator=torch.Generator().manual_seed(config.seed + epoch))[index])
+        k = int(torch.randint(early, (1,), generator=g))
+        x, t = bad.inputs[item, k][None].to(device), bad.timesteps[k].to(device)
+        mal, ok = malicious[item // per], safe[item // per]
+        with torch.no_grad():
+            e_safe, e_mal, e_empty = frozen(x.expand(3, -1, -1, -1), t, encoder_hidden_states=torch.cat(
+                [text[ok], text[mal], text[""]])).sample.chunk(3)
+            positive = e_safe + config.guidance * (e_safe - e_empty)  # f+
+            negative = e_mal + config.guidance * (e_mal - e_empty)  # f-
+        anchors = unet(x.expand(2, -1, -1, -1), t, encoder_hidden_states=torch.cat([text[mal], text[""]])).sample
+        contrast = contrastive_loss(anchors, positive[0], negative[0], config.margin)
+        u = int(torch.randint(len(inputs), (1,), generator=g))
+        kept = unet(inputs[u:u + 1], times[u:u + 1], encoder_hidden_states=text[""]).sample
+        return contrast + config.regularisation * F.mse_loss(kept, reference[u:u + 1])  # + Eq. 8
+
+    trained = loop.run(step, progress, stop_after)
+    return None if trained is None else {f"unet.{name}": tensor for name, tensor in trained.items()}
+
+
+def erase(pipe, spec: EraseSpec, config: TrceConfig, progress: bool = True,
+          stop_after: int | None = None) -> Edit | None:
+    """TRCE's ``config.stages`` on a copy of ``pipe``'s weights (``pipe`` is not changed); ``stop_after`` as ESD's."""
+    start = time.perf_counter()
+    config.check()
+    if "2" in config.stages:
+        require_one_text_encoder(pipe, "TRCE stage 2 (stages: 1 runs stage 1 alone)")
+    tensors = stage_one(pipe, spec, config) if "1" in config.stages else {}
+    if "2" in config.stages:
+        trained = stage_two(pipe, spec, config, tensors, progress, stop_after)
+        if trained is None:
+            return None
+        tensors = {**tensors, **trained}
+    return Edit(tensors, manifest("trce", config, spec, pipe, start, stage=config.stages,
+                                 seed=config.seed if "2" in config.stages else None))
 
 
 METHOD = MethodEntry(erase, TrceConfig)

@@ -1,6 +1,6 @@
 """The defence x attack table on the tiny model: every attack against no defence, the negative-prompt guard, and
-the UCE, RECE, TRCE (stage 1 alone and both stages), ESD and SafeGen edits of one target concept, the UCE + SafeGen
-stack (and UCE under the guard), through ``eraselab run``'s attack axis.
+the UCE, RECE, TRCE (stage 1 alone and both stages), ESD, AdvUnlearn and SafeGen edits of one target concept, the
+UCE + SafeGen stack (and UCE under the guard), through ``eraselab run``'s attack axis.
 
     python benchmarks/attack_table.py --concept star --out runs/attack-table [--seeds 4] [--methods uce rece]
 

@@ -1,13 +1,13 @@
 """The erasure table: every method (and guard) x tiny target, judged by the harness, with 95% Wilson intervals.
 
     python benchmarks/erasure_table.py --out runs/erasure-table [--seeds 12] [--targets star red outlined]
-        [--methods uce rece trce-stage1 trce esd safegen] [--skip-guards]
+        [--methods uce rece trce-stage1 trce esd advunlearn safegen] [--skip-guards]
 
 For each target (the shape "star" towards "shape", the colour "red" towards "green" and the fill "outlined" towards
-"solid") it erases with uce, rece, trce (stage 1 alone, and both stages), esd (which takes no anchor) and safegen
-(image triplets: no anchor, no preserve set) at their tiny defaults, keeping the other classes of the target's
-attribute as preserved concepts (UCE's protocol: erase one artist, preserve the others; for ESD, AdvUnlearn's
-retain term on them), then runs one experiment per target through ``eraselab run``'s runner: base, the six edits,
+"solid") it erases with uce, rece, trce (stage 1 alone, and both stages), esd and advunlearn (which take no anchor)
+and safegen (image triplets: no anchor, no preserve set) at their tiny defaults, keeping the other classes of the
+target's attribute as preserved concepts (UCE's protocol: erase one artist, preserve the others; for ESD, AdvUnlearn's
+retain term on them), then runs one experiment per target through ``eraselab run``'s runner: base, the seven edits,
 the UCE + SafeGen stack (both edits applied together), and the base model under the negative-prompt, SLD (strong)
 and SAFREE guards.
 Groups, each >= 64 images at 12 seeds:
@@ -57,10 +57,10 @@ TARGETS = {  # target word -> (anchor, tiny-world class, attribute)
 }
 METHODS = {  # row label -> (method, options beyond its tiny defaults)
     "uce": ("uce", {}), "rece": ("rece", {}), "trce-stage1": ("trce", {"stages": "1"}), "trce": ("trce", {}),
-    "esd": ("esd", {}), "safegen": ("safegen", {}),
+    "esd": ("esd", {}), "advunlearn": ("advunlearn", {}), "safegen": ("safegen", {}),
 }
 STACKS = {"uce+safegen": ("uce", "safegen")}  # edits applied together (disjoint tensors: cross- and self-attention)
-TRAINED = ("esd", "safegen")  # fine-tuned from the base: take no anchor (SafeGen no preserve set either)
+TRAINED = ("esd", "advunlearn", "safegen")  # fine-tuned from the base: no anchor (SafeGen no preserve set either)
 
 
 def edit_entries(edits: dict[str, tuple[Path, float]]) -> dict[str, str | list[str]]:

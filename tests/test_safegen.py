@@ -171,3 +171,14 @@ def test_an_experiment_generates_and_attacks_a_stack_and_the_report_names_it_by_
     assert stacked in {r["edit"] for r in records}
     page, _ = write_report(tmp_path / "run")
     assert "<td>uce+safegen" in page.read_text()
+
+
+def test_more_benign_images_and_low_noise_timesteps_are_options_checked_before_training(micro_run):
+    with pytest.raises(EraselabError, match="benign_ratio must be >= 1 and mosaic_steps in"):
+        SafeGenConfig(benign_ratio=0)
+    with pytest.raises(EraselabError, match="benign_ratio must be >= 1 and mosaic_steps in"):
+        SafeGenConfig(mosaic_steps=0.0)
+    pipe = load_pipeline(micro_run / "pipeline")
+    config = build(ERASERS, "safegen", {**SHORT, "benign_ratio": 2, "mosaic_steps": 0.3}, TINY)
+    edit = ERASERS.get("safegen").erase(pipe, EraseSpec(("star",)), config, progress=False)
+    assert edit.tensors and all(".attn1." in n for n in edit.tensors)

@@ -140,7 +140,7 @@ def _method_config(registry, name: str, path: Path | None, model: str):
 def erase(
     concept: Annotated[list[str], typer.Option(help="A concept to erase; repeat for several.")],
     out: Annotated[Path, typer.Option(help="Edit directory to write (edit.safetensors + manifest.json).")],
-    method: Annotated[str, typer.Option(help="Erasure method: uce, rece, trce, esd or safegen.")] = "uce",
+    method: Annotated[str, typer.Option(help="Erasure method: uce, rece, trce, esd, advunlearn or safegen.")] = "uce",
     model: Annotated[str, typer.Option(help="'tiny', a local diffusers directory, or a hub id.")] = "tiny",
     anchor: Annotated[list[str] | None, typer.Option(help="What to map to (one, or one per concept).")] = None,
     preserve: Annotated[list[str] | None, typer.Option(help="A concept to keep; repeat.")] = None,

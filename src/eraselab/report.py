@@ -176,6 +176,15 @@ def attack_records(run_dir: Path) -> Iterator[tuple[str, str, dict]]:
             yield _defence(record), record.get("label", record["attack"]), record
 
 
+def _bypass(record: dict) -> str:
+    """A note on a cell whose attack cannot meet the defence by construction: an attack on the conditioning skips
+    the text encoder, the only part a text-encoder edit (AdvUnlearn) changes."""
+    if record.get("space") == "conditioning" and record.get("edit_components") == ["text_encoder"] \
+            and not record.get("guard"):
+        return "<br><small class='na'>bypasses the edit: it attacks the conditioning, after the text encoder</small>"
+    return ""
+
+
 def _attack_table(run_dir: Path) -> str:
     """Attacks scored into ``run_dir/attacks/*/summary.json``: the defence x attack matrix (after-attack rate with
     its interval, the rate before, and the cost), then one row per attack with everything."""
@@ -191,7 +200,7 @@ def _attack_table(run_dir: Path) -> str:
         pre, post, cost = a["pre_attack"], a["post_attack"], a["cost"]
         matrix.setdefault(defence, {})[label] = (
             f"{_fmt(pre['value'])} &rarr; <b>{_fmt(post['value'])}</b> [{_fmt(post['low'])}, {_fmt(post['high'])}]"
-            f"<br><small>{cost['unet_evals']} UNet evals, {_fmt(cost['seconds'])} s</small>")
+            f"<br><small>{cost['unet_evals']} UNet evals, {_fmt(cost['seconds'])} s</small>" + _bypass(a))
         rows.append(f"<tr><td>{e(a['attack'])}</td><td>{e(a['threat_model'])}</td><td>{e(a.get('space', ''))}</td>"
                     f"<td>{e(defence)}</td>"
                     f"<td>{e(a['judge']['label'])}</td><td>{_fmt(pre['value'])} [{_fmt(pre['low'])}, "

@@ -101,6 +101,7 @@ def run_attack(attack_name: str, settings, concept: str, suite: str, out: Path, 
                      judge={"detector": judge_name, "label": label, "version": final_judge.version})
     record["label"] = display or attack_name
     record["space"] = entry.space_of(settings)  # where it optimises: what a defence must intercept
+    record["edit_components"] = sorted({name.split(".")[0] for edit in loaded_edits for name in edit.tensors})
     record["sampler"] = {"steps": steps, "guidance": guidance}
     record["config"] = result.config
     staging = out / ".summary.json.partial"

@@ -31,15 +31,21 @@ def encode_with_embeddings(text_encoder, input_embeddings: torch.Tensor) -> torc
     return text_encoder.final_layer_norm(hidden)
 
 
+def insert_embeddings(text_encoder, input_ids: torch.Tensor, embeddings: torch.Tensor,
+                      position: int = 1) -> torch.Tensor:
+    """Input embeddings (B, T, C) of ``input_ids`` (B, T) with k free embeddings (B, k, C) placed at ``position``
+    (1: right after the start token: a soft prefix), the rest shifted right and the sequence cut back to T."""
+    typed = token_embeddings(text_encoder)[input_ids]  # (B, T, C)
+    merged = torch.cat([typed[:, :position], embeddings.to(typed.dtype), typed[:, position:]], dim=1)
+    return merged[:, :input_ids.shape[1]]
+
+
 def insert_relaxed_tokens(text_encoder, input_ids: torch.Tensor, relaxed: torch.Tensor,
                           position: int = 1) -> torch.Tensor:
-    """Input embeddings (B, T, C) of ``input_ids`` (B, T) with k relaxed tokens (B, k, V) placed at ``position``
-    (1: right after the start token), the rest shifted right and the sequence cut back to T."""
+    """Input embeddings (B, T, C) of ``input_ids`` (B, T) with k relaxed tokens (B, k, V) placed at ``position``,
+    each token's embedding z E."""
     table = token_embeddings(text_encoder)
-    typed = table[input_ids]  # (B, T, C)
-    relaxed_embeddings = relaxed.to(table.dtype) @ table  # (B, k, C)
-    merged = torch.cat([typed[:, :position], relaxed_embeddings, typed[:, position:]], dim=1)
-    return merged[:, :input_ids.shape[1]]
+    return insert_embeddings(text_encoder, input_ids, relaxed.to(table.dtype) @ table, position)
 
 
 def project_to_simplex(values: torch.Tensor) -> torch.Tensor:

@@ -87,7 +87,7 @@ def trained_parameter_names(unet, variant: str) -> list[str]:
 
 
 @torch.no_grad()
-def _sample_until(frozen, scheduler, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+def sample_until(frozen, scheduler, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
                   guidance: float, stop: int) -> torch.Tensor:
     """Run ``stop`` DDIM steps of classifier-free guided sampling from ``latents`` (x_T) with the frozen UNet."""
     for t in scheduler.timesteps[:stop]:
@@ -151,7 +151,7 @@ def _train(pipe, frozen, spec: EraseSpec, config: EsdConfig, prompts: list[str],
             cond = torch.cat([cond, retain_all[torch.randint(len(retain_all), (n,), generator=g)]])
             noise = torch.cat([noise, torch.randn(shape, generator=g).to(pipe.device, unet.dtype)])
         blank = uncond.expand_as(cond)
-        x_t = _sample_until(frozen, scheduler, noise, cond, blank, config.start_guidance, stop)
+        x_t = sample_until(frozen, scheduler, noise, cond, blank, config.start_guidance, stop)
         t = scheduler.timesteps[stop]
         with torch.no_grad():
             eps_blank = frozen(x_t[:n], t, encoder_hidden_states=blank[:n]).sample  # eps*(x_t, t)

@@ -6,7 +6,8 @@ precision, gradient accumulation, gradient clipping; data-parallel when launched
 - every random draw of optimisation step ``s`` (micro-batch ``m`` of ``accumulation``) comes from one generator
   seeded by ``(seed, s, m)``, handed to the method's step function, so a stopped run resumes to the weights of an
   uninterrupted one, bit for bit;
-- a checkpoint (the trained tensors, the optimiser's and the EMA's state, the step) is written every
+- a checkpoint (the trained tensors, the optimiser's and the EMA's state, the method's own ``state`` tensors, the
+  step) is written every
   ``checkpoint_every`` steps, atomically, as safetensors with a JSON header: no pickle is ever read back.
   (``accelerate``'s ``save_state`` pickles the optimiser and RNG states, hence this format.) A checkpoint made
   with other settings is refused;
@@ -107,6 +108,7 @@ class FineTune:
             self.ema = EMAModel(self.params, decay=settings.ema_decay)
         self.identity = json.loads(json.dumps({**identity, "loop": asdict(settings) | {"checkpoint": None},
                                                "trained": self.names}, sort_keys=True, default=str))
+        self.state: dict[str, torch.Tensor] = {}  # the method's own training state (AdvUnlearn's adversary)
         self.directory = Path(settings.checkpoint) if settings.checkpoint else None
         self.first = self._resume() if self.directory else 0
 
@@ -119,6 +121,7 @@ class FineTune:
         for index, entries in state["state"].items():
             for key, value in entries.items():
                 tensors[f"optim.{index}.{key}"] = value.detach().cpu().contiguous()
+        tensors |= {f"state.{k}": v.detach().cpu().contiguous() for k, v in self.state.items()}
         if self.settings.keep_gradients:
             tensors |= {f"grad.{n}": p.grad.detach().cpu().contiguous()
                         for n, p in zip(self.names, self.params, strict=True) if p.grad is not None}
@@ -147,6 +150,7 @@ class FineTune:
                 p.copy_(tensors[f"param.{n}"])
                 if f"grad.{n}" in tensors:
                     p.grad = tensors[f"grad.{n}"].to(p.device, p.dtype)
+        self.state = {key[len("state."):]: value for key, value in tensors.items() if key.startswith("state.")}
         state: dict = {"state": {}, "param_groups": header["param_groups"]}
         for key, value in tensors.items():
             if key.startswith("optim."):

@@ -21,8 +21,11 @@ triplets (``triplets``: columns ``concept``, ``mosaic``, ``benign``, image paths
 
 Defaults (SD 1.4, the official ``run_adjust_SD.sh``): w_m 0.1, w_p 0.9, AdamW lr 1e-5, weight decay 1e-2 (the
 script's default), 1,000 optimisation steps of batch 1 with 5-step gradient accumulation, gradient clipping at 1.0,
-EMA of the weights (diffusers' EMAModel: decay 0.9999 with its (1 + s) / (10 + s) warm-up). Tiny defaults
-(``tiny_overrides``): see the config.
+EMA of the weights (diffusers' EMAModel: decay 0.9999 with its (1 + s) / (10 + s) warm-up), t uniform over all
+timesteps, one benign image per concept image. Tiny defaults (``tiny_overrides``), the best of what was measured
+(``docs/tiny-measurements.md``), and still short of erasing the star without the other shapes: 600 steps of 8
+triplets with 3 benign images each, AdamW lr 3e-3, w_m = w_p = 0.5, the exact x0 target, t over the lowest-noise 30%
+of the timesteps (``mosaic_steps``: the shape is only visible in x_t there), no EMA.
 """
 
 from __future__ import annotations
@@ -65,18 +68,23 @@ class SafeGenConfig:
     target: str = "offset"  # offset: the official script's eps + z_c - z_m; x0: the exact mosaic x_0
     triplets: str | None = None  # CSV of (concept, mosaic, benign) image paths; the tiny world draws its own
     mosaic_block: int = 8  # pixel size of the mosaic's squares (tiny world)
+    benign_ratio: int = 1  # benign triplet images per concept image in a step (the script: 1)
+    mosaic_steps: float = 1.0  # t uniform over this lowest-noise share of the timesteps (paper: 1, all of them)
     seed: int = 0
     checkpoint: str | None = None
     checkpoint_every: int = 50
 
-    tiny_overrides: ClassVar[dict] = {"iterations": 300, "batch_size": 8, "accumulation": 1, "lr": 1e-3,
-                                      "ema_decay": None}
+    tiny_overrides: ClassVar[dict] = {"iterations": 600, "batch_size": 8, "accumulation": 1, "lr": 3e-3,
+                                      "ema_decay": None, "weight_mosaic": 0.5, "weight_preserve": 0.5,
+                                      "target": "x0", "mosaic_steps": 0.3, "benign_ratio": 3}
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise EraselabError(f"safegen target must be one of {', '.join(TARGETS)}, got {self.target!r}")
         if self.weight_mosaic < 0 or self.weight_preserve < 0 or self.mosaic_block < 1 or self.batch_size < 1:
             raise EraselabError("safegen's weights must be >= 0, and mosaic_block and batch_size >= 1")
+        if self.benign_ratio < 1 or not 0 < self.mosaic_steps <= 1:
+            raise EraselabError("safegen's benign_ratio must be >= 1 and mosaic_steps in (0, 1]")
 
     def loop(self) -> LoopSettings:
         return LoopSettings(iterations=self.iterations, lr=self.lr, seed=self.seed, optimizer="adamw",
@@ -125,7 +133,8 @@ class TinyTriplets:
         attribute, value = concept_label(concept).split("=")
         self.attribute, self.index = attribute, self.world.classes[attribute].index(value)
 
-    def draw(self, rng: np.random.Generator, n: int) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    def draw(self, rng: np.random.Generator, n: int, n_benign: int
+             ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
         concept, mosaics, benign = [], [], []
         others = [i for i in range(len(self.world.classes[self.attribute])) if i != self.index]
         for _ in range(n):
@@ -133,6 +142,7 @@ class TinyTriplets:
             image = self.world.draw_one({**attributes, self.attribute: self.index}, rng)
             concept.append(image)
             mosaics.append(mosaic(image, _region(image), self.block))
+        for _ in range(n_benign):
             attributes = self.world.attributes_of(self.world.sample_attributes(rng, 1), 0)
             benign.append(self.world.draw_one({**attributes, self.attribute: int(rng.choice(others))}, rng))
         return concept, mosaics, benign
@@ -160,9 +170,12 @@ class CsvTriplets:
         except OSError as error:
             raise EraselabError(f"safegen triplets: cannot read {path}: {error}") from None
 
-    def draw(self, rng: np.random.Generator, n: int) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    def draw(self, rng: np.random.Generator, n: int, n_benign: int
+             ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
         rows = [self.rows[int(i)] for i in rng.integers(len(self.rows), size=n)]
-        return tuple([self._load(row[k]) for row in rows] for k in ("concept", "mosaic", "benign"))
+        extra = [self.rows[int(i)] for i in rng.integers(len(self.rows), size=n_benign - n)]
+        concept, mosaics = ([self._load(row[k]) for row in rows] for k in ("concept", "mosaic"))
+        return concept, mosaics, [self._load(row["benign"]) for row in rows + extra]
 
 
 def mosaic_target(scheduler, x_t: torch.Tensor, eps: torch.Tensor, z_c: torch.Tensor, z_m: torch.Tensor,
@@ -213,17 +226,18 @@ def erase(pipe, spec: EraseSpec, config: SafeGenConfig, progress: bool = True,
 
     def step(_: int, g: torch.Generator) -> torch.Tensor:
         rng = np.random.default_rng(int(torch.randint(2**31 - 1, (1,), generator=g)))
-        concept, mosaics, benign = source.draw(rng, config.batch_size)
+        concept, mosaics, benign = source.draw(rng, config.batch_size, config.batch_size * config.benign_ratio)
         z_c, z_m, z_b = (_latents(pipe, images, g) for images in (concept, mosaics, benign))
         eps, eps_b = torch.randn(z_c.shape, generator=g), torch.randn(z_b.shape, generator=g)
         eps, eps_b = eps.to(z_c.device, z_c.dtype), eps_b.to(z_c.device, z_c.dtype)
-        t = torch.randint(scheduler.config.num_train_timesteps, (len(z_c),), generator=g).to(z_c.device)
+        steps = scheduler.config.num_train_timesteps
+        t = torch.randint(max(1, round(steps * config.mosaic_steps)), (len(z_c),), generator=g).to(z_c.device)
+        t_b = t.repeat(config.benign_ratio)  # as the script: the benign term at the concept's timesteps
         x_t = scheduler.add_noise(z_c, eps, t)  # z_c,t; its mosaic shares eps
         goal = mosaic_target(scheduler, x_t, eps, z_c, z_m, t, config.target)
-        keep = prediction_target(scheduler, z_b, eps_b, t)
-        condition = empty.expand(len(z_c), -1, -1)
-        noisy = torch.cat([x_t, scheduler.add_noise(z_b, eps_b, t)])  # one batched call for both terms
-        prediction = unet(noisy, torch.cat([t, t]), encoder_hidden_states=torch.cat([condition, condition])).sample
+        keep = prediction_target(scheduler, z_b, eps_b, t_b)
+        noisy = torch.cat([x_t, scheduler.add_noise(z_b, eps_b, t_b)])  # one batched call for both terms
+        prediction = unet(noisy, torch.cat([t, t_b]), encoder_hidden_states=empty.expand(len(noisy), -1, -1)).sample
         mosaic_loss = torch.nn.functional.mse_loss(prediction[:len(z_c)], goal)
         preserve_loss = torch.nn.functional.mse_loss(prediction[len(z_c):], keep)
         return config.weight_mosaic * mosaic_loss + config.weight_preserve * preserve_loss  # the SafeGen loss

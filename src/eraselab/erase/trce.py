@@ -174,7 +174,8 @@ def stage_two(pipe, spec: EraseSpec, config: TrceConfig, stage1: dict[str, torch
     malicious, safe = [m for m, _ in pairs], [a or " " for _, a in pairs]
     per, n = config.trajectories_per_pair, len(pairs)
     early = early_steps(config.sampler_steps, config.early_fraction)
-    store = Path(config.trajectories) if config.trajectories else None
+    store = Path(config.trajectories) if config.trajectories else \
+        Path(config.checkpoint) / "trajectories.safetensors" if config.checkpoint else None  # kept beside progress
     seeds = [config.seed * 7919 + i for i in range(n * per + config.unconditional_trajectories)]
     bad = trajectories(pipe, [m for m in malicious for _ in range(per)], seeds[:n * per], config.sampler_steps,
                        config.trajectory_guidance, early,  # sampled by the original model from the malicious prompts

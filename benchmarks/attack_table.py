@@ -3,6 +3,7 @@ the UCE, RECE, TRCE (stage 1 alone and both stages), ESD, AdvUnlearn and SafeGen
 UCE + SafeGen stack (and UCE under the guard), through ``eraselab run``'s attack axis.
 
     python benchmarks/attack_table.py --concept star --out runs/attack-table [--seeds 4] [--methods uce rece]
+        [--rows trce uce+safegen] [--skip-guard]
 
 Erases the concept with each method at its tiny defaults as the erasure table does (its anchor and preserve set; ESD
 and SafeGen train for a few minutes each), writes two experiments (``edits.yaml``: every edit bare; ``guard.yaml``:
@@ -58,12 +59,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/attack-table"))
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
-                        help="the edits to attack (default: all; ESD and SafeGen train for minutes)")
+                        help="the edits to make (default: all; ESD, AdvUnlearn, SafeGen, TRCE train for minutes)")
+    parser.add_argument("--rows", nargs="+", default=None,
+                        help="attack only these rows of the edits grid (method labels or a stack: uce+safegen) and "
+                             "the bare model; default: every edit and stack made")
+    parser.add_argument("--skip-guard", action="store_true", help="leave out the guard grid")
     args = parser.parse_args()
     anchor, name, attribute = TARGETS.get(args.concept, ("shape", args.concept, ""))  # other shapes: "shape"
     keep = tuple(load_world().siblings(attribute, name)) if attribute else ()
     made = make_edits(args.out, args.concept, args.anchor if args.anchor is not None else anchor, keep, args.methods)
     edits = edit_entries(made)  # every method's edit, and the UCE + SafeGen stack
+    if args.rows:
+        unknown = sorted(set(args.rows) - set(edits))
+        if unknown:
+            parser.error(f"--rows: no such edit or stack among those made: {', '.join(unknown)}")
+        edits = {label: entry for label, entry in edits.items() if label in args.rows}
     suite = f"tiny:target:{name}"  # suites name the class ("outline"), attacks the word in the prompts ("outlined")
     common = {"version": 1, "models": ["tiny"], "seeds": [0],
               "groups": [{"suite": suite, "metric": "efficacy", "concept": concept_label(args.concept)}],
@@ -71,10 +81,12 @@ def main() -> None:
                            "options": options} for name, options in ATTACKS]}
     # Two grids: every edit bare, then the bare model and the UCE edit under the guard (a grid applies its guards
     # to every edit, and the guard on every edit would double the cost, most of it the composition search).
-    guarded = ["base", edits["uce"]] if "uce" in edits else ["base"]
+    guarded = ["base", str(made["uce"][0])] if "uce" in made else ["base"]
     grids = {"edits": {"name": f"attacks on {args.concept}: edits", "edits": ["base", *edits.values()], **common},
              "guard": {"name": f"attacks on {args.concept}: guard", "edits": guarded,
                        "guards": [{"name": "negative-prompt", "concept": args.concept}], **common}}
+    if args.skip_guard:
+        del grids["guard"]
     cells: dict[str, dict[str, str]] = {}
     for grid, config in grids.items():
         if grid == "guard":  # its bare cells are the edits grid's (same cell keys): reuse the finished ones

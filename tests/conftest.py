@@ -21,6 +21,18 @@ MICRO_STEPS = TrainSteps(vae=3, clip=3, unet=3, classifier=3, vae_batch=4, clip_
                          classifier_batch=4, latent_pool=32, checkpoint_every=2)
 
 
+@pytest.fixture(scope="session")
+def readme_apply():
+    """The README's plain-diffusers recipe for applying an edit, as a user without eraselab runs it."""
+    from safetensors.torch import load_file
+
+    def apply(pipe, edit_dir: Path) -> None:
+        for name, tensor in load_file(edit_dir / "edit.safetensors").items():
+            component, parameter = name.split(".", 1)
+            getattr(pipe, component).get_parameter(parameter).data.copy_(tensor)
+    return apply
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _threads() -> None:
     torch.set_num_threads(2)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
-from safetensors.torch import load_file
 
 from eraselab.erase.advunlearn import _Setting, text_encoder_parameters
 from eraselab.erase.registry import ERASERS
@@ -20,7 +19,8 @@ from eraselab.profile import TINY
 SHORT = {"iterations": 4, "warmup": 1, "attack_steps": 2, "ddim_steps": 3, "retain_batch": 2, "checkpoint_every": 1}
 
 
-def test_only_the_text_encoder_layers_change_a_resume_is_exact_and_plain_diffusers_applies_it(micro_run, tmp_path):
+def test_only_the_text_encoder_layers_change_a_resume_is_exact_and_plain_diffusers_applies_it(micro_run, tmp_path,
+                                                                                           readme_apply):
     pipe = load_pipeline(micro_run / "pipeline")
     erase = ERASERS.get("advunlearn").erase
     spec = EraseSpec(("star",), preserve=("circle",), templates=("a {}", "a red {}"))
@@ -36,9 +36,7 @@ def test_only_the_text_encoder_layers_change_a_resume_is_exact_and_plain_diffuse
 
     whole.save(tmp_path / "edit")  # the README's plain-diffusers snippet
     plain = StableDiffusionPipeline.from_pretrained(micro_run / "pipeline", safety_checker=None)
-    for name, tensor in load_file(tmp_path / "edit" / "edit.safetensors").items():
-        component, parameter = name.split(".", 1)
-        getattr(plain, component).get_parameter(parameter).data.copy_(tensor)
+    readme_apply(plain, tmp_path / "edit")
     assert torch.equal(plain.text_encoder.get_parameter(next(iter(whole.tensors)).split(".", 1)[1]),
                        whole.tensors[next(iter(whole.tensors))])
 

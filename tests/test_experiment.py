@@ -43,6 +43,8 @@ def _experiment(tmp_path, micro_run, **overrides):
     ("batch_size: 0\ngroups:\n  - {suite: 'tiny:target:star', metric: efficacy}\n", "field 'batch_size'"),
     ("fixed_batch_shape: maybe\ngroups:\n  - {suite: 'tiny:target:star', metric: efficacy}\n",
      "field 'fixed_batch_shape': must be true, false or null"),
+    ("edits: [base, [base, /e]]\ngroups:\n  - {suite: 'tiny:target:star', metric: efficacy}\n",
+     "field 'edits[1]': must be 'base', an edit directory, or a list of edit directories to stack"),
 ])
 def test_bad_experiment_files_name_the_field(tmp_path, text, message):
     path = tmp_path / "bad.yaml"

@@ -21,7 +21,8 @@ from eraselab.profile import TINY
 SHORT = {"iterations": 4, "batch_size": 2, "checkpoint_every": 2}
 
 
-def test_only_self_attention_changes_the_edit_applies_in_plain_diffusers_and_a_resume_is_exact(micro_run, tmp_path):
+def test_only_self_attention_changes_the_edit_applies_in_plain_diffusers_and_a_resume_is_exact(micro_run, tmp_path,
+                                                                                        readme_apply):
     pipe = load_pipeline(micro_run / "pipeline")
     erase = ERASERS.get("safegen").erase
     spec = EraseSpec(("star",))
@@ -37,9 +38,7 @@ def test_only_self_attention_changes_the_edit_applies_in_plain_diffusers_and_a_r
 
     whole.save(tmp_path / "edit")  # the README's plain-diffusers snippet
     plain = StableDiffusionPipeline.from_pretrained(micro_run / "pipeline", safety_checker=None)
-    for name, tensor in load_file(tmp_path / "edit" / "edit.safetensors").items():
-        component, parameter = name.split(".", 1)
-        getattr(plain, component).get_parameter(parameter).data.copy_(tensor)
+    readme_apply(plain, tmp_path / "edit")
     assert torch.equal(plain.unet.get_parameter(next(iter(whole.tensors))[len("unet."):]),
                        next(iter(whole.tensors.values())))
 

@@ -39,17 +39,14 @@ def _list_of_str(raw: dict, key: str, default: list[str] | None = None) -> tuple
 
 
 def _edits(raw: dict) -> tuple[str | tuple[str, ...], ...]:
-    """``edits``: names (``base`` or an edit directory) and stacks (a list of two or more edit directories)."""
+    """``edits``: names (``base`` or an edit directory) and stacks (a list of edit directories applied together)."""
+    value = raw.get("edits", ["base"])
     entries = []
-    for i, value in enumerate(raw.get("edits", ["base"]) if isinstance(raw.get("edits"), list) else
-                              [raw.get("edits", "base")]):
-        if isinstance(value, list) and len(value) > 1 and all(isinstance(v, str) and v and v != "base"
-                                                               for v in value):
-            entries.append(tuple(value))
-        elif isinstance(value, list) and len(value) == 1 and isinstance(value[0], str) and value[0]:
-            entries.append(value[0])
-        elif isinstance(value, str) and value:
-            entries.append(value)
+    for i, entry in enumerate(value if isinstance(value, list) else [value]):
+        if isinstance(entry, list) and entry and all(isinstance(e, str) and e and e != "base" for e in entry):
+            entries.append(entry[0] if len(entry) == 1 else tuple(entry))
+        elif isinstance(entry, str) and entry:
+            entries.append(entry)
         else:
             raise _fail(f"edits[{i}]", "must be 'base', an edit directory, or a list of edit directories to stack")
     if not entries:

@@ -13,6 +13,22 @@ import numpy as np
 import torch
 
 
+@torch.no_grad()
+def sample_until(unet, scheduler, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, guidance: float,
+                 stop: int, inputs: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Run the first ``stop`` steps of ``scheduler``'s timesteps (set by the caller) of classifier-free guided
+    sampling from ``latents`` with a frozen UNet; ``inputs`` (when given) receives the UNet's input at each step.
+    The trained erasers draw their x_t with it (ESD, AdvUnlearn; TRCE keeps the inputs as its trajectories)."""
+    for t in scheduler.timesteps[:stop]:
+        model_input = scheduler.scale_model_input(latents, t)  # the sample itself for DDIM
+        if inputs is not None:
+            inputs.append(model_input.cpu())
+        both = unet(torch.cat([model_input] * 2), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+        eps_uncond, eps_cond = both.chunk(2)
+        latents = scheduler.step(eps_uncond + guidance * (eps_cond - eps_uncond), t, latents).prev_sample
+    return latents
+
+
 def prediction_target(scheduler, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
     """What the UNet predicts at ``scheduler.add_noise(sample, noise, timesteps)``: the noise for epsilon models
     (SD 1.x), the velocity v = sqrt(a_t) eps - sqrt(1 - a_t) x_0 for v-prediction ones (SD 2.x at 768 px;

@@ -38,13 +38,13 @@ from diffusers import DDIMScheduler
 from eraselab.attack.soft_prompt import encode_with_embeddings, insert_embeddings, token_embeddings
 from eraselab.erase.artifact import Edit
 from eraselab.erase.cross_attention_edit import check_spec_words
-from eraselab.erase.esd import sample_until
 from eraselab.erase.finetune import FineTune, LoopSettings
 from eraselab.erase.registry import MethodEntry
 from eraselab.erase.spec import EraseSpec
 from eraselab.errors import EraselabError
 from eraselab.models import pipeline_fingerprint
 from eraselab.models.conditioning import require_one_text_encoder
+from eraselab.sampling import sample_until
 
 ATTACKS = ("pgd", "fast-at")
 INITS = ("latest", "random")

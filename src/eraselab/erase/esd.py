@@ -48,6 +48,7 @@ from eraselab.erase.spec import EraseSpec
 from eraselab.errors import EraselabError
 from eraselab.models import cross_attention_layers, pipeline_fingerprint
 from eraselab.models.conditioning import require_one_text_encoder
+from eraselab.sampling import sample_until
 
 VARIANTS = ("esd-x", "esd-x-strict", "esd-u")
 
@@ -84,17 +85,6 @@ def trained_parameter_names(unet, variant: str) -> list[str]:
         if wanted:
             names.append(name)
     return names
-
-
-@torch.no_grad()
-def sample_until(frozen, scheduler, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
-                  guidance: float, stop: int) -> torch.Tensor:
-    """Run ``stop`` DDIM steps of classifier-free guided sampling from ``latents`` (x_T) with the frozen UNet."""
-    for t in scheduler.timesteps[:stop]:
-        both = frozen(torch.cat([latents, latents]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
-        eps_uncond, eps_cond = both.chunk(2)
-        latents = scheduler.step(eps_uncond + guidance * (eps_cond - eps_uncond), t, latents).prev_sample
-    return latents
 
 
 def erase(pipe, spec: EraseSpec, config: EsdConfig, progress: bool = True,

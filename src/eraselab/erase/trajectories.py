@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from eraselab.models import pipeline_fingerprint
+from eraselab.sampling import sample_until
 
 CHUNK = 8  # trajectories sampled per batched UNet call
 
@@ -48,14 +49,8 @@ def _sample(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: fl
             cond = pipe.encode_prompt(batch, pipe.device, 1, False)[0]
             latents = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in batch_seeds])
             latents = latents.to(pipe.device, cond.dtype) * scheduler.init_noise_sigma
-            inputs = []
-            for t in timesteps:
-                model_input = scheduler.scale_model_input(latents, t)
-                inputs.append(model_input.cpu())
-                both = pipe.unet(torch.cat([model_input] * 2), t,
-                                 encoder_hidden_states=torch.cat([empty.expand(len(batch), -1, -1), cond])).sample
-                uncond, text = both.chunk(2)
-                latents = scheduler.step(uncond + guidance * (text - uncond), t, latents).prev_sample
+            inputs: list[torch.Tensor] = []
+            sample_until(pipe.unet, scheduler, latents, cond, empty.expand(len(batch), -1, -1), guidance, early, inputs)
             kept.append(torch.stack(inputs, 1))
     return Trajectories(torch.cat(kept), timesteps.cpu())
 

@@ -210,3 +210,21 @@ def test_esd_preserve_set_adds_the_retain_term_and_is_pure_esd_without_one(micro
     assert all(torch.equal(plain.tensors[k], off.tensors[k]) for k in plain.tensors)
     with pytest.raises(EraselabError, match="preserve_weight"):
         esd_erase(pipe, EraseSpec(("star",)), EsdConfig(preserve_weight=-1.0), progress=False)
+
+
+def test_the_recovered_embedding_is_solved_where_the_keys_are():
+    # Found on a GPU: the attack's weights and keys lived on cuda while the solve's accumulators were made on the
+    # CPU ("Expected all tensors to be on the same device"). The meta device stands in for a second device here.
+    weights = {"w": torch.randn(6, 4, device="meta")}
+    found = recovered_embeddings(weights, weights, torch.randn(3, 4, device="meta"), reg=0.1)
+    assert found.device.type == "meta" and found.shape == (3, 4)
+
+
+@pytest.mark.parametrize("method", ["esd", "safegen"])
+def test_trained_erasers_refuse_half_precision_weights_whose_updates_would_round_away(micro_run, method):
+    # Measured on the tiny model: 5 ESD steps at lr 1e-5 on a bfloat16 pipeline changed 14,583 of 336,576 trained
+    # weights (4%); the rest of the updates rounded away, silently. The loop trains float32 weights only.
+    pipe = load_pipeline(micro_run / "pipeline", dtype="bfloat16")
+    config = build(ERASERS, method, {"iterations": 1}, TINY)
+    with pytest.raises(EraselabError, match=r"bfloat16: most updates would round away.*--dtype float32"):
+        ERASERS.get(method).erase(pipe, EraseSpec(("star",)), config, progress=False)

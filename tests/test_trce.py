@@ -57,3 +57,20 @@ def test_stage_two_trains_self_attention_and_queries_over_stage_one_and_resumes_
     assert any(not torch.equal(kept.tensors[k], both.tensors[k]) for k in trained)
     with pytest.raises(EraselabError, match="stages must be one of 1, 2, 1,2"):
         erase(pipe, spec, config(stages="3"))
+
+
+def test_trajectories_under_a_stateful_scheduler_do_not_depend_on_their_batch(micro_run):
+    # Found at SD-1.4 size: PNDM (the scheduler SD-1.4 ships) keeps its last noise predictions between steps, and one
+    # scheduler served every batch of trajectories: a second, smaller batch crashed, an equal one started from the
+    # first batch's history.
+    from diffusers import PNDMScheduler
+
+    from eraselab.erase.trajectories import CHUNK, trajectories
+
+    pipe = load_pipeline(micro_run / "pipeline")
+    pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=True)
+    prompts, seeds = ["a star"] * (CHUNK + 1), list(range(CHUNK + 1))
+    batched = trajectories(pipe, prompts, seeds, steps=6, guidance=3.0, early=4, progress=False).inputs
+    for index in (0, CHUNK):  # first of a full batch; alone in the last batch
+        alone = trajectories(pipe, prompts[:1], seeds[index:index + 1], 6, 3.0, 4, progress=False).inputs[0]
+        assert torch.allclose(batched[index], alone, atol=1e-5)

@@ -49,10 +49,9 @@ def attack(target_pipe, spec: AttackSpec, config: EmbeddingRecoveryConfig, refer
         raise EraselabError("the target's cross-attention key/value weights equal the reference's: there is no "
                             "cross-attention edit to invert (a guard or an edit elsewhere in the UNet)")
     hidden = encode(target_pipe, list(spec.prompts)).hidden  # (B, T, C)
-    replays = []
-    for prompt, rows in zip(spec.prompts, hidden, strict=True):
-        recovered = recovered_embeddings(original, edited, rows, config.reg)  # Eq. 8, every token row
-        replays.append(Replay(prompt, embeddings=recovered[None].float()))
+    recovered = recovered_embeddings(original, edited, hidden.flatten(0, 1), config.reg)  # Eq. 8, every token row
+    replays = [Replay(prompt, embeddings=rows[None].float())
+               for prompt, rows in zip(spec.prompts, recovered.view_as(hidden), strict=True)]
     cost = Cost(text_encoder_evals=len(spec.prompts), seconds=round(time.perf_counter() - start, 4))
     return AttackResult("embedding-recovery", THREAT_MODEL, asdict(config), replays, cost,
                         details={"changed_projections": len(changed)})

@@ -37,8 +37,12 @@ def early_steps(steps: int, fraction: float) -> int:
 
 def _sample(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float, early: int,
             progress: bool) -> Trajectories:
-    scheduler = copy.deepcopy(pipe.scheduler)  # the pipeline's own scheduler keeps its state
-    scheduler.set_timesteps(steps, device=pipe.device)
+    def fresh():  # per batch: PNDM (SD-1.4's own) keeps its last predictions between steps
+        scheduler = copy.deepcopy(pipe.scheduler)
+        scheduler.set_timesteps(steps, device=pipe.device)
+        return scheduler
+
+    scheduler = fresh()
     timesteps = scheduler.timesteps[:early]
     shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
     kept = []
@@ -50,7 +54,7 @@ def _sample(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: fl
             latents = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in batch_seeds])
             latents = latents.to(pipe.device, cond.dtype) * scheduler.init_noise_sigma
             inputs: list[torch.Tensor] = []
-            sample_until(pipe.unet, scheduler, latents, cond, empty.expand(len(batch), -1, -1), guidance, early, inputs)
+            sample_until(pipe.unet, fresh(), latents, cond, empty.expand(len(batch), -1, -1), guidance, early, inputs)
             kept.append(torch.stack(inputs, 1))
     return Trajectories(torch.cat(kept), timesteps.cpu())
 

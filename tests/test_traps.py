@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 import zlib
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def _plain_scores(model, begin: int, ids: list[int], context: list[int], text: s
         standardised.append(float((log_p[token] - mean) / variance.sqrt()))
         if reference_logits is not None:
             reference_log_probs.append(float(torch.log_softmax(reference_logits[position], -1)[token]))
-    k = math.ceil(0.2 * len(ids))
+    k = max(1, int(len(ids) * 0.2))  # both references: int(len * k) (floor); at least one token
     mean_ll = sum(log_probs) / len(ids)
     scores = {"loss": mean_ll, "zlib": mean_ll / len(zlib.compress(text.encode())),
               "min-k": sum(sorted(log_probs)[:k]) / k, "min-k++": sum(sorted(standardised)[:k]) / k}
@@ -91,6 +92,25 @@ def test_every_score_matches_a_plain_rederivation_with_padding_and_context(micro
             assert values[i].item() == pytest.approx(expected, rel=1e-5, abs=1e-6), (name, i)
 
 
+@pytest.mark.parametrize("length", [3, 7, 12, 23, 64])
+def test_min_k_and_min_k_plus_plus_follow_the_reference_codes_token_count(length):
+    # MIMIR's min_k: np.sort(log_probs)[:int(len(log_probs) * k)].mean(); the official Min-K%++ code: the same on the
+    # standardised scores. Floor, not ceiling (12 tokens: 2, not 3); the guard takes one token where k n < 1.
+    from eraselab.traps.scores.stats import TokenStats
+
+    g = torch.Generator().manual_seed(length)
+    log_prob, mean = -torch.rand(1, length, generator=g, dtype=torch.float64) * 5, -torch.rand(1, length, generator=g,
+                                                                                               dtype=torch.float64)
+    std = torch.rand(1, length, generator=g, dtype=torch.float64) + 0.5
+    stats = TokenStats(log_prob=log_prob, mean_log_prob=mean, std_log_prob=std,
+                       mask=torch.ones(1, length, dtype=torch.bool), texts=("x",))
+    count = max(1, int(length * 0.2))
+    mimir = np.sort(log_prob[0].numpy())[:count].mean()
+    official = np.sort(((log_prob - mean) / std)[0].numpy())[:count].mean()
+    assert SCORES.get("min-k").compute(stats, None).item() == pytest.approx(mimir, abs=1e-12)
+    assert SCORES.get("min-k++").compute(stats, None).item() == pytest.approx(official, abs=1e-12)
+
+
 def test_rank_p_values_and_the_exact_fisher_null_match_enumeration():
     assert rank_p_value(5.0, [1, 2, 3]) == 0.25
     assert rank_p_value(2.0, [1, 2, 3]) == 0.75  # a tie counts against the claim
@@ -107,8 +127,49 @@ def test_the_combined_test_is_calibrated_on_exchangeable_scores_and_finds_a_real
     null = calibration(rng.normal(0, 1, 15).tolist(), siblings, draws=400, alpha=0.05)
     assert null["exact"]["rejection_rate"] <= 0.05 + 0.03  # sampling error of 400 draws
     result = membership_test(rng.normal(2.5, 1, 15).tolist(), siblings)
-    assert result["combined_p"] < 1e-4 and result["auc"]["low"] > 0.8
+    true_auc = 0.9614  # Phi(2.5 / sqrt 2): the interval excludes chance and holds the truth
+    assert result["combined_p"] < 1e-4 and 0.5 < result["auc"]["low"] <= true_auc <= result["auc"]["high"]
     assert result["auc"]["low"] <= result["auc"]["value"] <= result["auc"]["high"]
+
+
+def test_tpr_is_an_exact_fraction_and_the_floor_p_value_prints_as_a_bound():
+    from eraselab.traps.commands import summary_line
+    from eraselab.traps.evidence import tpr_at_fpr
+
+    members, controls = [9.0, 8.0, 7.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7], [float(i) / 100 for i in range(100)]
+    assert tpr_at_fpr(members, controls, 0.01) == 0.3  # 3 of 10, not float32's 0.30000001192092896
+    test = {"auc": {"value": 0.9, "low": 0.8, "high": 0.95}, "tpr_at_1pct_fpr": 0.3, "tpr_at_10pct_fpr": 0.3,
+            "combined_p": 1 / 200_001, "combined_p_resolution": 1 / 200_001}
+    assert summary_line("loss", test).split()[-1] == "<=5e-06"
+    assert summary_line("loss", {**test, "combined_p": 0.0123}).split()[-1] == "0.012"
+
+
+@pytest.mark.parametrize(("traps", "siblings", "draws"), [(8, 19, 400), (96, 5, 100)])
+def test_the_auc_interval_excludes_chance_at_most_5_percent_of_the_time_under_the_null(traps, siblings, draws):
+    # The percentile bootstrap's "95%" interval excluded 0.5 in 10.3% of null runs with 8 published traps. Scores
+    # here are exchangeable (no membership): the interval may exclude 0.5 in at most 5% + 2.6 Monte Carlo SE.
+    from eraselab.traps.evidence import auc_with_interval
+
+    rng = np.random.default_rng(traps)
+    excluded = 0
+    for draw in range(draws):
+        published, siblings_ = rng.normal(size=traps), rng.normal(size=(traps, siblings))
+        interval = auc_with_interval(published.tolist(), siblings_.tolist(), seed=draw)
+        excluded += not interval["low"] <= 0.5 <= interval["high"]
+    assert excluded / draws <= 0.05 + 2.6 * math.sqrt(0.05 * 0.95 / draws), excluded
+
+
+def test_the_auc_interval_covers_a_true_auc_that_the_bootstrap_alone_missed():
+    # 8 traps whose published member scores N(2, 1) against N(0, 1) siblings: true AUC = Phi(2 / sqrt 2) = 0.921.
+    # Measured over 300 runs: the percentile bootstrap missed it in 21%, BCa in 16%; this interval in 0%.
+    from eraselab.traps.evidence import auc_with_interval
+
+    rng, true, missed = np.random.default_rng(5), 0.9213503964748575, 0
+    for draw in range(100):
+        published, siblings_ = rng.normal(size=8) + 2.0, rng.normal(size=(8, 19))
+        interval = auc_with_interval(published.tolist(), siblings_.tolist(), seed=draw)
+        missed += not interval["low"] <= true <= interval["high"]
+    assert missed <= 5 + 2.6 * math.sqrt(5 * 0.95)  # 5% + 2.6 SE of 100
 
 
 def test_power_grows_with_the_effect_and_is_alpha_at_no_effect():
@@ -174,6 +235,11 @@ def test_detect_refuses_a_tokenizer_mismatch_changed_documents_and_too_few_sibli
     few = {**key, "traps": [{**t, "siblings": t["siblings"][:2]} for t in key["traps"]]}
     with pytest.raises(EraselabError, match="8 sibling traps in all; at least 10"):
         detect(few, model, tokenizer)
+    # one trap without siblings once scored p = 1 silently, whatever the model had seen
+    lonely = {**key, "traps": [{**t, "siblings": [] if i == 1 else t["siblings"]} for i, t in enumerate(key["traps"])]}
+    with pytest.raises(EraselabError, match=re.escape(f"trap {key['traps'][1]['id']!r} has 0 siblings; every "
+                                                      "published trap needs at least 4")):
+        detect(lonely, model, tokenizer)
 
 
 def test_cli_generate_inject_detect_power(micro, tmp_path: Path):
@@ -266,6 +332,37 @@ def test_the_report_comes_first_and_the_plot_goes_into_a_new_directory(micro, tr
     assert "scores" in json.loads(result.stdout.strip().splitlines()[-1]) and roc.stat().st_size > 0
 
 
+@pytest.mark.parametrize("layout", ["txt", "jsonl"])
+def test_detect_reads_the_documents_inject_wrote_in_either_layout(micro, traps, tmp_path: Path, layout):
+    # A JSONL corpus comes out of `inject` as DIR/documents.jsonl, which `detect --docs DIR` once could not read
+    # ("the corpus at DIR is empty"), the demo's published/ among them.
+    _, _, path = micro
+    texts = chronicle_corpus(5, seed=11)
+    if layout == "txt":
+        source = tmp_path / "docs"
+        source.mkdir()
+        for i, text in enumerate(texts):
+            (source / f"{i}.txt").write_text(text)
+    else:
+        source = tmp_path / "docs.jsonl"
+        source.write_text("".join(json.dumps({"id": f"doc{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    traps_file = tmp_path / "traps.jsonl"
+    traps_file.write_text("".join(json.dumps(t) + "\n" for t in traps))
+    runner, key, published = CliRunner(), tmp_path / "key.json", tmp_path / "pub"
+    result = runner.invoke(app, ["traps", "inject", "--traps", str(traps_file), "--docs", str(source), "--repetitions",
+                                 "2", "--out", str(published), "--key", str(key)])
+    assert result.exit_code == 0, result.output
+    documents = read_documents(published)
+    assert {name: sha256(text) for name, text in documents.items()} == json.loads(key.read_text())["documents"]
+    result = runner.invoke(app, ["traps", "detect", "--key", str(key), "--model", str(path), "--docs", str(published),
+                                 "--context", "--json"])
+    assert result.exit_code == 0, result.output
+    if layout == "jsonl":  # a directory holding both layouts is ambiguous: refused, naming both
+        (published / "extra.txt").write_text("Not injected.")
+        with pytest.raises(EraselabError, match=r"both documents\.jsonl and \.txt files"):
+            read_documents(published)
+
+
 def test_an_empty_corpus_is_refused(tmp_path: Path):
     (tmp_path / "empty.jsonl").write_text('{"text": "  "}\n')
     with pytest.raises(EraselabError, match="is empty"):
@@ -290,3 +387,6 @@ def test_the_trap_world_demo_runs_end_to_end_at_micro_size(tmp_path: Path):
     assert "| len10-ppl1-1e+06 x20 |" in table and "calibration on the clean model" in table
     for name in ("roc.png", "key.json", "traps.jsonl", "published/documents.jsonl", "models/suspect/model.safetensors"):
         assert (tmp_path / name).is_file(), name
+    result = CliRunner().invoke(app, ["traps", "detect", "--key", str(tmp_path / "key.json"), "--model",
+                                      str(tmp_path / "models/suspect"), "--docs", str(tmp_path / "published")])
+    assert result.exit_code == 0, result.output  # the demo's own published/ directory

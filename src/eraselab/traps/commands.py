@@ -114,6 +114,14 @@ def inject_command(
                f"key {key}")
 
 
+def summary_line(name: str, test: dict) -> str:
+    """One score's line of the detect summary; a p-value at the exact null's floor prints as the bound it is."""
+    auc, p = test["auc"], test["combined_p"]
+    shown = f"<={p:.2g}" if p <= test["combined_p_resolution"] else f"{p:.2g}"
+    return (f"{name:16s} {auc['value']:.3f} [{auc['low']:.3f}, {auc['high']:.3f}] "
+            f"{test['tpr_at_1pct_fpr']:9.3f} {test['tpr_at_10pct_fpr']:10.3f} {shown:>11s}")
+
+
 @traps_app.command("detect")
 @user_errors
 def detect_command(
@@ -123,7 +131,7 @@ def detect_command(
     docs: Annotated[Path | None, typer.Option(help="The injected documents (checked against the key).")] = None,
     context: Annotated[bool, typer.Option(help="Score each trap after its preceding text (needs --docs).")] = False,
     roc: Annotated[Path | None, typer.Option(help="Write the ROC plot (PNG) here.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the bootstrap and of the exact null.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the AUC interval and of the exact null.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
 ) -> None:
     """Test a suspect model for the published traps against their siblings: AUC, TPR at low FPR, p-values.
@@ -147,10 +155,7 @@ def detect_command(
     else:
         typer.echo(f"{'score':16s} {'AUC [95% CI]':22s} {'TPR@1%FPR':>9s} {'TPR@10%FPR':>10s} {'combined p':>11s}")
         for name, entry in report["scores"].items():
-            test = entry["all"]
-            auc = test["auc"]
-            typer.echo(f"{name:16s} {auc['value']:.3f} [{auc['low']:.3f}, {auc['high']:.3f}] "
-                       f"{test['tpr_at_1pct_fpr']:9.3f} {test['tpr_at_10pct_fpr']:10.3f} {test['combined_p']:11.2g}")
+            typer.echo(summary_line(name, entry["all"]))
     if roc:
         plot_roc(report, secret, roc)
 

@@ -2,7 +2,7 @@
 
 Every published trap and every sibling is scored by every membership score from one forward pass of the
 suspect model (and one of the reference model, if given); the scores then go through
-:mod:`eraselab.traps.evidence`: ROC AUC with a bootstrap interval, TPR at 1% and 10% FPR, each trap's exact rank
+:mod:`eraselab.traps.evidence`: ROC AUC with a 95% interval, TPR at 1% and 10% FPR, each trap's exact rank
 p-value among its siblings, and their combination into one p-value, over all traps and per group (length,
 perplexity band, repetitions).
 
@@ -21,7 +21,7 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from eraselab.errors import EraselabError
-from eraselab.traps.evidence import MIN_SIBLINGS, membership_test, roc_curve
+from eraselab.traps.evidence import MIN_SIBLINGS, MIN_SIBLINGS_PER_TRAP, membership_test, roc_curve
 from eraselab.traps.generate import tokenizer_fingerprint
 from eraselab.traps.inject import check_documents
 from eraselab.traps.scores import SCORES
@@ -115,6 +115,11 @@ def detect(key: dict, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     if total_siblings < MIN_SIBLINGS:
         raise EraselabError(f"the key holds {total_siblings} sibling traps in all; at least {MIN_SIBLINGS} are needed "
                             "for the rank test to mean anything")
+    for trap in key["traps"]:
+        if len(trap["siblings"]) < MIN_SIBLINGS_PER_TRAP:
+            raise EraselabError(f"trap {trap['id']!r} has {len(trap['siblings'])} siblings; every published trap needs "
+                                f"at least {MIN_SIBLINGS_PER_TRAP} (with K its p-value is never below 1/(K+1): a trap "
+                                "without siblings would count as p = 1 whatever the model saw)")
     # 2. Score every sequence (one forward pass per model).
     rows, names = score_sequences(key, model, tokenizer, reference, docs if context else None, score_names)
     # 3. Evidence per score, over all traps and per group.

@@ -35,21 +35,34 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+JSONL_NAME = "documents.jsonl"  # what `inject` writes for a JSONL corpus
+
+
+def _read_jsonl(path: Path) -> dict[str, str]:
+    docs = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        if line.strip():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise EraselabError(f"{path}: line {number + 1} is not JSON ({error.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise EraselabError(f"{path}: line {number + 1} has no string field 'text'")
+            docs[str(record.get("id", number))] = record["text"]
+    return docs
+
+
 def read_documents(path: Path) -> dict[str, str]:
-    """A directory of ``*.txt`` files, or a JSONL file with a ``text`` field (and optional ``id``)."""
+    """Every layout :func:`write_documents` writes, and the inputs it reads: a directory of ``*.txt`` files, a
+    directory holding ``documents.jsonl``, or a JSONL file with a ``text`` field (and optional ``id``)."""
     if path.is_dir():
-        docs = {item.name: item.read_text(encoding="utf-8") for item in sorted(path.glob("*.txt"))}
+        texts, jsonl = sorted(path.glob("*.txt")), path / JSONL_NAME
+        if jsonl.is_file() and texts:
+            raise EraselabError(f"{path} holds both {JSONL_NAME} and .txt files: give the one the key was made from")
+        docs = _read_jsonl(jsonl) if jsonl.is_file() else {item.name: item.read_text(encoding="utf-8")
+                                                          for item in texts}
     elif path.is_file():
-        docs = {}
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise EraselabError(f"{path}: line {number + 1} is not JSON ({error.msg})") from None
-                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                    raise EraselabError(f"{path}: line {number + 1} has no string field 'text'")
-                docs[str(record.get("id", number))] = record["text"]
+        docs = _read_jsonl(path)
     else:
         raise EraselabError(f"documents not found: {path} (give a directory of .txt files or a .jsonl file)")
     if not any(text.strip() for text in docs.values()):
@@ -63,7 +76,7 @@ def write_documents(docs: dict[str, str], out: Path, like: Path) -> None:
         for name, text in docs.items():
             (out / name).write_text(text, encoding="utf-8")
     else:
-        (out / "documents.jsonl").write_text("".join(json.dumps({"id": name, "text": text}) + "\n"
+        (out / JSONL_NAME).write_text("".join(json.dumps({"id": name, "text": text}) + "\n"
                                                      for name, text in docs.items()), encoding="utf-8")
 
 

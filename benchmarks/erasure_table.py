@@ -1,7 +1,7 @@
 """The erasure table: every method (and guard) x tiny target, judged by the harness, with 95% Wilson intervals.
 
     python benchmarks/erasure_table.py --out runs/erasure-table [--seeds 12] [--targets star red outlined]
-        [--methods uce rece trce-stage1 trce esd advunlearn safegen] [--skip-guards]
+        [--methods uce rece trce-stage1 trce esd advunlearn safegen ...] [--skip-guards]
 
 For each target (the shape "star" towards "shape", the colour "red" towards "green" and the fill "outlined" towards
 "solid") it erases with uce, rece, trce (stage 1 alone, and both stages), esd and advunlearn (which take no anchor)
@@ -58,6 +58,10 @@ TARGETS = {  # target word -> (anchor, tiny-world class, attribute)
 METHODS = {  # row label -> (method, options beyond its tiny defaults)
     "uce": ("uce", {}), "rece": ("rece", {}), "trce-stage1": ("trce", {"stages": "1"}), "trce": ("trce", {}),
     "esd": ("esd", {}), "advunlearn": ("advunlearn", {}), "safegen": ("safegen", {}),
+    # ablations: TRCE's stage 2 alone; AdvUnlearn with its attack never started (ESD on the text encoder, the same
+    # budget: warm-up = its 200 tiny iterations) and without its retain term (gamma = 0)
+    "trce-stage2": ("trce", {"stages": "2"}), "esd-te": ("advunlearn", {"warmup": 200}),
+    "advunlearn-gamma0": ("advunlearn", {"preserve_weight": 0.0}),
 }
 STACKS = {"uce+safegen": ("uce", "safegen")}  # edits applied together (disjoint tensors: cross- and self-attention)
 TRAINED = ("esd", "advunlearn", "safegen")  # fine-tuned from the base: no anchor (SafeGen no preserve set either)

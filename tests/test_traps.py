@@ -368,7 +368,7 @@ def test_an_empty_corpus_is_refused(tmp_path: Path):
     with pytest.raises(EraselabError, match="is empty"):
         read_documents(tmp_path / "empty.jsonl")
     (tmp_path / "docs.jsonl").write_text('{"text": "One. Two."}\nnot json\n')
-    with pytest.raises(EraselabError, match="line 2 is not JSON"):
+    with pytest.raises(EraselabError, match="line 2: not valid JSON"):
         read_documents(tmp_path / "docs.jsonl")
     with pytest.raises(EraselabError, match="corpus is empty"):
         train_tokenizer(["", " "])

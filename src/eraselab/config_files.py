@@ -1,7 +1,10 @@
-"""Reading a user's YAML or JSON file (``yaml.safe_load``: never code), with one clear error for every way it fails."""
+"""Reading a user's YAML, JSON or JSON-lines file (``yaml.safe_load``: never code), with one clear error for every
+way it fails."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,3 +25,18 @@ def read_yaml(path: Path, what: str) -> Any:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise EraselabError(f"{path} is not valid YAML{where}: {getattr(error, 'problem', error)}") from None
+
+
+def jsonl_records(path: Path, field: str) -> Iterator[tuple[int, dict]]:
+    """(line number, record) for every non-blank line of the JSON-lines file ``path``; each record must be an object
+    holding the string ``field``, or the error names the line."""
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise EraselabError(f"{path}, line {number}: not valid JSON ({error.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get(field), str):
+            raise EraselabError(f"{path}, line {number}, field {field!r}: missing or not a string")
+        yield number, record

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from eraselab.config_files import jsonl_records
 from eraselab.errors import EraselabError
 from eraselab.registry import Registry
 
@@ -108,16 +109,8 @@ def load_jsonl(path: str | Path, name: str | None = None) -> PromptSuite:
     if not path.is_file():
         raise EraselabError(f"prompt file {path} does not exist")
     items = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, record in jsonl_records(path, "prompt"):
         where = f"{path}, line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise EraselabError(f"{where}: not valid JSON ({error.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-            raise EraselabError(f"{where}, field 'prompt': missing or not a string")
         seed, guidance = record.get("seed"), record.get("guidance")
         if seed is not None and not isinstance(seed, int):
             raise EraselabError(f"{where}, field 'seed': {seed!r} is not an integer")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
+from eraselab.config_files import jsonl_records
 from eraselab.errors import EraselabError
 from eraselab.provenance import provenance
 from eraselab.store import seal_holds, sealed
@@ -39,17 +40,7 @@ JSONL_NAME = "documents.jsonl"  # what `inject` writes for a JSONL corpus
 
 
 def _read_jsonl(path: Path) -> dict[str, str]:
-    docs = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-        if line.strip():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise EraselabError(f"{path}: line {number + 1} is not JSON ({error.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise EraselabError(f"{path}: line {number + 1} has no string field 'text'")
-            docs[str(record.get("id", number))] = record["text"]
-    return docs
+    return {str(record.get("id", number - 1)): record["text"] for number, record in jsonl_records(path, "text")}
 
 
 def read_documents(path: Path) -> dict[str, str]:

@@ -3,7 +3,7 @@ the UCE, RECE, TRCE (stage 1 alone and both stages), ESD, AdvUnlearn and SafeGen
 UCE + SafeGen stack (and UCE under the guard), through ``eraselab run``'s attack axis.
 
     python benchmarks/attack_table.py --concept star --out runs/attack-table [--seeds 4] [--methods uce rece]
-        [--rows trce uce+safegen] [--skip-guard]
+        [--rows trce uce+safegen] [--skip-guard] [--attacks textual-inversion unlearndiff ...]
 
 Erases the concept with each method at its tiny defaults as the erasure table does (its anchor and preserve set; ESD
 and SafeGen train for a few minutes each), writes two experiments (``edits.yaml``: every edit bare; ``guard.yaml``:
@@ -64,6 +64,8 @@ def main() -> None:
                         help="attack only these rows of the edits grid (method labels or a stack: uce+safegen) and "
                              "the bare model; default: every edit and stack made")
     parser.add_argument("--skip-guard", action="store_true", help="leave out the guard grid")
+    parser.add_argument("--attacks", nargs="+", choices=sorted({n for n, _ in ATTACKS}), default=None,
+                        help="run only these attacks (default: all seven; concept-vector is both its variants)")
     args = parser.parse_args()
     anchor, name, attribute = TARGETS.get(args.concept, ("shape", args.concept, ""))  # other shapes: "shape"
     keep = tuple(load_world().siblings(attribute, name)) if attribute else ()
@@ -78,7 +80,8 @@ def main() -> None:
     common = {"version": 1, "models": ["tiny"], "seeds": [0],
               "groups": [{"suite": suite, "metric": "efficacy", "concept": concept_label(args.concept)}],
               "attacks": [{"name": name, "concept": args.concept, "suite": suite, "seeds": args.seeds,
-                           "options": options} for name, options in ATTACKS]}
+                           "options": options} for name, options in ATTACKS
+                          if args.attacks is None or name in args.attacks]}
     # Two grids: every edit bare, then the bare model and the UCE edit under the guard (a grid applies its guards
     # to every edit, and the guard on every edit would double the cost, most of it the composition search).
     guarded = ["base", str(made["uce"][0])] if "uce" in made else ["base"]

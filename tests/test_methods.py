@@ -212,7 +212,7 @@ def test_esd_preserve_set_adds_the_retain_term_and_is_pure_esd_without_one(micro
         esd_erase(pipe, EraseSpec(("star",)), EsdConfig(preserve_weight=-1.0), progress=False)
 
 
-def test_the_recovered_embedding_is_solved_where_the_keys_are():
+def test_the_recovered_embedding_is_solved_on_the_weights_device():
     # Found on a GPU: the attack's weights and keys lived on cuda while the solve's accumulators were made on the
     # CPU ("Expected all tensors to be on the same device"). The meta device stands in for a second device here.
     weights = {"w": torch.randn(6, 4, device="meta")}

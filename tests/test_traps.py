@@ -172,6 +172,17 @@ def test_the_auc_interval_covers_a_true_auc_that_the_bootstrap_alone_missed():
     assert missed <= 5 + 2.6 * math.sqrt(5 * 0.95)  # 5% + 2.6 SE of 100
 
 
+def test_a_degenerate_bootstrap_falls_back_to_the_permutation_interval_without_warnings():
+    import warnings
+
+    from eraselab.traps.evidence import auc_with_interval
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the CLI printed SciPy's BCa warnings on the demo's perfectly separated groups
+        interval = auc_with_interval([5.0, 6.0, 7.0], [[0.0, 0.1, 0.2, 0.3]] * 3)
+    assert interval["value"] == 1.0 and interval["high"] == 1.0 and 0.5 < interval["low"] < 1.0
+
+
 def test_power_grows_with_the_effect_and_is_alpha_at_no_effect():
     assert simulate_power(0.0, 10, 19, alpha=0.05, draws=2000)["power"] <= 0.065
     assert simulate_power(0.5, 10, 19, draws=500)["power"] < simulate_power(1.5, 10, 19, draws=500)["power"]

@@ -126,6 +126,7 @@ def auc_with_interval(published: Sequence[float], siblings: Sequence[Sequence[fl
     value = auc(m, c)
     with warnings.catch_warnings():  # a degenerate bootstrap (AUC 0 or 1) gives NaN bounds: the other interval holds
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)  # its acceleration's 0/0 on such data
         boot = stats.bootstrap((m, c), statistic, n_resamples=n_resamples, method="BCa",
                                rng=np.random.default_rng(seed), vectorized=True).confidence_interval
     null = permutation_auc(published, siblings, seed=seed)

@@ -66,8 +66,9 @@ def recovered_embeddings(original: dict[str, torch.Tensor], edited: dict[str, to
     """c' = (sum_l W_l^T W_l + reg I)^-1 sum_l W_l^T W0_l c for every row c of ``keys`` (n, C) (Eq. 8), in float64
     where the weights are (on the CPU for Apple's MPS, which has no float64), returned where the keys are. One call
     for all rows: the sums over the layers are the cost (at SDXL size, 140 projections 2048 wide)."""
-    device = next(iter(edited.values())).device
-    d, device = keys.shape[-1], device if device.type != "mps" else torch.device("cpu")
+    d, device = keys.shape[-1], next(iter(edited.values())).device
+    if device.type == "mps":
+        device = torch.device("cpu")
     gram = reg * torch.eye(d, dtype=torch.float64, device=device)
     cross = torch.zeros(d, d, dtype=torch.float64, device=device)
     for name, w in edited.items():

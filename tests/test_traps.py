@@ -293,6 +293,8 @@ def test_cli_generate_inject_detect_power(micro, tmp_path: Path):
      "record 1 is not a trap from `traps generate` (field 'id' missing"),
 
     (["power", "--effect", "1", "--traps", "2", "--siblings", "3"], "at least 10 are needed"),
+    (["generate", "--reference-model", "{path}", "--count", "20", "--siblings", "2", "--out", "{tmp}/t.jsonl"],
+     "every published trap needs at least 4 siblings"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(micro, tmp_path: Path, args, message):
     _, _, path = micro

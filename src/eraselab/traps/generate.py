@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from eraselab.errors import EraselabError
-from eraselab.traps.evidence import MIN_SIBLINGS
+from eraselab.traps.evidence import MIN_SIBLINGS, MIN_SIBLINGS_PER_TRAP
 from eraselab.traps.scores.stats import token_stats
 
 TEMPERATURES = (0.5, 0.7, 0.85, 1.0, 1.15, 1.3, 1.5, 1.75, 2.0, 2.5, 3.0)
@@ -56,6 +56,9 @@ class TrapRequest:
         if self.count * self.siblings < MIN_SIBLINGS:
             raise EraselabError(f"{self.count} traps x {self.siblings} siblings gives {self.count * self.siblings} "
                                 f"controls in all; at least {MIN_SIBLINGS} are needed for a meaningful test")
+        if self.siblings < MIN_SIBLINGS_PER_TRAP:  # detect refuses such a key: say so before anything is published
+            raise EraselabError(f"--siblings {self.siblings}: every published trap needs at least "
+                                f"{MIN_SIBLINGS_PER_TRAP} siblings (its p-value is never below 1/(K+1))")
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:

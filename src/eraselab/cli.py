@@ -153,6 +153,7 @@ def erase(
 
     Example: eraselab erase --model tiny --method uce --concept star --anchor shape --preserve circle --out edits/star
     """
+    from eraselab.distributed import process_ranks
     from eraselab.erase.registry import ERASERS
     from eraselab.erase.spec import EraseSpec
     from eraselab.models import load_pipeline
@@ -176,12 +177,16 @@ def erase(
 
         checkpoint = out.with_name(out.name + ".checkpoint")
         settings = dataclasses.replace(settings, checkpoint=str(checkpoint))
-    edit = ERASERS.get(method).erase(load_pipeline(model, device=device, dtype=torch_dtype), spec, settings)
-    with staged_output(out) as staging:
-        edit.save(staging)
-    if checkpoint is not None:
-        shutil.rmtree(checkpoint, ignore_errors=True)
-    typer.echo(f"wrote {out} ({len(edit.tensors)} tensors, {edit.manifest['seconds']} s)")
+    ranks = process_ranks(device)  # trained methods run data-parallel under torchrun / accelerate launch
+    pipe = load_pipeline(model, device=ranks.device(device), dtype=torch_dtype)
+    edit = ERASERS.get(method).erase(pipe, spec, settings)
+    if ranks.main:  # every process holds the same weights; one writes them
+        with staged_output(out) as staging:
+            edit.save(staging)
+        if checkpoint is not None:
+            shutil.rmtree(checkpoint, ignore_errors=True)
+        typer.echo(f"wrote {out} ({len(edit.tensors)} tensors, {edit.manifest['seconds']} s)")
+    ranks.wait()
 
 
 def _guard_from_options(name: str | None, concept: str | None, preset: str | None):

@@ -173,6 +173,9 @@ def _train(pipe, trained, spec: EraseSpec, config: AdvUnlearnConfig, prompts: li
                 "base": pipeline_fingerprint(pipe)}
     loop = FineTune(trained, text_encoder_parameters(trained), config.loop(), identity, "AdvUnlearn",
                     original=pipe.text_encoder)
+    if loop.processes > 1:  # each step's adversary starts from the last one's: a sequence no split can share
+        raise EraselabError("AdvUnlearn runs in one process (its inner attack carries the adversarial prefix from "
+                            "step to step); launch it without torchrun / accelerate launch")
     vocabulary = token_embeddings(pipe.text_encoder).detach()
 
     def step(s: int, g: torch.Generator) -> torch.Tensor:

@@ -16,6 +16,13 @@ precision, gradient accumulation, gradient clipping; data-parallel when launched
   official TRCE code's behaviour, which a reproduction needs; the checkpoint then carries them too);
 - after training it checks that nothing outside the declared set changed, and returns exactly the tensors of the
   set that did.
+
+Data parallel (``torchrun`` / ``accelerate launch`` with N processes): an optimisation step is N x ``accumulation``
+micro-batches, process ``r`` computing micro-batches ``r * accumulation ...``; the gradients are averaged over the
+processes (an all-reduce) before clipping and the optimiser step, so every process holds the same weights and the
+result equals one process with ``accumulation`` N times larger, within float tolerance (the same random streams;
+only the summation order differs). The main process alone writes checkpoints; every process resumes from them, and
+a checkpoint resumes under any N of the same global batch.
 """
 
 from __future__ import annotations
@@ -111,7 +118,10 @@ class FineTune:
             from diffusers.training_utils import EMAModel
 
             self.ema = EMAModel(self.params, decay=settings.ema_decay)
-        self.identity = json.loads(json.dumps({**identity, "loop": asdict(settings) | {"checkpoint": None},
+        self.processes, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        self.micro_batches = settings.accumulation * self.processes  # of one optimisation step, over all processes
+        loop = asdict(settings) | {"checkpoint": None, "accumulation": self.micro_batches}  # the global batch
+        self.identity = json.loads(json.dumps({**identity, "loop": loop,
                                                "trained": self.names}, sort_keys=True, default=str))
         self.state: dict[str, torch.Tensor] = {}  # the method's own training state (AdvUnlearn's adversary)
         self.directory = Path(settings.checkpoint) if settings.checkpoint else None
@@ -174,15 +184,19 @@ class FineTune:
         one micro-batch's loss. Returns the trained tensors that changed (the EMA's, with one), or None when
         ``stop_after`` steps are done (after their checkpoint), as a kill would leave the run."""
         settings, accelerator = self.settings, self.accelerator
-        bar = tqdm(range(self.first, settings.iterations), desc=self.name, unit="it", disable=not progress,
+        bar = tqdm(range(self.first, settings.iterations), desc=self.name, unit="it",
+                   disable=not progress or not accelerator.is_main_process,
                    initial=self.first, total=settings.iterations)
         self.last_loss = float("nan")
+        first = self.rank * settings.accumulation  # this process's first micro-batch of each step
         for step in bar:
-            for micro in range(settings.accumulation):
+            for micro in range(first, first + settings.accumulation):
                 with accelerator.accumulate(self.module):
                     with accelerator.autocast():
-                        loss = step_fn(step, step_generator(settings.seed, step, micro, settings.accumulation))
+                        loss = step_fn(step, step_generator(settings.seed, step, micro, self.micro_batches))
                     accelerator.backward(loss)
+                    if self.processes > 1 and accelerator.sync_gradients:
+                        self._average_gradients()
                     if settings.clip is not None and accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(self.params, settings.clip)
                     self.optimizer.step()
@@ -200,6 +214,13 @@ class FineTune:
                 return None
         bar.close()
         return self._result()
+
+    def _average_gradients(self) -> None:
+        """The mean of every process's gradient, on every process (the trained set is a subset of a module that
+        is never wrapped in DistributedDataParallel, so the loop all-reduces it itself)."""
+        for p in self.params:
+            if p.grad is not None:
+                p.grad = self.accelerator.reduce(p.grad, reduction="mean")
 
     def _result(self) -> dict[str, torch.Tensor]:
         if self.ema is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def trajectories(pipe, prompts: list[str], seeds: list[int], steps: int, guidanc
     found = _sample(pipe, prompts, seeds, steps, guidance, early, progress)
     if file is not None:
         file.parent.mkdir(parents=True, exist_ok=True)
-        partial = file.with_name(file.name + ".partial")
+        partial = file.with_name(f"{file.name}.{os.getpid()}.partial")  # processes of one launch write it alike
         save_file({"inputs": found.inputs.contiguous(), "timesteps": found.timesteps.contiguous()}, partial,
                   metadata={"eraselab": identity})
         partial.replace(file)

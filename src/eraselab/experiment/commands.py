@@ -37,6 +37,9 @@ def run(
 ) -> None:
     """Run an experiment grid (models x edits x prompt groups x seeds x detectors) into a resumable store.
 
+    On several GPUs or nodes, launch it with `accelerate launch -m eraselab run ...` (or `torchrun -m eraselab
+    run ...`): each process does its share of the grid into the same store.
+
     Example: eraselab run experiment.yaml --out runs/star
     """
     from eraselab.experiment import run_experiment

@@ -3,6 +3,8 @@ image that cannot be read or judged is recorded as an error, never as a verdict.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from tqdm.auto import tqdm
 
 from eraselab.errors import EraselabError
@@ -10,14 +12,18 @@ from eraselab.judge.detectors import Detector, detect_safely
 from eraselab.store import RunStore
 
 
-def judge_missing(store: RunStore, detectors: dict[str, Detector], keys: list[str], progress: bool) -> None:
+def judge_missing(store: RunStore, detectors: dict[str, Detector], keys: list[str], progress: bool,
+                  owns: Callable[[str], bool] | None = None) -> int:
+    """Judge the stored images of ``keys`` that a detector has not judged; ``owns(image_hash)`` picks this process's
+    share when several judge one run (:mod:`eraselab.distributed`). Returns how many verdicts it wrote."""
     images = dict(store.images())
+    written = 0
     for label, detector in detectors.items():
         settings = detector.settings()
         todo = []
         for key in dict.fromkeys(keys):
             image_hash = images.get(key)
-            if image_hash is None:
+            if image_hash is None or (owns is not None and not owns(image_hash)):
                 continue
             try:
                 store.detection(image_hash, detector.name, detector.version, settings)
@@ -38,4 +44,6 @@ def judge_missing(store: RunStore, detectors: dict[str, Detector], keys: list[st
                 store.put_detection(image_hash, detector.name, detector.version, settings, result,
                                     errors.get(image_hash, error))
             bar.update(len(chunk))
+            written += len(chunk)
         bar.close()
+    return written

@@ -3,6 +3,10 @@
 Each step reads what the store already holds and does only what is missing, one committed write per image,
 detection and metric, so a run killed at any point and started again ends with exactly the results an
 uninterrupted run gives. ``judge_run`` re-judges stored images with other detectors without regenerating.
+
+Under ``torchrun`` or ``accelerate launch`` (:mod:`eraselab.distributed`) every process generates, judges and
+attacks its own share of the grid (split by key) into the one store, each on its own device; the main process binds
+the run directory first, and computes the metrics after every process has judged its share.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from eraselab.distributed import process_ranks
 from eraselab.errors import EraselabError
 from eraselab.experiment.attacks import run_attacks
 from eraselab.experiment.config import DetectorConfig, Experiment
@@ -53,7 +58,9 @@ def run_experiment(experiment: Experiment, out: Path, progress: bool = True, dry
     """Run (or resume) ``experiment`` into the run directory ``out``; returns a summary. Every check runs before
     anything is generated or written (:mod:`eraselab.experiment.preflight`); ``dry_run`` stops after them."""
     check_writable(out)
-    checked = check_experiment(experiment)
+    ranks = process_ranks(experiment.device)
+    work = replace(experiment, device=ranks.device(experiment.device))  # this process's GPU; the run binds the YAML's
+    checked = check_experiment(work)
     if dry_run:
         size = sum(len(seeds_for(experiment, i)) for s in checked.suites for i in s.items)
         total = size * len(experiment.models) * len(variants(experiment))
@@ -63,15 +70,24 @@ def run_experiment(experiment: Experiment, out: Path, progress: bool = True, dry
                 "groups": len(checked.suites), "detectors": len(experiment.detectors), "dry_run": True}
     store = RunStore(out)
     try:
-        _bind(store, experiment, out)
-        _record_suites(experiment, store, checked.suites)
-        run = Run(experiment, out, store, checked.suites, checked.detectors, progress)
-        fingerprints = generate_missing(run, checked.fingerprints)
+        with ranks.main_first():  # one process binds (or rebinds) the directory and mends damaged images
+            _bind(store, experiment, out)
+            _record_suites(experiment, store, checked.suites)
+            if ranks.main:
+                for image_hash in store.damaged_images():  # a missing or corrupt image is made again, never reused
+                    store.discard_image(image_hash)
+        run = Run(work, out, store, checked.suites, checked.detectors, progress and ranks.main, ranks)
+        fingerprints, generated = generate_missing(run, checked.fingerprints)
+        ranks.wait()  # every image exists before any is judged
         cells = plan(experiment, checked.suites, fingerprints)
-        judge_missing(store, checked.detectors, [c.key for c, _ in cells], progress)
-        metrics = compute_metrics(run, cells)
-        attacks = run_attacks(experiment, out, progress) if experiment.attacks else None
-        return {"run_dir": str(out), "counts": store.counts(), "metrics": len(metrics), "attacks": attacks}
+        judged = judge_missing(store, checked.detectors, [c.key for c, _ in cells], run.progress, ranks.owns)
+        ranks.wait()  # every verdict exists before the metrics read them
+        metrics = compute_metrics(run, cells) if ranks.main else []
+        attacks = run_attacks(work, out, run.progress, ranks) if experiment.attacks else None
+        ranks.wait()
+        summary = {"run_dir": str(out), "counts": store.counts(), "metrics": len(metrics), "attacks": attacks,
+                   "generated": generated, "judged": judged}  # by this process
+        return summary | ({"process": ranks.index, "processes": ranks.count} if ranks.count > 1 else {})
     finally:
         store.close()
 

@@ -8,6 +8,12 @@ done. A restart with another N therefore finishes whatever is missing, and every
 exactly the image one process would (generation is batch-invariant: :mod:`eraselab.batching`).
 
 Without ``WORLD_SIZE`` (a plain ``eraselab run``) nothing is initialised: one process owns every cell.
+
+Where results go: on one node, every process writes into the run's one SQLite store (WAL mode, busy timeout:
+SQLite's locking holds between processes of one host). On several nodes, SQLite cannot be shared (its locks and
+WAL index do not hold across hosts on a network filesystem), so each node writes its own store in
+``OUT/nodes/NODE/`` (:class:`eraselab.node_store.NodeStore`), and the main process merges them into ``OUT`` when
+every process is done (and, after a crash, when the run starts again).
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ class Ranks:
     index: int = 0
     count: int = 1
     local: int = 0  # index among the processes of this node (its GPU)
+    node: int = 0
+    nodes: int = 1
     state: Any = None
 
     @property
@@ -65,4 +73,7 @@ def process_ranks(device: str = "cpu") -> Ranks:
     from accelerate import PartialState
 
     state = PartialState(cpu=not device.startswith("cuda"))  # gloo on CPUs, NCCL on GPUs
-    return Ranks(state.process_index, state.num_processes, state.local_process_index, state)
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))
+    node = int(os.environ.get("GROUP_RANK", state.process_index // per_node))  # torchrun's node rank
+    return Ranks(state.process_index, state.num_processes, state.local_process_index, node,
+                 -(-state.num_processes // per_node), state)

@@ -74,8 +74,11 @@ def seal_holds(record: dict) -> bool:
 class RunStore:
     """The results of one run directory: requests, images, detections and metrics."""
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, read_only: bool = False) -> None:
         self.root = Path(run_dir)
+        if read_only:  # a store nobody writes meanwhile: no locks, no WAL index (settle() it first)
+            self._db = sqlite3.connect(f"file:{self.root / 'store.sqlite'}?immutable=1", uri=True)
+            return
         try:
             (self.root / "images").mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -110,6 +113,11 @@ class RunStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def settle(self) -> None:
+        """Move every committed transaction from the WAL into the database file, so that a reader opened with
+        ``read_only`` (which does not read the WAL) sees them all."""
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -150,7 +158,13 @@ class RunStore:
         """Store ``image`` as the result of a request; returns its content hash. Idempotent."""
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
-        data = buffer.getvalue()
+        image_hash = self.put_image_file(buffer.getvalue())
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO images VALUES (?, ?, ?)", (request_key, image_hash, time.time()))
+        return image_hash
+
+    def put_image_file(self, data: bytes) -> str:
+        """Write an image file (PNG bytes) under its content hash, whole before any row can point at it."""
         image_hash = hashlib.sha256(data).hexdigest()
         path = self.image_path(image_hash)
         if not path.exists():
@@ -159,9 +173,7 @@ class RunStore:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(handle.name, path)  # the file is whole before any row points at it
-        with self.transaction() as db:
-            db.execute("INSERT OR IGNORE INTO images VALUES (?, ?, ?)", (request_key, image_hash, time.time()))
+            os.replace(handle.name, path)
         return image_hash
 
     def images(self) -> list[tuple[str, str]]:

@@ -21,8 +21,7 @@ Data parallel (``torchrun`` / ``accelerate launch`` with N processes): an optimi
 micro-batches, process ``r`` computing micro-batches ``r * accumulation ...``; the gradients are averaged over the
 processes (an all-reduce) before clipping and the optimiser step, so every process holds the same weights and the
 result equals one process with ``accumulation`` N times larger, within float tolerance (the same random streams;
-only the summation order differs). The main process alone writes checkpoints; every process resumes from them, and
-a checkpoint resumes under any N of the same global batch.
+only the summation order differs). The main process alone writes checkpoints; every process resumes from them.
 """
 
 from __future__ import annotations

@@ -3,8 +3,6 @@ image that cannot be read or judged is recorded as an error, never as a verdict.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from tqdm.auto import tqdm
 
 from eraselab.errors import EraselabError
@@ -12,10 +10,8 @@ from eraselab.judge.detectors import Detector, detect_safely
 from eraselab.store import RunStore
 
 
-def judge_missing(store: RunStore, detectors: dict[str, Detector], keys: list[str], progress: bool,
-                  owns: Callable[[str], bool] | None = None) -> int:
-    """Judge the stored images of ``keys`` that a detector has not judged; ``owns(image_hash)`` picks this process's
-    share when several judge one run (:mod:`eraselab.distributed`). Returns how many verdicts it wrote."""
+def judge_missing(store: RunStore, detectors: dict[str, Detector], keys: list[str], progress: bool) -> int:
+    """Judge the stored images of ``keys`` that a detector has not judged; returns how many verdicts it wrote."""
     images = dict(store.images())
     written = 0
     for label, detector in detectors.items():
@@ -23,7 +19,7 @@ def judge_missing(store: RunStore, detectors: dict[str, Detector], keys: list[st
         todo = []
         for key in dict.fromkeys(keys):
             image_hash = images.get(key)
-            if image_hash is None or (owns is not None and not owns(image_hash)):
+            if image_hash is None:
                 continue
             try:
                 store.detection(image_hash, detector.name, detector.version, settings)

@@ -5,8 +5,9 @@ detection and metric, so a run killed at any point and started again ends with e
 uninterrupted run gives. ``judge_run`` re-judges stored images with other detectors without regenerating.
 
 Under ``torchrun`` or ``accelerate launch`` (:mod:`eraselab.distributed`) every process generates, judges and
-attacks its own share of the grid (split by key) into the one store, each on its own device; the main process binds
-the run directory first, and computes the metrics after every process has judged its share.
+attacks its own share of the grid (split by key), each on its own device, into the run's store (one node) or its
+node's store (several nodes: :mod:`eraselab.node_store`); the main process binds the run directory first, and
+when every process is done merges the node stores and computes the metrics.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from eraselab.experiment.metrics import compute_metrics
 from eraselab.experiment.parse import parse_experiment
 from eraselab.experiment.plan import plan, seeds_for, variants
 from eraselab.experiment.preflight import build_detectors, check_concepts, check_experiment, load_suites
+from eraselab.node_store import NodeStore, merge_nodes
 from eraselab.outputs import check_writable
 from eraselab.provenance import provenance
 from eraselab.store import RunStore
@@ -68,28 +70,44 @@ def run_experiment(experiment: Experiment, out: Path, progress: bool = True, dry
                 "guards": len(experiment.guards), "attack_cells": len(experiment.models)
                 * len(variants(experiment)) * len(experiment.attacks),
                 "groups": len(checked.suites), "detectors": len(experiment.detectors), "dry_run": True}
-    store = RunStore(out)
+    shared = ranks.nodes == 1  # one node: every process writes the one store; several: each node its own
+    store = mine = None
     try:
-        with ranks.main_first():  # one process binds (or rebinds) the directory and mends damaged images
-            _bind(store, experiment, out)
-            _record_suites(experiment, store, checked.suites)
+        with ranks.main_first():  # one process makes, binds (or rebinds) and mends the store before the others
+            if ranks.main or shared:
+                store = RunStore(out)
+                if ranks.main and not shared:
+                    merge_nodes(store)  # what the nodes of a crashed run left
+                _bind(store, experiment, out)
+                _record_suites(experiment, store, checked.suites)
             if ranks.main:
                 for image_hash in store.damaged_images():  # a missing or corrupt image is made again, never reused
                     store.discard_image(image_hash)
-        run = Run(work, out, store, checked.suites, checked.detectors, progress and ranks.main, ranks)
+                if not shared:
+                    store.settle()  # the nodes read it (nobody writes it until they are done)
+        mine = store if shared else NodeStore(out, ranks.node)
+        run = Run(work, out, mine, checked.suites, checked.detectors, progress and ranks.main, ranks)
         fingerprints, generated = generate_missing(run, checked.fingerprints)
-        ranks.wait()  # every image exists before any is judged
         cells = plan(experiment, checked.suites, fingerprints)
-        judged = judge_missing(store, checked.detectors, [c.key for c, _ in cells], run.progress, ranks.owns)
-        ranks.wait()  # every verdict exists before the metrics read them
-        metrics = compute_metrics(run, cells) if ranks.main else []
+        owned = [cell.key for cell, _ in cells if ranks.owns(cell.key)]  # each process judges what it generated
+        judged = judge_missing(mine, checked.detectors, owned, run.progress)
         attacks = run_attacks(work, out, run.progress, ranks) if experiment.attacks else None
-        ranks.wait()
-        summary = {"run_dir": str(out), "counts": store.counts(), "metrics": len(metrics), "attacks": attacks,
+        counts = mine.counts()
+        if mine is not store:
+            mine.close()
+        ranks.wait()  # every process's images and verdicts are committed
+        metrics = []
+        if ranks.main:
+            if not shared:
+                merge_nodes(store)
+            metrics = compute_metrics(replace(run, store=store), cells)
+            counts = store.counts()
+        summary = {"run_dir": str(out), "counts": counts, "metrics": len(metrics), "attacks": attacks,
                    "generated": generated, "judged": judged}  # by this process
         return summary | ({"process": ranks.index, "processes": ranks.count} if ranks.count > 1 else {})
     finally:
-        store.close()
+        for opened in {id(s): s for s in (store, mine) if s is not None}.values():
+            opened.close()
 
 
 def judge_run(run_dir: Path, detectors: tuple[DetectorConfig, ...], progress: bool = True) -> dict:

@@ -45,6 +45,7 @@ from eraselab.experiment import run_experiment
 from eraselab.experiment.parse import parse_experiment
 from eraselab.experiment.plan import edit_label
 from eraselab.models import load_pipeline
+from eraselab.models.tiny.suites import erasure_groups
 from eraselab.models.tiny.world import load_world
 from eraselab.options import build
 from eraselab.profile import TINY
@@ -100,19 +101,6 @@ def make_edits(out: Path, word: str, anchor: str, keep: tuple[str, ...], labels:
     return edits
 
 
-def groups(name: str, attribute: str) -> list[dict]:
-    world = load_world()
-    concept = f"{attribute}={name}"
-    out = [{"suite": f"tiny:target:{name}", "metric": "efficacy", "concept": concept},
-           {"suite": f"tiny:paraphrase:{name}", "metric": "generality", "concept": concept}]
-    if attribute != "fill":
-        out.append({"suite": f"tiny:heldout:{name}", "metric": "generality", "concept": concept})
-    out += [{"suite": f"tiny:target:{other}", "metric": "specificity"} for other in world.classes[attribute]
-            if other != name]
-    out.append({"suite": f"tiny:unrelated:{name}", "metric": "specificity"})
-    return out
-
-
 def cell(metric: dict) -> str:
     v = metric["value"]
     return f"{v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" if v["value"] is not None else "N/A"
@@ -163,7 +151,7 @@ def main() -> None:
         config = {"version": 1, "name": f"erasure table: {word}", "models": ["tiny"],
                   "edits": ["base", *edit_entries(edits).values()],
                   "seeds": {"start": 0, "count": args.seeds}, "sampler": {"steps": 25, "guidance": 5.0},
-                  "detectors": ["tiny"], "groups": groups(name, attribute)}
+                  "detectors": ["tiny"], "groups": erasure_groups(word)}
         run_experiment(parse_experiment(config), args.out / f"run-{word}", progress=False)
         rows += summarise(args.out / f"run-{word}", word, name, edits, [])
         if args.skip_guards:

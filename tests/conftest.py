@@ -123,3 +123,22 @@ def micro_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("micro-sdxl") / "pipeline"
     pipe.save_pretrained(out, safe_serialization=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def small_audit(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[str]]:
+    """(the UCE edit of star, the directory of its audit, the audit's options): a short protocol (1 seed, 3 steps)
+    whose budget of 0 UNet evaluations runs the closed-form and text-encoder attacks only."""
+    from typer.testing import CliRunner
+
+    from eraselab.cli import app
+
+    root = tmp_path_factory.mktemp("audit")
+    made = CliRunner().invoke(app, ["erase", "--method", "uce", "--concept", "star", "--anchor", "shape",
+                                    "--out", str(root / "uce-star")])
+    assert made.exit_code == 0, made.output
+    options = ["--concept", "star", "--seeds", "1", "--attack-seeds", "1", "--budget", "0", "--steps", "3"]
+    audited = CliRunner().invoke(app, ["audit", "--edit", str(root / "uce-star"), *options,
+                                       "--out", str(root / "audit")])
+    assert audited.exit_code == 0, audited.output
+    return root / "uce-star", root / "audit", options

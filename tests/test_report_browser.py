@@ -44,3 +44,15 @@ def test_report_renders_tables_and_loads_every_image(tmp_path, micro_run):
                    capture_output=True, timeout=120, check=True)
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.std() > 10  # not a blank page
+
+
+def test_the_audit_card_renders_its_tables_plot_and_before_after_images(tmp_path, small_audit):
+    _, audit, _ = small_audit
+    url = (audit / "card.html").resolve().as_uri()
+    profile = ["--user-data-dir=" + str(tmp_path / "profile")]
+    dom = subprocess.run([CHROMIUM, *FLAGS, *profile, "--dump-dom", url], capture_output=True, text=True,
+                         timeout=120).stdout
+    loaded = re.search(r'data-images-loaded="(\d+)/(\d+)"', dom)
+    assert loaded, "the page's load script did not run"
+    assert int(loaded.group(1)) == int(loaded.group(2)) == 2 * 3 + 1  # 3 before/after pairs + the attack plot
+    assert dom.count("<table") == 3 and "embedding-recovery" in dom and "Strongest attack" in dom

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from eraselab.audit.commands import audit as audit_command
 from eraselab.cli_support import user_errors
 from eraselab.errors import EraselabError
 from eraselab.experiment.commands import COMMANDS as RUN_COMMANDS
@@ -256,6 +257,7 @@ def attack(
 
 for _command in RUN_COMMANDS:  # demo, run, judge, verify, report
     app.command()(_command)
+app.command()(audit_command)
 
 
 def main() -> None:

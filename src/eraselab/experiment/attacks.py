@@ -26,13 +26,14 @@ def attack_cell(model: str, edit: EditEntry, guard: GuardConfig | None, attack: 
     return f"{attack.name}-{key[:12]}"
 
 
-def run_attacks(experiment: Experiment, out: Path, progress: bool, ranks: Ranks | None = None) -> dict:
-    """Run the attack cells not run yet (of this process's share, with ``ranks``); returns how many were run,
-    resumed and refused."""
+def run_attacks(experiment: Experiment, out: Path, progress: bool, ranks: Ranks | None = None,
+                only: str | None = None) -> dict:
+    """Run the attack cells not run yet (of this process's share, with ``ranks``; of the variant labelled
+    ``only``, with it); returns how many were run, resumed and refused."""
     counts = {"run": 0, "resumed": 0, "refused": 0}
     cells = [(m, label, edit, guard, a) for m in experiment.models
              for label, (edit, guard) in variants(experiment).items() for a in experiment.attacks
-             if ranks is None or ranks.owns(attack_cell(m, edit, guard, a))]
+             if (ranks is None or ranks.owns(attack_cell(m, edit, guard, a))) and only in (None, label)]
     judge = experiment.detectors[0]  # the experiment's pinned judge scores the attacks too
     loaded: dict[str, tuple] = {}
     unedited: dict[str, dict] = {}  # per model: the unedited rates, the same for every defence

@@ -100,3 +100,18 @@ def tiny_suite(kind: str, concept: str) -> PromptSuite:
         items.append(PromptItem(""))
     return PromptSuite(f"tiny:{kind}:{concept}", tuple(items), version=f"world-{world.version}",
                        source="eraselab tiny world (world.json)", license="Apache-2.0")
+
+
+def erasure_groups(concept: str) -> list[dict]:
+    """The erasure table's prompt groups for a tiny-world concept (``star``, ``red``, ``outlined``): efficacy on the
+    training words, generality on paraphrases and held-out words (not for fills, which have none), specificity on
+    every other class of the same attribute and on unrelated prompts."""
+    label = concept_label(concept)
+    attribute, name = label.split("=")
+    groups = [{"suite": f"tiny:target:{name}", "metric": "efficacy", "concept": label},
+              {"suite": f"tiny:paraphrase:{name}", "metric": "generality", "concept": label}]
+    if attribute != "fill":
+        groups.append({"suite": f"tiny:heldout:{name}", "metric": "generality", "concept": label})
+    groups += [{"suite": f"tiny:target:{other}", "metric": "specificity"} for other in load_world().classes[attribute]
+               if other != name]
+    return [*groups, {"suite": f"tiny:unrelated:{name}", "metric": "specificity"}]

@@ -1,0 +1,51 @@
+"""``eraselab audit`` (registered on the main app by :mod:`eraselab.cli`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from eraselab.audit.plan import DEFAULT_BUDGET
+from eraselab.cli_support import user_errors
+
+
+@user_errors
+def audit(
+    concept: Annotated[str, typer.Option(help="The erased concept (tiny: star, red, outlined, ...).")],
+    out: Annotated[Path, typer.Option(help="Audit directory: run/ (resumable) and card.md, card.json, card.html.")],
+    model: Annotated[str, typer.Option(help="'tiny', a local diffusers directory, or a hub id.")] = "tiny",
+    edit: Annotated[list[Path] | None, typer.Option(help="An edit directory; repeat to stack edits.")] = None,
+    guard: Annotated[str | None, typer.Option(help="An inference-time guard on top: negative-prompt, sld, "
+                                                   "safree.")] = None,
+    suite: Annotated[str | None, typer.Option(help="The concept's prompts (tiny: the world's own suites).")] = None,
+    preserve_suite: Annotated[list[str] | None, typer.Option(help="Prompts to keep (specificity); repeat.")] = None,
+    judge: Annotated[str | None, typer.Option(help="Detector: tiny (default on tiny), nudenet or clip.")] = None,
+    label: Annotated[str | None, typer.Option(help="What the judge looks for (default: the concept).")] = None,
+    threat_model: Annotated[str, typer.Option(help="white-box, grey-box or black-box.")] = "white-box",
+    budget: Annotated[int, typer.Option(help="UNet evaluations the attacks may spend (estimated, cheapest "
+                                             "first).")] = DEFAULT_BUDGET,
+    seeds: Annotated[int, typer.Option(help="Seeds per prompt for erasure, generality and specificity.")] = 12,
+    attack_seeds: Annotated[int, typer.Option(help="Seeds per attacked prompt.")] = 4,
+    steps: Annotated[int | None, typer.Option(help="Sampler steps (default: the model's).")] = None,
+    device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
+) -> None:
+    """Audit an erased concept: erasure, generality, specificity and quality against the unedited model, then
+    every attack the threat model allows within the budget; writes a model-card section (card.md), card.json and
+    card.html. Killed, the same command resumes.
+
+    Example: eraselab audit --model tiny --edit edits/uce-star --concept star --out audits/uce-star
+    """
+    from eraselab.audit.plan import AuditRequest
+    from eraselab.audit.run import run_audit
+
+    request = AuditRequest(model, concept, tuple(str(e) for e in edit or ()), guard, suite,
+                           tuple(preserve_suite or ()), judge, {}, label, threat_model, budget, seeds, attack_seeds,
+                           steps, None, device)
+    card = run_audit(request, out)
+    strongest = card["strongest_attack"]
+    efficacy = next((g["defended"]["value"] for g in card["erasure"] if g["metric"] == "efficacy"), None)
+    typer.echo(f"wrote {out / 'card.md'}, card.json, card.html: presence {efficacy}"
+               + (f"; strongest attack {strongest['label']} -> {strongest['after']['value']:.3f}" if strongest
+                  else "; no attack run"))

@@ -1,0 +1,119 @@
+"""``eraselab audit``: the card's three files, its schema, the attacks a threat model and a budget choose, escaping,
+and a killed audit resumed to the same card."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jsonschema
+from typer.testing import CliRunner
+
+from eraselab.audit.card import SCHEMA_PATH, card_html, card_markdown
+from eraselab.audit.plan import AuditRequest, choose_attacks
+from eraselab.cli import app
+
+
+def _without_seconds(card: dict) -> dict:
+    """The card without the attacks' wall-clock seconds (the one thing two runs of one audit do not share)."""
+    text = json.dumps(card)
+    for attack in [*card["attacks"], card["strongest_attack"] or {}]:
+        attack.get("cost", {}).pop("seconds", None)
+    assert json.dumps(card) != text or not any("cost" in a for a in card["attacks"])
+    return card
+
+
+def test_the_audit_writes_its_card_and_the_json_validates_against_its_schema(small_audit):
+    _, audit, _ = small_audit
+    card = json.loads((audit / "card.json").read_text())
+    jsonschema.validate(card, json.loads(SCHEMA_PATH.read_text()))
+    assert card["defence"]["edits"][0]["method"] == "uce" and len(card["defence"]["edits"][0]["sha256"]) == 64
+    efficacy = next(g for g in card["erasure"] if g["metric"] == "efficacy")
+    assert efficacy["unedited"]["value"] > efficacy["defended"]["value"]  # UCE erases the star
+    assert {g["metric"] for g in card["erasure"]} == {"efficacy", "generality", "specificity"}
+    statuses = {a["label"]: a["status"] for a in card["attacks"]}
+    assert statuses == {"embedding-recovery": "run", "concept-vector": "run", "concept-vector[search=True]": "run",
+                        "textual-inversion": "over budget", "p4d": "over budget", "unlearndiff": "over budget",
+                        "concept-arithmetic": "over budget"}
+    assert card["strongest_attack"]["label"] == "embedding-recovery"  # UCE falls to it (the attack table: 1.000)
+    assert card["strongest_attack"]["after"]["value"] == max(a["after"]["value"] for a in card["attacks"]
+                                                              if a["status"] == "run")
+    markdown = (audit / "card.md").read_text()
+    assert "Strongest attack run" in markdown and "`embedding-recovery`" in markdown
+    page = (audit / "card.html").read_text()
+    assert page.count("card-images/") == 2 * 3  # before and after for 3 of the 6 prompts, at 1 seed
+    assert all((audit / f).is_file() for f in ("card.md", "card.json", "card.html", "card-attacks.png"))
+
+
+def test_the_threat_model_and_the_budget_choose_attacks_cheapest_first():
+    chosen = choose_attacks(AuditRequest("tiny", "star", ("e",)), prompts=6)
+    assert [c.label for c in chosen if c.status == "run"] == [
+        "embedding-recovery", "concept-vector", "concept-vector[search=True]", "textual-inversion", "p4d",
+        "unlearndiff"]  # the default budget: everything but concept arithmetic at the attack table's protocol
+    assert [c.estimate[0] for c in chosen] == sorted(c.estimate[0] for c in chosen)
+    assert {c.label: c.status for c in chosen}["concept-arithmetic"] == "over budget"
+    grey = {c.label: c.status for c in choose_attacks(AuditRequest("tiny", "star", ("e",), threat_model="grey-box"),
+                                                      prompts=6)}
+    assert grey["textual-inversion"] == grey["embedding-recovery"] == "outside the threat model"
+    assert grey["concept-arithmetic"] == "over budget" and grey["concept-vector"] == "run"
+    black = choose_attacks(AuditRequest("tiny", "star", ("e",), threat_model="black-box"), prompts=6)
+    assert all(c.status == "outside the threat model" for c in black)  # no attack here is a query-only one
+
+
+def test_hostile_names_stay_escaped_in_the_card(small_audit):
+    _, audit, _ = small_audit
+    card = json.loads((audit / "card.json").read_text())
+    hostile = "<script>alert(1)</script>|x"
+    card["concept"] = card["defence"]["label"] = card["attacks"][0]["label"] = hostile
+    card["erasure"][0]["suite"] = card["strongest_attack"]["label"] = hostile
+    page = card_html(card, True, [(hostile, 0, "card-images/0-0-before.png", "card-images/0-0-after.png")])
+    assert "<script>alert" not in page and page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 5
+    markdown = card_markdown(card)
+    assert "</script>|x" not in markdown and "</script>\\|x" in markdown  # a | would split a table cell
+
+
+def test_a_directory_holding_another_audit_or_an_audit_without_a_defence_is_refused(small_audit, tmp_path):
+    edit, audit, options = small_audit
+    other = CliRunner().invoke(app, ["audit", "--edit", str(edit), *options[:-1], "4", "--out", str(audit)])
+    assert other.exit_code == 2 and "holds another audit" in other.stderr
+    bare = CliRunner().invoke(app, ["audit", *options, "--out", str(tmp_path / "a")])
+    assert bare.exit_code == 2 and "needs a defence" in bare.stderr and not (tmp_path / "a").exists()
+
+
+def test_a_killed_audit_resumes_to_the_same_card(small_audit, tmp_path):
+    edit, audit, options = small_audit
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "eraselab", "audit", "--edit", str(edit), *options, "--out", str(out)]
+    env = os.environ | {"OMP_NUM_THREADS": "2"}  # the tests' torch threads: images can differ in a pixel across counts
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = out / "run" / "store.sqlite"
+    while process.poll() is None and _images(store) < 30:
+        time.sleep(0.05)
+    assert process.poll() is None, "the audit ended before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "card.json").exists()
+    resumed = CliRunner().invoke(app, ["audit", "--edit", str(edit), *options, "--out", str(out)])
+    assert resumed.exit_code == 0, resumed.output
+    first = json.loads((audit / "card.json").read_text())
+    again = json.loads((out / "card.json").read_text())
+    assert _without_seconds(again) == _without_seconds(first)
+    assert (out / "card.md").read_text() == (audit / "card.md").read_text()
+
+
+def _images(store: Path) -> int:
+    if not store.is_file():
+        return 0
+    db = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=60)
+    try:
+        return db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        db.close()

@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from eraselab.audit.commands import audit as audit_command
+from eraselab.audit.commands import leaderboard as leaderboard_command
 from eraselab.cli_support import user_errors
 from eraselab.errors import EraselabError
 from eraselab.experiment.commands import COMMANDS as RUN_COMMANDS
@@ -258,6 +259,7 @@ def attack(
 for _command in RUN_COMMANDS:  # demo, run, judge, verify, report
     app.command()(_command)
 app.command()(audit_command)
+app.command()(leaderboard_command)
 
 
 def main() -> None:

@@ -49,3 +49,18 @@ def audit(
     typer.echo(f"wrote {out / 'card.md'}, card.json, card.html: presence {efficacy}"
                + (f"; strongest attack {strongest['label']} -> {strongest['after']['value']:.3f}" if strongest
                   else "; no attack run"))
+
+
+@user_errors
+def leaderboard(
+    cards: Annotated[list[Path], typer.Argument(help="card.json files or audit directories.")],
+    out: Annotated[Path, typer.Option(help="Directory for leaderboard.md and leaderboard.html.")],
+) -> None:
+    """Rank audit cards made under one protocol (refusing mixed ones, naming the fields that differ).
+
+    Example: eraselab leaderboard audits/* --out leaderboard
+    """
+    from eraselab.audit.leaderboard import write_leaderboard
+
+    table = write_leaderboard(cards, out)
+    typer.echo(f"wrote {out / 'leaderboard.md'} and leaderboard.html ({len(table)} rows)")

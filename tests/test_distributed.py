@@ -247,3 +247,21 @@ def _tiny_unet():
     from eraselab.models import load_pipeline
 
     return load_pipeline("tiny").unet
+
+
+def test_an_audit_on_two_processes_writes_the_card_of_one(small_audit, tmp_path):
+    edit, _, options = small_audit
+    env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    audit = ["-m", "eraselab", "audit", "--edit", str(edit), *options, "--out"]
+    one = subprocess.run([sys.executable, *audit, str(tmp_path / "one")], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          *audit, str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("wrote ") == 1  # the main process writes the card
+    cards = [json.loads((tmp_path / d / "card.json").read_text()) for d in ("one", "two")]
+    for card in cards:  # the attacks' wall-clock seconds are the one thing two runs do not share
+        for attack in [*card["attacks"], card["strongest_attack"]]:
+            attack.get("cost", {}).pop("seconds", None)
+    assert cards[0] == cards[1]

@@ -44,6 +44,8 @@ def audit(
                            tuple(preserve_suite or ()), judge, {}, label, threat_model, budget, seeds, attack_seeds,
                            steps, None, device)
     card = run_audit(request, out)
+    if not card:  # not the main process of a launch
+        return
     strongest = card["strongest_attack"]
     efficacy = next((g["defended"]["value"] for g in card["erasure"] if g["metric"] == "efficacy"), None)
     typer.echo(f"wrote {out / 'card.md'}, card.json, card.html: presence {efficacy}"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from eraselab.audit.card import write_card
 from eraselab.audit.plan import AuditRequest, choose_attacks
+from eraselab.distributed import process_ranks
 from eraselab.errors import EraselabError
 from eraselab.experiment import run_experiment
 from eraselab.experiment.attacks import run_attacks
@@ -46,7 +47,8 @@ def audit_config(request: AuditRequest) -> tuple[dict, str]:
 
 
 def run_audit(request: AuditRequest, out: Path, progress: bool = True) -> dict:
-    """Audit ``request`` into ``out`` (``run/`` and the card files); returns the card."""
+    """Audit ``request`` into ``out`` (``run/`` and the card files); returns the card (under a launcher of several
+    processes, the main process writes and returns it; the others return an empty dict)."""
     request.check()
     config, attack_suite = audit_config(request)
     grid = parse_experiment(config)
@@ -58,12 +60,18 @@ def run_audit(request: AuditRequest, out: Path, progress: bool = True) -> dict:
          "options": c.options} for c in chosen]})
     defended = list(variants(grid))[-1]  # the edit (stack) under the guard, or the one of them given
     run_dir = out / "run"
-    out.mkdir(parents=True, exist_ok=True)
-    _bind(out, request)
+    ranks = process_ranks(request.device)  # under torchrun / accelerate launch: each process its share
+    with ranks.main_first():
+        out.mkdir(parents=True, exist_ok=True)
+        _bind(out, request)
     run_experiment(grid, run_dir, progress=progress)
     if chosen:
-        run_attacks(replace(attacks, device=request.device), run_dir, progress, only=defended)
-    return write_card(out, request, grid, defended, choices, attack_suite)
+        run_attacks(replace(attacks, device=ranks.device(request.device)), run_dir, progress and ranks.main, ranks,
+                    only=defended)
+    ranks.wait()  # every attack cell is written before the card reads them
+    card = write_card(out, request, grid, defended, choices, attack_suite) if ranks.main else {}
+    ranks.wait()
+    return card
 
 
 def _bind(out: Path, request: AuditRequest) -> None:

@@ -51,7 +51,7 @@ class LoopSettings:
     seed: int = 0
     optimizer: str = "adam"  # adam (ESD's reference) or adamw
     weight_decay: float = 0.0
-    accumulation: int = 1  # micro-batches per optimisation step
+    accumulation: int = 1  # micro-batches per optimisation step, per process (data-parallel: x processes)
     clip: float | None = None  # max gradient norm
     ema_decay: float | None = None  # an EMA of the trained parameters, whose weights are the result
     mixed_precision: str = "no"  # no, fp16, bf16 (accelerate's)

@@ -123,16 +123,16 @@ def test_the_leaderboard_ranks_cards_of_one_protocol_and_refuses_mixed_ones_nami
     _, audit, _ = small_audit
     card = json.loads((audit / "card.json").read_text())
     weaker = json.loads(json.dumps(card))  # a second defence of the same concept, under the same protocol
-    weaker["defence"]["label"] = "edits/<b>weak</b>"
+    weaker["defence"]["label"] = "edits/<b>weak"
     weaker["strongest_attack"]["after"] = {"value": 0.5, "low": 0.2, "high": 0.8, "n_valid": 6, "n_errors": 0}
     (tmp_path / "weak.json").write_text(json.dumps(weaker))
     made = CliRunner().invoke(app, ["leaderboard", str(audit), str(tmp_path / "weak.json"), "--out",
                                     str(tmp_path / "board")])
     assert made.exit_code == 0, made.output
     table = (tmp_path / "board" / "leaderboard.md").read_text().splitlines()
-    assert "edits/<b>weak</b>" in table[2] and card["defence"]["label"] in table[3]  # 0.500 ranks above 1.000
+    assert "| <b>weak |" in table[2] and "| uce-star |" in table[3]  # 0.500 ranks above 1.000; no directories
     page = (tmp_path / "board" / "leaderboard.html").read_text()
-    assert "<b>weak" not in page and "&lt;b&gt;weak&lt;/b&gt;" in page
+    assert "<b>weak" not in page and "&lt;b&gt;weak" in page
     other = json.loads(json.dumps(card))
     other["protocol"]["steps"], other["protocol"]["threat_model"] = 25, "grey-box"
     (tmp_path / "other.json").write_text(json.dumps(other))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from eraselab.audit.card import CARD_SCHEMA_VERSION
 from eraselab.errors import EraselabError
+from eraselab.report import short_name
 
 # What must be equal for two cards to be ranked together (the suites may differ with the concept, not within one).
 PROTOCOL_FIELDS = ("judge", "seeds", "steps", "guidance", "attack_seeds", "threat_model", "budget_unet_evals")
@@ -65,7 +66,7 @@ def rows(cards: list[dict]) -> list[dict]:
         drops = [100 * (g["unedited"]["value"] - g["defended"]["value"]) for g in card["erasure"]
                  if g["metric"] == "specificity" and None not in (g["unedited"]["value"], g["defended"]["value"])]
         strongest = card["strongest_attack"]
-        out.append({"concept": card["concept"], "defence": card["defence"]["label"],
+        out.append({"concept": card["concept"], "defence": short_name(card["defence"]["label"]),
                     "methods": "+".join(e["method"] or "?" for e in card["defence"]["edits"]) or "-",
                     "guard": card["defence"]["guard"] or "-",
                     "presence": efficacy["defended"] if efficacy else None,

@@ -90,3 +90,33 @@ def test_embedding_recovery_inverts_an_edit_of_a_v_prediction_model(micro_sd2):
     result = recovery(target, AttackSpec("star", ("a red star",), steps=2, guidance=7.5), EmbeddingRecoveryConfig(),
                       reference_pipe=reference)
     assert result.replays[0].embeddings.shape[-1] == 32 and torch.isfinite(result.replays[0].embeddings).all()
+
+
+def test_an_audit_runs_on_the_sd2_architecture_with_a_named_suite_judge_and_attack(micro_sd2, tmp_path):
+    import jsonschema
+
+    from eraselab.audit.card import SCHEMA_PATH
+
+    edit = tmp_path / "uce"
+    made = runner.invoke(app, ["erase", "--model", str(micro_sd2), "--method", "uce", "--concept", "star",
+                               "--anchor", "shape", "--template", "a red {}", "--out", str(edit)])
+    assert made.exit_code == 0, made.output
+    refused = runner.invoke(app, ["audit", "--model", str(micro_sd2), "--edit", str(edit), "--concept", "star",
+                                  "--out", str(tmp_path / "no-suite")])
+    assert refused.exit_code == 2 and "--suite" in refused.stderr  # no tiny-world defaults off the tiny model
+    suite = tmp_path / "stars.csv"
+    suite.write_text("prompt\na red star\na blue star\n")
+    audited = runner.invoke(app, ["audit", "--model", str(micro_sd2), "--edit", str(edit), "--concept", "star",
+                                  "--suite", str(suite), "--preserve-suite", "tiny:target:circle", "--judge", "tiny",
+                                  "--attack", "embedding-recovery", "--seeds", "1", "--attack-seeds", "1",
+                                  "--steps", "2", "--out", str(tmp_path / "audit")])
+    assert audited.exit_code == 0, audited.output
+    card = json.loads((tmp_path / "audit" / "card.json").read_text())
+    jsonschema.validate(card, json.loads(SCHEMA_PATH.read_text()))
+    assert [g["metric"] for g in card["erasure"]] == ["efficacy", "specificity"]
+    recovery = next(a for a in card["attacks"] if a["label"] == "embedding-recovery")
+    # random weights never draw a star, so the attack refuses rather than report a rate over nothing to recover
+    assert recovery["status"] == "refused" and "nothing to bring back" in recovery["reason"]
+    assert {a["status"] for a in card["attacks"] if a is not recovery} == {"not requested"}
+    assert card["strongest_attack"] is None and card["protocol"]["steps"] == 2
+    assert "No attack result" in (tmp_path / "audit" / "card.md").read_text()

@@ -164,7 +164,8 @@ def card_markdown(card: dict) -> str:
                      f"({_md(strongest['threat_model'])}) brings it back in {_fmt(strongest['after'])} of images, "
                      f"at {strongest['cost']['unet_evals']:,} UNet evaluations.")
     else:
-        lines.append(f"- **No attack** of the {_md(protocol['threat_model'])} threat model was run within the budget.")
+        lines.append(f"- **No attack result**: no attack of the {_md(protocol['threat_model'])} threat model ran "
+                     "within the budget, or each one refused (the table says why).")
     lines += ["", "| prompts | measures | unedited | defended |", "|---|---|---|---|"]
     lines += [f"| `{_md(g['suite'])}` | {g['metric']} | {_fmt(g['unedited'])} | {_fmt(g['defended'])} |"
               for g in card["erasure"]]

@@ -30,6 +30,8 @@ def audit(
     attack_seeds: Annotated[int, typer.Option(help="Seeds per attacked prompt.")] = 4,
     steps: Annotated[int | None, typer.Option(help="Sampler steps (default: the model's).")] = None,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
+    attack: Annotated[list[str] | None, typer.Option(help="Run only this attack (e.g. embedding-recovery, "
+                                                           "'concept-vector[search=True]'); repeat.")] = None,
 ) -> None:
     """Audit an erased concept: erasure, generality, specificity and quality against the unedited model, then
     every attack the threat model allows within the budget; writes a model-card section (card.md), card.json and
@@ -42,7 +44,7 @@ def audit(
 
     request = AuditRequest(model, concept, tuple(str(e) for e in edit or ()), guard, suite,
                            tuple(preserve_suite or ()), judge, {}, label, threat_model, budget, seeds, attack_seeds,
-                           steps, None, device)
+                           steps, None, device, tuple(attack or ()))
     card = run_audit(request, out)
     if not card:  # not the main process of a launch
         return

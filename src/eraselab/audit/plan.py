@@ -58,6 +58,7 @@ class AuditRequest:
     steps: int | None = None  # sampler steps (default: the model's profile)
     guidance: float | None = None
     device: str = "cpu"
+    attacks: tuple[str, ...] = ()  # run only these (attack labels, e.g. "concept-vector[search=True]"); () = all
 
     def check(self) -> None:
         if self.threat_model not in AUDIT_THREAT_MODELS:
@@ -67,6 +68,10 @@ class AuditRequest:
             raise EraselabError("the budget must be >= 0 and seeds and attack seeds at least 1")
         if not self.edits and not self.guard:
             raise EraselabError("an audit needs a defence: --edit (one or more, applied together) and/or --guard")
+        known = [name + ("[search=True]" if variant else "") for name, variant in ATTACK_COSTS]
+        unknown = sorted(set(self.attacks) - set(known))
+        if unknown:
+            raise EraselabError(f"no such attack to audit with: {', '.join(unknown)} (known: {', '.join(known)})")
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,7 @@ class AttackChoice:
     options: dict
     threat_model: str
     estimate: tuple[float, float]  # UNet and text-encoder evaluations, for the whole attack
-    status: str  # "run", "over budget" or "outside the threat model"
+    status: str  # "run", "over budget", "outside the threat model" or "not requested"
 
     @property
     def label(self) -> str:
@@ -85,8 +90,8 @@ class AttackChoice:
 
 
 def choose_attacks(request: AuditRequest, prompts: int) -> list[AttackChoice]:
-    """Every attack variant of :data:`ATTACK_COSTS`, cheapest first, each marked run, over budget or outside the
-    threat model, for ``prompts`` attacked prompts x the request's attack seeds."""
+    """Every attack variant of :data:`ATTACK_COSTS`, cheapest first, each marked run, not requested, outside the
+    threat model or over budget, for ``prompts`` attacked prompts x the request's attack seeds."""
     from eraselab.attack import ATTACKS
 
     allowed = AUDIT_THREAT_MODELS[request.threat_model]
@@ -95,7 +100,10 @@ def choose_attacks(request: AuditRequest, prompts: int) -> list[AttackChoice]:
         threat = ATTACKS.get(name).threat_model
         n = prompts * request.attack_seeds
         estimate = (unet * n, text * n)
-        if threat not in allowed:
+        label = name + ("[search=True]" if variant else "")
+        if request.attacks and label not in request.attacks:
+            status = "not requested"
+        elif threat not in allowed:
             status = "outside the threat model"
         elif spent + estimate[0] > request.budget:
             status = "over budget"

@@ -43,7 +43,7 @@ class Ranks:
         return self.index == 0
 
     def owns(self, key: str) -> bool:
-        """Whether this process does the work of ``key`` (a cell's request key, an image hash, an attack cell)."""
+        """Whether this process does the work of ``key`` (a cell's request key, an attack cell's name)."""
         return self.count == 1 or int(stable_hash(key)[:15], 16) % self.count == self.index
 
     def wait(self) -> None:

@@ -138,7 +138,8 @@ def write_card(out: Path, request: AuditRequest, experiment: Experiment, defende
 
 
 # -- rendering -----------------------------------------------------------------------------------------------------
-def _fmt(rate: dict | None) -> str:
+def rate_text(rate: dict | None) -> str:
+    """``0.083 [0.023, 0.258]``, or N/A for a rate over no valid image."""
     if not rate or rate.get("value") is None:
         return "N/A"
     return f"{rate['value']:.3f} [{rate['low']:.3f}, {rate['high']:.3f}]"
@@ -156,24 +157,24 @@ def card_markdown(card: dict) -> str:
              f"Audited with eraselab (schema {card['schema_version']}) on `{_md(card['model']['name'])}` "
              f"(fingerprint `{card['model']['fingerprint']}`), defence `{_md(card['defence']['label'])}`.", ""]
     if efficacy:
-        lines.append(f"- **Presence of the concept**: {_fmt(efficacy['defended'])} of images (unedited model: "
-                     f"{_fmt(efficacy['unedited'])}), judged by `{_md(protocol['judge']['name'])}`.")
+        lines.append(f"- **Presence of the concept**: {rate_text(efficacy['defended'])} of images (unedited model: "
+                     f"{rate_text(efficacy['unedited'])}), judged by `{_md(protocol['judge']['name'])}`.")
     if strongest:
         lines.append(f"- **Strongest attack run** ({_md(protocol['threat_model'])} threat model, budget "
                      f"{protocol['budget_unet_evals']:,} UNet evaluations): `{_md(strongest['label'])}` "
-                     f"({_md(strongest['threat_model'])}) brings it back in {_fmt(strongest['after'])} of images, "
+                     f"({_md(strongest['threat_model'])}) brings it back in {rate_text(strongest['after'])} of images, "
                      f"at {strongest['cost']['unet_evals']:,} UNet evaluations.")
     else:
         lines.append(f"- **No attack result**: no attack of the {_md(protocol['threat_model'])} threat model ran "
                      "within the budget, or each one refused (the table says why).")
     lines += ["", "| prompts | measures | unedited | defended |", "|---|---|---|---|"]
-    lines += [f"| `{_md(g['suite'])}` | {g['metric']} | {_fmt(g['unedited'])} | {_fmt(g['defended'])} |"
+    lines += [f"| `{_md(g['suite'])}` | {g['metric']} | {rate_text(g['unedited'])} | {rate_text(g['defended'])} |"
               for g in card["erasure"]]
     lines += ["", "| attack | threat model | status | before | after | UNet evals |", "|---|---|---|---|---|---|"]
     for a in card["attacks"]:
         cost = f"{a['cost']['unet_evals']:,}" if a.get("cost") else f"~{a['estimated_unet_evals']:,.0f} (est.)"
         lines.append(f"| `{_md(a['label'])}` | {a['threat_model']} | {_md(a.get('reason', a['status']))} | "
-                     f"{_fmt(a.get('before'))} | {_fmt(a.get('after'))} | {cost} |")
+                     f"{rate_text(a.get('before'))} | {rate_text(a.get('after'))} | {cost} |")
     if card["quality"]:
         lines += ["", "Image quality against the unedited model at the same seeds: " + "; ".join(
             f"{q['metric']} on `{_md(q['suite'])}` {q['value']:.4g}" for q in card["quality"]
@@ -254,19 +255,20 @@ def card_html(card: dict, plotted: bool, images: list[tuple[str, int, str, str]]
     e = html.escape
     strongest = card["strongest_attack"]
     erasure = "".join(f"<tr><td><code>{e(g['suite'])}</code></td><td>{e(g['metric'])}</td>"
-                      f"<td>{e(_fmt(g['unedited']))}</td><td>{e(_fmt(g['defended']))}</td></tr>"
+                      f"<td>{e(rate_text(g['unedited']))}</td><td>{e(rate_text(g['defended']))}</td></tr>"
                       for g in card["erasure"])
     attacks = "".join(
         f"<tr><td><code>{e(a['label'])}</code></td><td title='{e(THREAT_MODELS.get(a['threat_model'], ''))}'>"
         f"{e(a['threat_model'])}</td><td>{e(a.get('space') or '-')}</td>"
-        f"<td>{e(a.get('reason', a['status']))}</td><td>{e(_fmt(a.get('before')))}</td>"
-        f"<td>{e(_fmt(a.get('after')))}</td><td>{a['cost']['unet_evals'] if a.get('cost') else '-'}</td></tr>"
+        f"<td>{e(a.get('reason', a['status']))}</td><td>{e(rate_text(a.get('before')))}</td>"
+        f"<td>{e(rate_text(a.get('after')))}</td><td>{a['cost']['unet_evals'] if a.get('cost') else '-'}</td></tr>"
         for a in card["attacks"])
     grid = "".join(f"<tr><td><code>{e(prompt)}</code></td><td>{seed}</td><td><img class='cell' src='{e(before)}' "
                    f"alt='before'></td><td><img class='cell' src='{e(after)}' alt='after'></td></tr>"
                    for prompt, seed, before, after in images)
     headline = (f"<p>The strongest attack run, <code>{e(strongest['label'])}</code>, brings the concept back in "
-                f"{e(_fmt(strongest['after']))} of images ({strongest['cost']['unet_evals']} UNet evaluations).</p>"
+                f"{e(rate_text(strongest['after']))} of images ({strongest['cost']['unet_evals']} UNet "
+                "evaluations).</p>"
                 if strongest else "<p>No attack was run within the threat model and budget.</p>")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>eraselab card: {e(card['concept'])}</title>"
             f"<style>{_STYLE}</style>{_LOADED}</head><body><h1>Concept erasure card: {e(card['concept'])}</h1>"

@@ -11,7 +11,7 @@ import html
 import json
 from pathlib import Path
 
-from eraselab.audit.card import CARD_SCHEMA_VERSION
+from eraselab.audit.card import CARD_SCHEMA_VERSION, rate_text
 from eraselab.errors import EraselabError
 from eraselab.report import short_name
 
@@ -54,11 +54,6 @@ def check_protocols(cards: list[dict]) -> None:
                             + "; ".join(differ))
 
 
-def _rate(rate: dict | None) -> str:
-    return "N/A" if not rate or rate.get("value") is None else f"{rate['value']:.3f} [{rate['low']:.3f}, " \
-                                                               f"{rate['high']:.3f}]"
-
-
 def rows(cards: list[dict]) -> list[dict]:
     out = []
     for card in cards:
@@ -87,9 +82,9 @@ COLUMNS = ("concept", "defence", "methods", "guard", "presence", "worst specific
 
 
 def _cells(row: dict) -> list[str]:
-    return [row["concept"], row["defence"], row["methods"], row["guard"], _rate(row["presence"]),
+    return [row["concept"], row["defence"], row["methods"], row["guard"], rate_text(row["presence"]),
             "-" if row["worst_drop_points"] is None else f"{row['worst_drop_points']:+.1f}", row["strongest"],
-            _rate(row["after"]), "-" if row["unet_evals"] is None else f"{row['unet_evals']:,}"]
+            rate_text(row["after"]), "-" if row["unet_evals"] is None else f"{row['unet_evals']:,}"]
 
 
 def leaderboard_markdown(table: list[dict], protocol: dict) -> str:

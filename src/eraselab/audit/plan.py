@@ -68,7 +68,7 @@ class AuditRequest:
             raise EraselabError("the budget must be >= 0 and seeds and attack seeds at least 1")
         if not self.edits and not self.guard:
             raise EraselabError("an audit needs a defence: --edit (one or more, applied together) and/or --guard")
-        known = [name + ("[search=True]" if variant else "") for name, variant in ATTACK_COSTS]
+        known = [_label(name, variant) for name, variant in ATTACK_COSTS]
         unknown = sorted(set(self.attacks) - set(known))
         if unknown:
             raise EraselabError(f"no such attack to audit with: {', '.join(unknown)} (known: {', '.join(known)})")
@@ -89,6 +89,18 @@ class AttackChoice:
         return options_label(self.name, self.options)
 
 
+def _options(variant: str) -> dict:
+    """The attack options of a variant of :data:`ATTACK_COSTS` ("search": the concept vector's genetic search)."""
+    return {"search": True} if variant == "search" else {}
+
+
+def _label(name: str, variant: str) -> str:
+    """How tables and ``--attack`` name the variant: ``concept-vector[search=True]``."""
+    from eraselab.experiment.config import options_label
+
+    return options_label(name, _options(variant))
+
+
 def choose_attacks(request: AuditRequest, prompts: int) -> list[AttackChoice]:
     """Every attack variant of :data:`ATTACK_COSTS`, cheapest first, each marked run, not requested, outside the
     threat model or over budget, for ``prompts`` attacked prompts x the request's attack seeds."""
@@ -100,8 +112,7 @@ def choose_attacks(request: AuditRequest, prompts: int) -> list[AttackChoice]:
         threat = ATTACKS.get(name).threat_model
         n = prompts * request.attack_seeds
         estimate = (unet * n, text * n)
-        label = name + ("[search=True]" if variant else "")
-        if request.attacks and label not in request.attacks:
+        if request.attacks and _label(name, variant) not in request.attacks:
             status = "not requested"
         elif threat not in allowed:
             status = "outside the threat model"
@@ -109,5 +120,5 @@ def choose_attacks(request: AuditRequest, prompts: int) -> list[AttackChoice]:
             status = "over budget"
         else:
             status, spent = "run", spent + estimate[0]
-        out.append(AttackChoice(name, {"search": True} if variant == "search" else {}, threat, estimate, status))
+        out.append(AttackChoice(name, _options(variant), threat, estimate, status))
     return out

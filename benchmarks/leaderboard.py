@@ -5,7 +5,8 @@ each concept, at the audit's default protocol, then ``eraselab leaderboard`` ove
         [--methods uce rece trce-stage1 ...] [--guards negative-prompt] [--write examples/leaderboard]
 
 Every audit is resumable (run the same command again after a stop). ``--write`` copies the leaderboard's markdown
-there, with the command that made it.
+there, with the command that made it, and every card it ranks into ``cards/`` (the documentation site builds its
+leaderboard page and each method's measured figures from them).
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ def main() -> None:
             f"default protocol on this project's 2-core CPU); each row is one audit's `card.json`.\n\n"
             f"{text}")
         shutil.copy(args.out / "leaderboard" / "leaderboard.html", args.write / "leaderboard.html")
+        (args.write / "cards").mkdir(exist_ok=True)
+        for audit in audits:
+            shutil.copy(audit / "card.json", args.write / "cards" / f"{audit.name}.json")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,22 @@
 """Build-time pages (run by mkdocs-gen-files): one page per erasure method, attack and guard, written from the
 registries (the module docstring names the paper and its equations; the config dataclass holds the Stable
-Diffusion defaults, its ``tiny_overrides`` the tiny model's), and the API reference pages for mkdocstrings."""
+Diffusion defaults, its ``tiny_overrides`` the tiny model's) with the API reference for mkdocstrings, and the
+measured figures from the tiny world's committed audit cards (``examples/leaderboard/cards/``): the leaderboard
+page, and each method's, guard's and attack's rows of it on its own page."""
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
 import sys
+from pathlib import Path
 
 import mkdocs_gen_files
 
 from eraselab.attack import ATTACKS
 from eraselab.attack.base import SPACES, THREAT_MODELS
+from eraselab.audit.card import rate_text
+from eraselab.audit.leaderboard import check_protocols, leaderboard_markdown, read_cards, rows
 from eraselab.erase.registry import ERASERS
 from eraselab.guard import GUARDS
 
@@ -28,11 +33,48 @@ def _defaults(config: type) -> str:
     return "\n".join(rows)
 
 
-def _page(path: str, title: str, module, extra: str, config: type | None) -> None:
+ROOT = Path(mkdocs_gen_files.config["config_file_path"]).parent
+CARDS = read_cards(sorted((ROOT / "examples" / "leaderboard" / "cards").glob("*.json")))
+if CARDS:
+    check_protocols(CARDS)
+BOARD = rows(CARDS)
+MEASURED = ("## Measured on the tiny world\n\nFrom the [leaderboard](../leaderboard.md)'s audits (`eraselab audit` at "
+            "its default protocol; 95% Wilson intervals).\n\n")
+
+
+def _board_rows(keep) -> str:
+    """The leaderboard's rows that ``keep`` accepts, as a markdown table, or a line saying there are none yet."""
+    chosen = [row for row in BOARD if keep(row)]
+    if not chosen:
+        return "No audit of it is on the leaderboard yet.\n\n"
+    lines = ["| concept | defence | presence | strongest attack | after attack |", "|---|---|---|---|---|"]
+    lines += [f"| {r['concept']} | {r['defence']} | {rate_text(r['presence'])} | {r['strongest']} | "
+              f"{rate_text(r['after'])} |" for r in chosen]
+    return "\n".join(lines) + "\n\n"
+
+
+def _attack_rows(name: str) -> str:
+    """Every audit's result for the attack ``name`` (each variant): the rate before and after, or why it did not
+    run."""
+    lines = ["| concept | defence | variant | before | after | UNet evals |", "|---|---|---|---|---|---|"]
+    for card, row in ((c, r) for r in BOARD for c in CARDS if c["source"] == r["source"]):
+        for result in (a for a in card["attacks"] if a["attack"] == name):
+            cells = [row["concept"], row["defence"], result["label"]]
+            if result["status"] == "run":
+                cells += [rate_text(result["before"]), rate_text(result["after"]), f"{result['cost']['unet_evals']:,}"]
+            else:
+                reason = f": {result['reason']}" if result.get("reason") else ""
+                cells += [f"{result['status']}{reason}", "-", "-"]
+            lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n\n" if len(lines) > 2 else "No audit ran it yet.\n\n"
+
+
+def _page(path: str, title: str, module, extra: str, config: type | None, measured: str) -> None:
     with mkdocs_gen_files.open(path, "w") as page:
         page.write(f"# {title}\n\n{inspect.getdoc(module) or ''}\n\n{extra}\n\n")
         if config is not None:
             page.write(f"## Settings\n\n{_defaults(config)}\n\n")
+        page.write(MEASURED + measured)
         page.write(f"## Reference\n\n::: {module.__name__}\n")
 
 
@@ -41,7 +83,8 @@ index = ["# Methods, attacks and guards", "", "Generated from the registries at 
 for name in ERASERS.names():
     entry = ERASERS.get(name)
     module = sys.modules[entry.erase.__module__]
-    _page(f"methods/{name}.md", f"Erasure method `{name}`", module, "", entry.config)
+    _page(f"methods/{name}.md", f"Erasure method `{name}`", module, "", entry.config,
+          _board_rows(lambda row, name=name: name in row["methods"].split("+")))
     index.append(f"- [`{name}`](methods/{name}.md)")
 index += ["", "## Attacks", ""]
 for name in ATTACKS.names():
@@ -50,12 +93,19 @@ for name in ATTACKS.names():
     space = entry.space if isinstance(entry.space, str) else "depends on its settings"
     extra = (f"**Threat model**: `{entry.threat_model}`: {THREAT_MODELS[entry.threat_model]}.  \n"
              f"**Optimises in**: {space}" + (f": {SPACES[space]}." if space in SPACES else "."))
-    _page(f"attacks/{name}.md", f"Attack `{name}`", module, extra, entry.config)
+    _page(f"attacks/{name}.md", f"Attack `{name}`", module, extra, entry.config, _attack_rows(name))
     index.append(f"- [`{name}`](attacks/{name}.md)")
 index += ["", "## Guards", ""]
 for name in GUARDS.names():
     guard = GUARDS.get(name)
-    _page(f"guards/{name}.md", f"Guard `{name}`", sys.modules[guard.__module__], "", None)
+    _page(f"guards/{name}.md", f"Guard `{name}`", sys.modules[guard.__module__], "", None,
+          _board_rows(lambda row, name=name: row["guard"] == name))
     index.append(f"- [`{name}`](guards/{name}.md)")
 with mkdocs_gen_files.open("catalogue.md", "w") as page:
     page.write("\n".join(index) + "\n")
+
+with mkdocs_gen_files.open("leaderboard.md", "w") as page:
+    page.write("# The tiny world's leaderboard\n\nOne row per audit card committed in `examples/leaderboard/cards/` "
+               "(`python benchmarks/leaderboard.py --write examples/leaderboard` makes them); which defence to "
+               "choose from it: [which eraser should I use](choosing.md).\n\n")
+    page.write(leaderboard_markdown(BOARD, CARDS[0]["protocol"]) if CARDS else "No card is committed yet.\n")

@@ -23,7 +23,7 @@ MICRO_STEPS = TrainSteps(vae=3, clip=3, unet=3, classifier=3, vae_batch=4, clip_
 
 @pytest.fixture(scope="session")
 def readme_apply():
-    """The README's plain-diffusers recipe for applying an edit, as a user without eraselab runs it."""
+    """The plain-diffusers recipe of docs/erasing.md for applying an edit, as a user without eraselab runs it."""
     from safetensors.torch import load_file
 
     def apply(pipe, edit_dir: Path) -> None:

@@ -34,7 +34,7 @@ def test_only_the_text_encoder_layers_change_a_resume_is_exact_and_plain_diffuse
     resumed = erase(pipe, spec, config, progress=False)
     assert all(torch.equal(whole.tensors[k], resumed.tensors[k]) for k in whole.tensors)
 
-    whole.save(tmp_path / "edit")  # the README's plain-diffusers snippet
+    whole.save(tmp_path / "edit")  # the plain-diffusers snippet of docs/erasing.md
     plain = StableDiffusionPipeline.from_pretrained(micro_run / "pipeline", safety_checker=None)
     readme_apply(plain, tmp_path / "edit")
     assert torch.equal(plain.text_encoder.get_parameter(next(iter(whole.tensors)).split(".", 1)[1]),

@@ -1,5 +1,6 @@
-"""The README's worked example of a new part (a detector in one file, one registration line) runs as written and
-judges an experiment end to end, its options checked like a built-in detector's."""
+"""The contributing guide's worked example of a new part (a detector in one file, one registration line, in
+docs/contributing.md) runs as written and judges an experiment end to end, its options checked like a built-in
+detector's."""
 
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ from eraselab.experiment.parse import load_experiment
 from eraselab.judge.detectors import DETECTORS, make_detector
 from eraselab.store import RunStore
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "contributing.md"
 
 
 @pytest.fixture(scope="module")
 def brightness(tmp_path_factory: pytest.TempPathFactory) -> str:
-    text = README.read_text(encoding="utf-8")
+    text = GUIDE.read_text(encoding="utf-8")
     block = text.split("<!-- contributing-example -->\n```python\n", 1)[1].split("```", 1)[0]
     path = tmp_path_factory.mktemp("plugin") / "brightness.py"
     path.write_text(block)

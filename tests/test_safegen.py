@@ -36,7 +36,7 @@ def test_only_self_attention_changes_the_edit_applies_in_plain_diffusers_and_a_r
     resumed = erase(pipe, spec, config, progress=False)
     assert all(torch.equal(whole.tensors[k], resumed.tensors[k]) for k in whole.tensors)
 
-    whole.save(tmp_path / "edit")  # the README's plain-diffusers snippet
+    whole.save(tmp_path / "edit")  # the plain-diffusers snippet of docs/erasing.md
     plain = StableDiffusionPipeline.from_pretrained(micro_run / "pipeline", safety_checker=None)
     readme_apply(plain, tmp_path / "edit")
     assert torch.equal(plain.unet.get_parameter(next(iter(whole.tensors))[len("unet."):]),

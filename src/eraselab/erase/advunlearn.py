@@ -16,7 +16,7 @@ plus the utility-retaining term on ``retain_batch`` preserved prompts c~ a step,
     L_retain = || eps(x~_t | E_theta(c~)) - eps_o(x~_t | c~) ||^2,
 with x_t sampled by the original model (guidance ``start_guidance``, DDIM) to a random step, as in ESD. During the
 first ``warmup`` iterations there is no attack (delta empty). eps is always the frozen UNet: only the text encoder
-differs, so the Edit holds text-encoder tensors (plain diffusers applies them with the README's snippet).
+differs, so the Edit holds text-encoder tensors (plain diffusers applies them with the snippet in docs/erasing.md).
 
 Defaults (SD 1.4, the paper and its official script): 1,000 iterations, warm-up 200, Adam lr 1e-5, eta 1, start
 guidance 3, 50 DDIM steps, gamma 0.3 with 5 retain prompts a step, one prefix token, 30 attack steps at lr 1e-3,

@@ -39,12 +39,21 @@ def uce_star(tmp_path_factory):
     return uce_erase(pipe, spec, TINY.config(UceConfig)).save(tmp_path_factory.mktemp("e") / "uce")
 
 
+def bounded(name: str, config, prompts: int, steps: int, cost: Cost, exact: bool = False) -> bool:
+    """The attack spent no more than its entry's bound (what audits plan with), or exactly it."""
+    unet, text = ATTACKS.get(name).evaluations(config, prompts, steps)
+    if exact:
+        return (cost.unet_evals, cost.text_encoder_evals) == (unet, text)
+    return cost.unet_evals <= unet and cost.text_encoder_evals <= text
+
+
 def test_embedding_recovery_gives_embeddings_the_edit_maps_back_to_the_original_outputs(uce_star):
     reference, target = load_pipeline("tiny"), load_pipeline("tiny")
     apply_edit(target, uce_star)
     spec = AttackSpec("star", ("a red star",))
     result = recovery_attack(target, spec, EmbeddingRecoveryConfig(), reference_pipe=reference)
     assert result.cost.unet_evals == 0 and result.threat_model == "white-box-weights"
+    assert bounded("embedding-recovery", EmbeddingRecoveryConfig(), len(result.replays), 25, result.cost, exact=True)
     original = encode(reference, ["a red star"]).hidden[0]
     recovered = result.replays[0].embeddings[0].double()
     edited, base = projections(target), projections(reference)
@@ -185,6 +194,7 @@ def test_concept_vector_search_finds_a_typeable_prompt_deterministically():
     ids = pipe.tokenizer(text).input_ids
     assert len(ids) == 4 + 2  # [BOS] + K whole-word tokens + [EoT]: the text replays what was scored
     assert first.cost.text_encoder_evals == 2 + 1 + 16 + 5 * 8
+    assert bounded("concept-vector", config, 1, 25, first.cost, exact=True)
     with pytest.raises(EraselabError, match="generations must be at least 1"):
         concept_vector_attack(pipe, spec, ConceptVectorConfig(search=True, generations=0))
 
@@ -203,7 +213,7 @@ def test_concept_arithmetic_search_keeps_to_its_budget_and_counts_its_cost(uce_s
     assert set(result.replays[0].recipe) <= allowed
     assert "a red heart" in {p for p, _ in allowed}  # untouched sibling concepts are in the vocabulary
     expected = sum(4 * (2 + len(t["recipe"])) for t in search["tried"])  # 1 seed x 4 steps x UNet copies
-    assert result.cost.unet_evals == expected
+    assert result.cost.unet_evals == expected and bounded("concept-arithmetic", config, 1, 4, result.cost)
 
 
 def test_concept_arithmetic_beam_search_finds_a_recipe_whose_terms_do_not_help_alone():
@@ -387,6 +397,7 @@ def test_unlearndiff_returns_a_typed_prompt_within_its_budget_and_is_reproducibl
     # target image 5 steps x 2, gradient steps 1 each, oracle checks 2 images x 5 steps x 2
     checks = len(search["loss"]) // 2
     assert first.cost.unet_evals == 10 + len(search["loss"]) + checks * 20
+    assert bounded("unlearndiff", config, 1, 5, first.cost)
     with pytest.raises(EraselabError, match="iterations must be at least 1"):
         unlearndiff_attack(target, spec, TINY.config(UnlearnDiffConfig, iterations=0), reference)
 
@@ -416,7 +427,7 @@ def test_p4d_follows_the_unedited_trajectory_and_types_its_prompt(uce_star):
         if variant == "p4d-k":
             assert typed.split()[:3] == ["a", "red", "star"]
         # trajectory 4 steps x 2; 3 gradient steps x 2 UNet calls; one oracle check of 2 images x 4 steps x 2
-        assert result.cost.unet_evals == 4 * 2 + 3 * 2 + 2 * 4 * 2
+        assert result.cost.unet_evals == 4 * 2 + 3 * 2 + 2 * 4 * 2 and bounded("p4d", config, 1, 4, result.cost)
     with pytest.raises(EraselabError, match="variant 'p4d-x' is not one of p4d-n, p4d-k"):
         P4dConfig(variant="p4d-x")
 
@@ -443,6 +454,7 @@ def test_textual_inversion_learns_one_reusable_token_in_the_concepts_place(uce_s
     assert first.details["token"] == again.details["token"] and first.details["token"] != own.tolist()
     assert [r.embeddings.shape for r in first.replays] == [(1, tokenizer.model_max_length, own.shape[0])] * 2
     assert first.cost.unet_evals == 2 * 1 * 4 * 2 + 3 * 4  # the concept's images, then 3 steps of batch 4
+    assert bounded("textual-inversion", config, 2, 4, first.cost, exact=True)
     with pytest.raises(EraselabError, match="does not name 'star'"):
         inversion_attack(target, AttackSpec("star", ("a red circle",), steps=4), config, reference_pipe=reference)
 

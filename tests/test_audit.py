@@ -10,13 +10,14 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import jsonschema
 from typer.testing import CliRunner
 
 from eraselab.audit.card import SCHEMA_PATH, card_html, card_markdown
-from eraselab.audit.plan import AuditRequest, choose_attacks
+from eraselab.audit.plan import DEFAULT_BUDGET, DEFAULT_TEXT_BUDGET, AuditRequest, choose_attacks
 from eraselab.cli import app
 
 
@@ -64,6 +65,26 @@ def test_the_threat_model_and_the_budget_choose_attacks_cheapest_first():
     assert grey["concept-arithmetic"] == "over budget" and grey["concept-vector"] == "run"
     black = choose_attacks(AuditRequest("tiny", "star", ("e",), threat_model="black-box"), prompts=6)
     assert all(c.status == "outside the threat model" for c in black)  # no attack here is a query-only one
+
+
+def test_cost_estimates_follow_each_attacks_settings_and_the_text_encoder_has_a_budget_too():
+    # on tiny the estimate is the attack table's measurement: 6 prompts of textual inversion, 2,400 UNet evaluations
+    tiny = {c.label: c for c in choose_attacks(AuditRequest("tiny", "star", ("e",)), prompts=6)}
+    assert tiny["textual-inversion"].estimate == (2400.0, 1200.0)
+    assert tiny["unlearndiff"].estimate[0] == 12900.0 and tiny["concept-vector[search=True]"].status == "run"
+    # at Stable Diffusion's defaults (40 steps, the oracle every step, 50 sampler steps) UnlearnDiffAtk's bound is
+    # 100 + 40 + 40 x 2 seeds x 50 x 2 = 8,140 a prompt against tiny's 50 + 100 + 20 x 200 = 2,150, which it spent
+    sd = {c.label: c for c in choose_attacks(AuditRequest("./sd-1-4", "nudity", ("e",)), prompts=6)}
+    assert sd["unlearndiff"].estimate[0] == 6 * 8140
+    # Ring-A-Bell's search (200 x 3,000) costs no UNet evaluation but 1.8 M encodings: over the text budget
+    search = sd["concept-vector[search=True]"]
+    assert search.estimate[0] == 0 and search.estimate[1] > DEFAULT_TEXT_BUDGET and search.status == "over budget"
+    assert {c.status for c in sd.values() if c.estimate[0] > DEFAULT_BUDGET} == {"over budget"}
+    rich = AuditRequest("./sd-1-4", "nudity", ("e",), budget=10**7, text_budget=10**7)
+    assert {c.label: c.status for c in choose_attacks(rich, prompts=6)}["concept-vector[search=True]"] == "run"
+    assert choose_attacks(replace(rich, steps=25), prompts=6)[-1].estimate[0] < sd["concept-arithmetic"].estimate[0]
+    none = {c.label: c.status for c in choose_attacks(AuditRequest("tiny", "star", ("e",), text_budget=0), 6)}
+    assert none["embedding-recovery"] == "over budget" and none["textual-inversion"] == "over budget"
 
 
 def test_hostile_names_stay_escaped_in_the_card(small_audit):

@@ -44,18 +44,24 @@ class AttackEntry:
     -> AttackResult``, its config dataclass, its threat model (:data:`THREAT_MODELS`), and what of the unedited
     model it reads besides the edited one: ``"model"`` (the runner loads it beside the edited one and passes
     ``reference_pipe``), ``"projections"`` (its cross-attention projections, kept from before the edit is applied
-    to the one pipeline, passed as ``reference_projections``) or None; and the space it optimises in
-    (:data:`SPACES`), or a function of its config that says which."""
+    to the one pipeline, passed as ``reference_projections``) or None; the space it optimises in
+    (:data:`SPACES`), or a function of its config that says which; and ``evaluations(config, prompts, steps)``,
+    the most (UNet, text-encoder) evaluations it spends on ``prompts`` prompts at ``steps`` sampler steps, read off
+    its loop (what :class:`Cost` counts; an oracle stopping early spends less, and a guard's extra guidance terms,
+    SLD's, more), which audits plan their budget with."""
 
     attack: Callable
     config: type
     threat_model: str
     reads: str | None = None
     space: str | Callable[[Any], str] = ""
+    evaluations: Callable[[Any, int, int], tuple[int, int]] | None = None
 
     def __post_init__(self) -> None:
         if self.threat_model not in THREAT_MODELS or self.reads not in ("model", "projections", None):
             raise ValueError(f"bad attack entry: threat model {self.threat_model!r}, reads {self.reads!r}")
+        if self.evaluations is None:
+            raise ValueError("bad attack entry: it must say what it costs (evaluations)")
         if not callable(self.space) and self.space not in SPACES:
             raise ValueError(f"bad attack entry: space {self.space!r} is none of {', '.join(SPACES)}")
 

@@ -216,4 +216,13 @@ def attack(target_pipe, spec: AttackSpec, config: ConceptArithmeticConfig, refer
                         details={"search": searched})
 
 
-ATTACK = AttackEntry(attack, ConceptArithmeticConfig, THREAT_MODEL, reads=None, space="guidance")
+def evaluations(config: ConceptArithmeticConfig, prompts: int, steps: int) -> tuple[int, int]:
+    """At most: ``budget`` recipes a prompt, each rated by the oracle on its seeds with the unconditional, the
+    prompt's and up to ``max_terms`` extra guidance rows a sampler step."""
+    rows = 2 + config.max_terms
+    images = prompts * config.budget * len(config.oracle_seeds)
+    return images * steps * rows, images * rows
+
+
+ATTACK = AttackEntry(attack, ConceptArithmeticConfig, THREAT_MODEL, reads=None, space="guidance",
+                     evaluations=evaluations)

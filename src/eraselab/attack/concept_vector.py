@@ -126,5 +126,14 @@ def attack(target_pipe, spec: AttackSpec, config: ConceptVectorConfig, reference
                         cost, details={"pairs": n_pairs, "vector_norm": float(vector.norm()), "search": found})
 
 
+def evaluations(config: ConceptVectorConfig, prompts: int, steps: int) -> tuple[int, int]:
+    """No UNet evaluation; the prompts' encodings, the vector's (two per template pair; 16 pairs assumed when the
+    templates come from the model: the tiny world's star makes 8, GENERIC_TEMPLATES 5), and with ``search`` each
+    prompt's genetic search (the first population, then the children of every generation)."""
+    pairs = len(config.templates) or 16
+    search = config.population + config.generations * (config.population - config.population // 2)
+    return 0, prompts * (1 + (search if config.search else 0)) + 2 * pairs
+
+
 ATTACK = AttackEntry(attack, ConceptVectorConfig, THREAT_MODEL, reads=None,
-                     space=lambda config: "typed-text" if config.search else "conditioning")
+                     space=lambda config: "typed-text" if config.search else "conditioning", evaluations=evaluations)

@@ -59,5 +59,10 @@ def attack(target_pipe, spec: AttackSpec, config: EmbeddingRecoveryConfig, refer
 
 # Only the unedited cross-attention projections: the runner keeps them from before it applies the edit, so one
 # pipeline is loaded (at SD-1.4 size its k/v projections are 20 M parameters, the pipeline 1.07 G).
-ATTACK = AttackEntry(attack, EmbeddingRecoveryConfig, THREAT_MODEL, reads="projections",
-                     space="conditioning")
+def evaluations(config: EmbeddingRecoveryConfig, prompts: int, steps: int) -> tuple[int, int]:
+    """Exactly one encoding a prompt; the solve uses no model evaluation."""
+    return 0, prompts
+
+
+ATTACK = AttackEntry(attack, EmbeddingRecoveryConfig, THREAT_MODEL, reads="projections", space="conditioning",
+                     evaluations=evaluations)

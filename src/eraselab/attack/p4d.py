@@ -42,7 +42,7 @@ from eraselab.attack.base import (
     whole_word_tokens,
 )
 from eraselab.attack.defended_noise import DefendedNoise
-from eraselab.attack.search import search_prompts
+from eraselab.attack.search import search_evaluations, search_prompts
 from eraselab.attack.soft_prompt import encode_with_embeddings, token_embeddings
 from eraselab.errors import EraselabError
 from eraselab.models.conditioning import require_one_text_encoder
@@ -217,4 +217,11 @@ def attack(target_pipe, spec: AttackSpec, config: P4dConfig, reference_pipe=None
                         details={"search": searched, "guard_in_loss": guarded})
 
 
-ATTACK = AttackEntry(attack, P4dConfig, THREAT_MODEL, reads="model", space="typed-text")
+def evaluations(config: P4dConfig, prompts: int, steps: int) -> tuple[int, int]:
+    """At most: each prompt's unedited trajectory, then its search: a step is the unedited and the defended
+    model's noise (a UNet row each, two each under a guard) and one encoding; the oracle every ``check_every``."""
+    unet, text = search_evaluations(config.iterations, config.check_every, len(config.oracle_seeds), steps, (4, 1))
+    return prompts * (steps * 2 + unet), prompts * text
+
+
+ATTACK = AttackEntry(attack, P4dConfig, THREAT_MODEL, reads="model", space="typed-text", evaluations=evaluations)

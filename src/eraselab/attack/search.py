@@ -8,6 +8,7 @@ the loop does the rest, counting the oracle's generations into the attack's :cla
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Protocol
 
@@ -22,6 +23,16 @@ class Search(Protocol):
     def typed(self) -> str:
         """The prompt as it would be typed now (what the oracle rates and the replay holds)."""
         ...
+
+
+def search_evaluations(iterations: int, check_every: int, oracle_seeds: int, steps: int,
+                       per_step: tuple[int, int]) -> tuple[int, int]:
+    """The most (UNet, text-encoder) evaluations :func:`search_prompts` spends on one prompt: ``iterations`` steps
+    of ``per_step`` each, and an oracle rating (``oracle_seeds`` images, guided: 2 UNet rows a sampler step, 2
+    encodings an image; :meth:`StopOracle.score`) every ``check_every`` steps and at the last."""
+    ratings = math.ceil(iterations / check_every)
+    return (iterations * per_step[0] + ratings * oracle_seeds * steps * 2,
+            iterations * per_step[1] + ratings * oracle_seeds * 2)
 
 
 def search_prompts(name: str, target_pipe, spec: AttackSpec, oracle: StopOracle, iterations: int,

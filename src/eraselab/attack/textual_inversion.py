@@ -122,5 +122,13 @@ def attack(target_pipe, spec: AttackSpec, config: TextualInversionConfig, refere
                                  "loss_last": sum(history[-window:]) / window})
 
 
-ATTACK = AttackEntry(attack, TextualInversionConfig, THREAT_MODEL, reads="model",
-                     space="input-embeddings")
+def evaluations(config: TextualInversionConfig, prompts: int, steps: int) -> tuple[int, int]:
+    """Exactly: the concept's images (each prompt at each image seed, a guided trajectory of the unedited model:
+    its encodings are not counted), then ``steps`` optimisation steps of ``batch`` UNet rows and encodings, and
+    each prompt's replay encoding."""
+    images = prompts * len(config.image_seeds)
+    return images * steps * 2 + config.steps * config.batch, config.steps * config.batch + prompts
+
+
+ATTACK = AttackEntry(attack, TextualInversionConfig, THREAT_MODEL, reads="model", space="input-embeddings",
+                     evaluations=evaluations)

@@ -42,7 +42,7 @@ from eraselab.attack.base import (
     check_budget,
     whole_word_tokens,
 )
-from eraselab.attack.search import search_prompts
+from eraselab.attack.search import search_evaluations, search_prompts
 from eraselab.attack.soft_prompt import encode_with_embeddings, insert_relaxed_tokens, project_to_simplex
 from eraselab.errors import EraselabError
 from eraselab.generate import generate_images
@@ -174,4 +174,13 @@ def attack(target_pipe, spec: AttackSpec, config: UnlearnDiffConfig, reference_p
                         details={"search": searched})
 
 
-ATTACK = AttackEntry(attack, UnlearnDiffConfig, THREAT_MODEL, reads="model", space="typed-text")
+def evaluations(config: UnlearnDiffConfig, prompts: int, steps: int) -> tuple[int, int]:
+    """At most: each prompt's target image (a guided trajectory of the unedited model), then its search (one
+    encoding and ``timesteps_per_step`` UNet rows a step, the oracle every ``check_every`` steps)."""
+    unet, text = search_evaluations(config.iterations, config.check_every, len(config.oracle_seeds), steps,
+                                    (config.timesteps_per_step, 1))
+    return prompts * (steps * 2 + unet), prompts * text
+
+
+ATTACK = AttackEntry(attack, UnlearnDiffConfig, THREAT_MODEL, reads="model", space="typed-text",
+                     evaluations=evaluations)

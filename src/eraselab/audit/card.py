@@ -25,7 +25,7 @@ from eraselab.experiment.config import AttackConfig, Experiment
 from eraselab.experiment.plan import edit_parts, variants
 from eraselab.store import RunStore
 
-CARD_SCHEMA_VERSION = 1
+CARD_SCHEMA_VERSION = 2  # 2: the text-encoder budget and estimates
 SCHEMA_PATH = Path(__file__).with_name("card.schema.json")
 RATE_KEYS = ("value", "low", "high", "n_valid", "n_errors")
 
@@ -71,7 +71,8 @@ def _attacks(run_dir: Path, experiment: Experiment, request: AuditRequest, defen
     rows = []
     for choice in choices:
         row = {"attack": choice.name, "label": choice.label, "threat_model": choice.threat_model,
-               "status": choice.status, "estimated_unet_evals": choice.estimate[0]}
+               "status": choice.status, "estimated_unet_evals": choice.estimate[0],
+               "estimated_text_encoder_evals": choice.estimate[1]}
         if choice.status == "run":
             config = AttackConfig(choice.name, request.concept, suite, request.attack_seeds, choice.options)
             cell = run_dir / "attacks" / attack_cell(request.model, edit, guard, config)
@@ -117,7 +118,7 @@ def build_card(out: Path, request: AuditRequest, experiment: Experiment, defende
                      "steps": experiment.steps, "guidance": experiment.guidance, "attack_suite": attack_suite,
                      "attack_seeds": request.attack_seeds, "threat_model": request.threat_model,
                      "threat_model_allows": list(AUDIT_THREAT_MODELS[request.threat_model]),
-                     "budget_unet_evals": request.budget},
+                     "budget_unet_evals": request.budget, "budget_text_encoder_evals": request.text_budget},
         "erasure": groups,
         "quality": quality,
         "attacks": attacks,
@@ -161,7 +162,8 @@ def card_markdown(card: dict) -> str:
                      f"{rate_text(efficacy['unedited'])}), judged by `{_md(protocol['judge']['name'])}`.")
     if strongest:
         lines.append(f"- **Strongest attack run** ({_md(protocol['threat_model'])} threat model, budget "
-                     f"{protocol['budget_unet_evals']:,} UNet evaluations): `{_md(strongest['label'])}` "
+                     f"{protocol['budget_unet_evals']:,} UNet and {protocol['budget_text_encoder_evals']:,} "
+                     f"text-encoder evaluations): `{_md(strongest['label'])}` "
                      f"({_md(strongest['threat_model'])}) brings it back in {rate_text(strongest['after'])} of images, "
                      f"at {strongest['cost']['unet_evals']:,} UNet evaluations.")
     else:
@@ -170,9 +172,11 @@ def card_markdown(card: dict) -> str:
     lines += ["", "| prompts | measures | unedited | defended |", "|---|---|---|---|"]
     lines += [f"| `{_md(g['suite'])}` | {g['metric']} | {rate_text(g['unedited'])} | {rate_text(g['defended'])} |"
               for g in card["erasure"]]
-    lines += ["", "| attack | threat model | status | before | after | UNet evals |", "|---|---|---|---|---|---|"]
+    lines += ["", "| attack | threat model | status | before | after | UNet evals | text-encoder evals |",
+              "|---|---|---|---|---|---|---|"]
     for a in card["attacks"]:
-        cost = f"{a['cost']['unet_evals']:,}" if a.get("cost") else f"~{a['estimated_unet_evals']:,.0f} (est.)"
+        cost = (f"{a['cost']['unet_evals']:,} | {a['cost']['text_encoder_evals']:,}" if a.get("cost") else
+                f"~{a['estimated_unet_evals']:,.0f} (est.) | ~{a['estimated_text_encoder_evals']:,.0f} (est.)")
         lines.append(f"| `{_md(a['label'])}` | {a['threat_model']} | {_md(a.get('reason', a['status']))} | "
                      f"{rate_text(a.get('before'))} | {rate_text(a.get('after'))} | {cost} |")
     if card["quality"]:

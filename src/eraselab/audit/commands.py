@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from eraselab.audit.plan import DEFAULT_BUDGET
+from eraselab.audit.plan import DEFAULT_BUDGET, DEFAULT_TEXT_BUDGET
 from eraselab.cli_support import user_errors
 
 
@@ -26,6 +26,8 @@ def audit(
     threat_model: Annotated[str, typer.Option(help="white-box, grey-box or black-box.")] = "white-box",
     budget: Annotated[int, typer.Option(help="UNet evaluations the attacks may spend (estimated, cheapest "
                                              "first).")] = DEFAULT_BUDGET,
+    text_budget: Annotated[int, typer.Option(help="Text-encoder evaluations the attacks may spend (Ring-A-Bell's "
+                                                  "search is all of them).")] = DEFAULT_TEXT_BUDGET,
     seeds: Annotated[int, typer.Option(help="Seeds per prompt for erasure, generality and specificity.")] = 12,
     attack_seeds: Annotated[int, typer.Option(help="Seeds per attacked prompt.")] = 4,
     steps: Annotated[int | None, typer.Option(help="Sampler steps (default: the model's).")] = None,
@@ -42,9 +44,10 @@ def audit(
     from eraselab.audit.plan import AuditRequest
     from eraselab.audit.run import run_audit
 
-    request = AuditRequest(model, concept, tuple(str(e) for e in edit or ()), guard, suite,
-                           tuple(preserve_suite or ()), judge, {}, label, threat_model, budget, seeds, attack_seeds,
-                           steps, None, device, tuple(attack or ()))
+    request = AuditRequest(model, concept, edits=tuple(str(e) for e in edit or ()), guard=guard, suite=suite,
+                           preserve_suites=tuple(preserve_suite or ()), judge=judge, label=label,
+                           threat_model=threat_model, budget=budget, text_budget=text_budget, seeds=seeds,
+                           attack_seeds=attack_seeds, steps=steps, device=device, attacks=tuple(attack or ()))
     card = run_audit(request, out)
     if not card:  # not the main process of a launch
         return

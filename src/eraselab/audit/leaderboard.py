@@ -16,7 +16,8 @@ from eraselab.errors import EraselabError
 from eraselab.report import short_name
 
 # What must be equal for two cards to be ranked together (the suites may differ with the concept, not within one).
-PROTOCOL_FIELDS = ("judge", "seeds", "steps", "guidance", "attack_seeds", "threat_model", "budget_unet_evals")
+PROTOCOL_FIELDS = ("judge", "seeds", "steps", "guidance", "attack_seeds", "threat_model", "budget_unet_evals",
+                   "budget_text_encoder_evals")
 
 
 def read_cards(paths: list[Path]) -> list[dict]:
@@ -30,8 +31,11 @@ def read_cards(paths: list[Path]) -> list[dict]:
             card = json.loads(file.read_text())
         except json.JSONDecodeError as error:
             raise EraselabError(f"{file} is not valid JSON ({error.msg})") from None
-        if not isinstance(card, dict) or card.get("schema_version") != CARD_SCHEMA_VERSION:
-            raise EraselabError(f"{file} is not an eraselab card of schema {CARD_SCHEMA_VERSION}")
+        if not isinstance(card, dict) or "schema_version" not in card:
+            raise EraselabError(f"{file} is not an eraselab card")
+        if card["schema_version"] != CARD_SCHEMA_VERSION:
+            raise EraselabError(f"{file} is a card of schema {card['schema_version']}, not {CARD_SCHEMA_VERSION}: run "
+                                "its audit command again (it resumes from the audit's run) to rewrite it")
         cards.append(card | {"source": str(file)})
     return cards
 

@@ -8,9 +8,15 @@ Threat models (what the auditor assumes an adversary holds), from strongest to w
   edited weights' internals): text-encoder, sampler-control and black-box-query attacks;
 - ``black-box``: typed prompts and the images that come back: black-box-query attacks only.
 
-Attacks are ordered by their cost measured on the tiny model at the attack table's protocol (UNet evaluations per
-prompt x seed, worst case over the defences of ``benchmarks/attack_table.py``; text-encoder evaluations break
-ties), and taken while their estimated total fits the budget; the card reports the cost each one really took.
+Each attack's cost is estimated from what it cost on the tiny model at the attack table's protocol (UNet and
+text-encoder evaluations a prompt, worst case over the defences of ``benchmarks/attack_table.py``), scaled by
+how its settings and the sampler's steps change the bound its own loop puts on it (``AttackEntry.evaluations``):
+on tiny the estimate is the measurement; at Stable Diffusion's defaults UnlearnDiffAtk's 40 steps rated by the
+oracle at every step cost 3.8 times the tiny 100 steps rated every fifth, and Ring-A-Bell's 200 x 3,000 genetic
+search 157 times the tiny 64 x 60. Attacks are taken cheapest first (UNet evaluations, then text-encoder ones)
+while both totals fit: ``budget`` UNet evaluations and ``text_budget`` text-encoder evaluations (default ten per
+UNet evaluation: a text-encoder pass cost a fifth of a UNet evaluation at SD-1.4 size on an H200, 3.3 vs 15 ms,
+and under a hundredth on a CPU, ``benchmarks/sd_scale.py``). The card reports the cost each attack really took.
 """
 
 from __future__ import annotations
@@ -18,24 +24,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from eraselab.errors import EraselabError
+from eraselab.options import build
+from eraselab.profile import TINY, profile_for
 
 AUDIT_THREAT_MODELS = {
     "white-box": ("white-box-weights", "white-box-gradients", "text-encoder", "sampler-control", "black-box-queries"),
     "grey-box": ("text-encoder", "sampler-control", "black-box-queries"),
     "black-box": ("black-box-queries",),
 }
-# (attack, options) -> (UNet evals, text-encoder evals) per prompt x seed, the most any defence of the attack
-# table cost (`python benchmarks/attack_table.py --concept star`, 6 prompts x 4 seeds, tiny defaults).
+# (attack, options) -> (UNet evals, text-encoder evals) a prompt, the most any defence of the attack table cost
+# (`python benchmarks/attack_table.py --concept star`, 6 prompts, tiny defaults, 25 sampler steps).
 ATTACK_COSTS: dict[tuple[str, str], tuple[float, float]] = {
-    ("embedding-recovery", ""): (0, 0.25),
-    ("concept-vector", ""): (0, 0.92),
-    ("concept-vector", "search"): (0, 497),
-    ("textual-inversion", ""): (100, 50),
-    ("p4d", ""): (175, 31),
-    ("unlearndiff", ""): (537.5, 45),
-    ("concept-arithmetic", ""): (6187.5, 180),
+    ("embedding-recovery", ""): (0, 1),
+    ("concept-vector", ""): (0, 3.67),
+    ("concept-vector", "search"): (0, 1988),
+    ("textual-inversion", ""): (400, 200),
+    ("p4d", ""): (700, 124),
+    ("unlearndiff", ""): (2150, 180),
+    ("concept-arithmetic", ""): (24750, 720),
 }
-DEFAULT_BUDGET = 20_000  # UNet evaluations: every attack but concept arithmetic at 6 prompts x 4 seeds on tiny
+DEFAULT_BUDGET = 20_000  # UNet evaluations: every attack but concept arithmetic at 6 prompts on tiny
+DEFAULT_TEXT_BUDGET = 10 * DEFAULT_BUDGET  # text-encoder evaluations
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,7 @@ class AuditRequest:
     label: str | None = None  # what the judge looks for (tiny: the concept's class)
     threat_model: str = "white-box"
     budget: int = DEFAULT_BUDGET  # UNet evaluations for the attacks
+    text_budget: int = DEFAULT_TEXT_BUDGET  # text-encoder evaluations for the attacks
     seeds: int = 12  # per prompt, for efficacy, generality and specificity
     attack_seeds: int = 4
     steps: int | None = None  # sampler steps (default: the model's profile)
@@ -64,8 +74,8 @@ class AuditRequest:
         if self.threat_model not in AUDIT_THREAT_MODELS:
             raise EraselabError(f"threat model must be one of {', '.join(AUDIT_THREAT_MODELS)}, got "
                                 f"{self.threat_model!r}")
-        if self.budget < 0 or self.seeds < 1 or self.attack_seeds < 1:
-            raise EraselabError("the budget must be >= 0 and seeds and attack seeds at least 1")
+        if self.budget < 0 or self.text_budget < 0 or self.seeds < 1 or self.attack_seeds < 1:
+            raise EraselabError("the budgets must be >= 0 and seeds and attack seeds at least 1")
         if not self.edits and not self.guard:
             raise EraselabError("an audit needs a defence: --edit (one or more, applied together) and/or --guard")
         known = [_label(name, variant) for name, variant in ATTACK_COSTS]
@@ -101,24 +111,36 @@ def _label(name: str, variant: str) -> str:
     return options_label(name, _options(variant))
 
 
+def estimate(name: str, variant: str, model: str, prompts: int, steps: int | None = None) -> tuple[float, float]:
+    """(UNet, text-encoder) evaluations the attack variant is expected to spend on ``prompts`` prompts of
+    ``model`` at ``steps`` sampler steps (default: the model's): its tiny measurement (:data:`ATTACK_COSTS`) scaled
+    by the ratio of the bounds its loop puts on it here and on tiny (the bound itself where tiny spent none)."""
+    from eraselab.attack import ATTACKS
+
+    entry, options, profile = ATTACKS.get(name), _options(variant), profile_for(model)
+    here = entry.evaluations(build(ATTACKS, name, options, profile), prompts, steps or profile.steps)
+    tiny = entry.evaluations(build(ATTACKS, name, options, TINY), prompts, TINY.steps)
+    measured = ATTACK_COSTS[(name, variant)]
+    return tuple(float(m * prompts * h / t if t else h) for m, h, t in zip(measured, here, tiny, strict=True))
+
+
 def choose_attacks(request: AuditRequest, prompts: int) -> list[AttackChoice]:
     """Every attack variant of :data:`ATTACK_COSTS`, cheapest first, each marked run, not requested, outside the
-    threat model or over budget, for ``prompts`` attacked prompts x the request's attack seeds."""
+    threat model or over budget (UNet or text-encoder), for ``prompts`` attacked prompts."""
     from eraselab.attack import ATTACKS
 
     allowed = AUDIT_THREAT_MODELS[request.threat_model]
-    spent, out = 0.0, []
-    for (name, variant), (unet, text) in sorted(ATTACK_COSTS.items(), key=lambda item: item[1]):
+    costs = {key: estimate(*key, request.model, prompts, request.steps) for key in ATTACK_COSTS}
+    spent, spent_text, out = 0.0, 0.0, []
+    for (name, variant), cost in sorted(costs.items(), key=lambda item: item[1]):
         threat = ATTACKS.get(name).threat_model
-        n = prompts * request.attack_seeds
-        estimate = (unet * n, text * n)
         if request.attacks and _label(name, variant) not in request.attacks:
             status = "not requested"
         elif threat not in allowed:
             status = "outside the threat model"
-        elif spent + estimate[0] > request.budget:
+        elif spent + cost[0] > request.budget or spent_text + cost[1] > request.text_budget:
             status = "over budget"
         else:
-            status, spent = "run", spent + estimate[0]
-        out.append(AttackChoice(name, _options(variant), threat, estimate, status))
+            status, spent, spent_text = "run", spent + cost[0], spent_text + cost[1]
+        out.append(AttackChoice(name, _options(variant), threat, cost, status))
     return out

@@ -4,7 +4,7 @@ resumes as any run does), then the card from what the run holds."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, replace
+from dataclasses import MISSING, asdict, fields, replace
 from pathlib import Path
 
 from eraselab.audit.card import write_card
@@ -75,10 +75,13 @@ def run_audit(request: AuditRequest, out: Path, progress: bool = True) -> dict:
 
 
 def _bind(out: Path, request: AuditRequest) -> None:
-    """Record the request beside the run; a directory holding another audit is refused."""
+    """Record the request beside the run; a directory holding another audit is refused (a setting an older
+    audit.json does not record counts as its default, so such an audit resumes)."""
     path = out / "audit.json"
-    record = json.dumps(asdict(request), sort_keys=True, indent=2) + "\n"
-    if path.is_file() and path.read_text() != record:
-        raise EraselabError(f"{out} holds another audit (its audit.json differs); use a new directory")
-    path.write_text(record)
+    current = json.loads(json.dumps(asdict(request)))
+    if path.is_file():
+        defaults = {f.name: f.default for f in fields(AuditRequest) if f.default is not MISSING}
+        if {**json.loads(json.dumps(defaults)), **json.loads(path.read_text())} != current:
+            raise EraselabError(f"{out} holds another audit (its audit.json differs); use a new directory")
+    path.write_text(json.dumps(current, sort_keys=True, indent=2) + "\n")
 

@@ -10,15 +10,17 @@ import sqlite3
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import jsonschema
+import pytest
 from typer.testing import CliRunner
 
 from eraselab.audit.card import SCHEMA_PATH, card_html, card_markdown
 from eraselab.audit.plan import DEFAULT_BUDGET, DEFAULT_TEXT_BUDGET, AuditRequest, choose_attacks
 from eraselab.cli import app
+from eraselab.errors import EraselabError
 
 
 def _without_seconds(card: dict) -> dict:
@@ -161,3 +163,17 @@ def test_the_leaderboard_ranks_cards_of_one_protocol_and_refuses_mixed_ones_nami
                                        str(tmp_path / "mixed")])
     assert refused.exit_code == 2 and "protocol.steps, protocol.threat_model" in refused.stderr
     assert not (tmp_path / "mixed").exists()
+
+
+def test_an_audit_json_from_before_a_setting_existed_resumes_with_its_default(tmp_path):
+    from eraselab.audit.run import _bind
+
+    request = AuditRequest("tiny", "star", ("e",))
+    older = json.loads(json.dumps(asdict(request)))
+    del older["text_budget"]  # written before the text-encoder budget existed
+    (tmp_path / "audit.json").write_text(json.dumps(older))
+    _bind(tmp_path, request)  # the default it did not record: the same audit
+    assert json.loads((tmp_path / "audit.json").read_text())["text_budget"] == DEFAULT_TEXT_BUDGET
+    (tmp_path / "audit.json").write_text(json.dumps(older))
+    with pytest.raises(EraselabError, match="holds another audit"):
+        _bind(tmp_path, replace(request, text_budget=5))

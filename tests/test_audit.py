@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from dataclasses import asdict, replace
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -21,6 +19,7 @@ from eraselab.audit.card import SCHEMA_PATH, card_html, card_markdown
 from eraselab.audit.plan import DEFAULT_BUDGET, DEFAULT_TEXT_BUDGET, AuditRequest, choose_attacks
 from eraselab.cli import app
 from eraselab.errors import EraselabError
+from store_counts import committed_images
 
 
 def _without_seconds(card: dict) -> dict:
@@ -115,8 +114,7 @@ def test_a_killed_audit_resumes_to_the_same_card(small_audit, tmp_path):
     command = [sys.executable, "-m", "eraselab", "audit", "--edit", str(edit), *options, "--out", str(out)]
     env = os.environ | {"OMP_NUM_THREADS": "2"}  # the tests' torch threads: images can differ in a pixel across counts
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    store = out / "run" / "store.sqlite"
-    while process.poll() is None and _images(store) < 30:
+    while process.poll() is None and committed_images(out / "run") < 30:
         time.sleep(0.05)
     assert process.poll() is None, "the audit ended before it could be killed"
     os.kill(process.pid, signal.SIGKILL)
@@ -128,18 +126,6 @@ def test_a_killed_audit_resumes_to_the_same_card(small_audit, tmp_path):
     again = json.loads((out / "card.json").read_text())
     assert _without_seconds(again) == _without_seconds(first)
     assert (out / "card.md").read_text() == (audit / "card.md").read_text()
-
-
-def _images(store: Path) -> int:
-    if not store.is_file():
-        return 0
-    db = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=60)
-    try:
-        return db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-    finally:
-        db.close()
 
 
 def test_the_leaderboard_ranks_cards_of_one_protocol_and_refuses_mixed_ones_naming_the_fields(small_audit, tmp_path):

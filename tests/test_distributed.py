@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from eraselab.distributed import Ranks, process_ranks
+from store_counts import committed_images
 
 
 def _launch(config: Path, out: Path, processes: int, verb: tuple[str, ...] = ("run",),
@@ -157,13 +158,13 @@ def test_a_process_killed_mid_run_loses_nothing_a_one_process_restart_cannot_fin
     stored = 0
     while stored < 8 and launched[0].poll() is None:  # wait until some images are committed, then kill rank 1
         time.sleep(0.05)
-        stored = _stored_images(out)
+        stored = committed_images(out)
     assert launched[0].poll() is None, "the run ended before it could be killed: make the grid larger"
     os.kill(victim, signal.SIGKILL)
     for process in launched:
         process.communicate(timeout=120)
         assert process.returncode != 0  # torchrun stops the other process too
-    left = _stored_images(out)
+    left = committed_images(out)
     assert 0 < left < len(alone["images"])  # killed mid-run
     _one_process(config, out)  # a restart with one process
     assert _contents(out) == alone
@@ -188,20 +189,6 @@ def _workers(launcher: int, count: int) -> dict[int, int]:
     raise AssertionError("torchrun did not start two processes")
 
 
-def _stored_images(run_dir: Path) -> int:
-    """Images committed in the run's store and in its node stores (several nodes)."""
-    count = 0
-    for store in [run_dir / "store.sqlite", *run_dir.glob("nodes/*/store.sqlite")]:
-        if not store.is_file():
-            continue
-        db = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=60)
-        try:
-            count += db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
-        except sqlite3.OperationalError:  # the schema is not made yet
-            pass
-        finally:
-            db.close()
-    return count
 
 
 def test_a_trained_eraser_on_two_processes_equals_one_process_at_the_same_global_batch(tmp_path):

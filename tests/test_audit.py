@@ -163,3 +163,13 @@ def test_an_audit_json_from_before_a_setting_existed_resumes_with_its_default(tm
     (tmp_path / "audit.json").write_text(json.dumps(older))
     with pytest.raises(EraselabError, match="holds another audit"):
         _bind(tmp_path, replace(request, text_budget=5))
+
+
+def test_every_guard_can_be_audited_with_the_concept_as_its_option():
+    from eraselab.audit.run import audit_config
+    from eraselab.experiment.parse import parse_experiment
+    from eraselab.guard import GUARDS
+
+    for name in GUARDS.names():  # SAFREE names its concepts in a list, the others one concept
+        config, _ = audit_config(AuditRequest("tiny", "star", guard=name))
+        assert "star" in parse_experiment(config).guards[0].label

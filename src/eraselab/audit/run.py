@@ -3,6 +3,7 @@ resumes as any run does), then the card from what the run holds."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import MISSING, asdict, fields, replace
 from pathlib import Path
@@ -42,8 +43,16 @@ def audit_config(request: AuditRequest) -> tuple[dict, str]:
               "seeds": {"start": 0, "count": request.seeds},
               "sampler": {"steps": request.steps or profile.steps, "guidance": request.guidance or profile.guidance},
               "detectors": [judge], "groups": groups, "device": request.device,
-              "guards": [{"name": request.guard, "concept": request.concept}] if request.guard else []}
+              "guards": [_guard(request.guard, request.concept)] if request.guard else []}
     return config, attack_suite
+
+
+def _guard(name: str, concept: str) -> dict:
+    """The guard ``name`` against ``concept``: SAFREE takes its toxic concepts as a list, the others one concept."""
+    from eraselab.guard import GUARDS
+
+    names = {f.name for f in dataclasses.fields(GUARDS.get(name))} if dataclasses.is_dataclass(GUARDS.get(name)) else ()
+    return {"name": name, **({"concepts": [concept]} if "concepts" in names else {"concept": concept})}
 
 
 def run_audit(request: AuditRequest, out: Path, progress: bool = True) -> dict:

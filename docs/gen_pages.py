@@ -15,7 +15,7 @@ import mkdocs_gen_files
 
 from eraselab.attack import ATTACKS
 from eraselab.attack.base import SPACES, THREAT_MODELS
-from eraselab.audit.card import rate_text
+from eraselab.audit.card import markdown_cell, rate_text
 from eraselab.audit.leaderboard import check_protocols, leaderboard_markdown, read_cards, rows
 from eraselab.erase.registry import ERASERS
 from eraselab.guard import GUARDS
@@ -38,34 +38,33 @@ CARDS = read_cards(sorted((ROOT / "examples" / "leaderboard" / "cards").glob("*.
 if CARDS:
     check_protocols(CARDS)
 BOARD = rows(CARDS)
+BY_SOURCE = {card["source"]: card for card in CARDS}
 MEASURED = ("## Measured on the tiny world\n\nFrom the [leaderboard](../leaderboard.md)'s audits (`eraselab audit` at "
             "its default protocol; 95% Wilson intervals).\n\n")
 
 
 def _board_rows(keep) -> str:
-    """The leaderboard's rows that ``keep`` accepts, as a markdown table, or a line saying there are none yet."""
+    """The leaderboard's rows that ``keep`` accepts, as the leaderboard renders them, or a line saying there are
+    none yet."""
     chosen = [row for row in BOARD if keep(row)]
     if not chosen:
         return "No audit of it is on the leaderboard yet.\n\n"
-    lines = ["| concept | defence | presence | strongest attack | after attack |", "|---|---|---|---|---|"]
-    lines += [f"| {r['concept']} | {r['defence']} | {rate_text(r['presence'])} | {r['strongest']} | "
-              f"{rate_text(r['after'])} |" for r in chosen]
-    return "\n".join(lines) + "\n\n"
+    return leaderboard_markdown(chosen, CARDS[0]["protocol"]) + "\n"
 
 
 def _attack_rows(name: str) -> str:
     """Every audit's result for the attack ``name`` (each variant): the rate before and after, or why it did not
     run."""
     lines = ["| concept | defence | variant | before | after | UNet evals |", "|---|---|---|---|---|---|"]
-    for card, row in ((c, r) for r in BOARD for c in CARDS if c["source"] == r["source"]):
-        for result in (a for a in card["attacks"] if a["attack"] == name):
+    for row in BOARD:
+        for result in (a for a in BY_SOURCE[row["source"]]["attacks"] if a["attack"] == name):
             cells = [row["concept"], row["defence"], result["label"]]
             if result["status"] == "run":
                 cells += [rate_text(result["before"]), rate_text(result["after"]), f"{result['cost']['unet_evals']:,}"]
             else:
                 reason = f": {result['reason']}" if result.get("reason") else ""
                 cells += [f"{result['status']}{reason}", "-", "-"]
-            lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+            lines.append("| " + " | ".join(markdown_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n\n" if len(lines) > 2 else "No audit ran it yet.\n\n"
 
 

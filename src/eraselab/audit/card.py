@@ -146,7 +146,7 @@ def rate_text(rate: dict | None) -> str:
     return f"{rate['value']:.3f} [{rate['low']:.3f}, {rate['high']:.3f}]"
 
 
-def _md(text: object) -> str:
+def markdown_cell(text: object) -> str:
     """A value safe inside a markdown table cell."""
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -154,39 +154,43 @@ def _md(text: object) -> str:
 def card_markdown(card: dict) -> str:
     protocol, strongest = card["protocol"], card["strongest_attack"]
     efficacy = next((g for g in card["erasure"] if g["metric"] == "efficacy"), None)
-    lines = [f"## Concept erasure: {_md(card['concept'])}", "",
-             f"Audited with eraselab (schema {card['schema_version']}) on `{_md(card['model']['name'])}` "
-             f"(fingerprint `{card['model']['fingerprint']}`), defence `{_md(card['defence']['label'])}`.", ""]
+    lines = [f"## Concept erasure: {markdown_cell(card['concept'])}", "",
+             f"Audited with eraselab (schema {card['schema_version']}) on "
+             f"`{markdown_cell(card['model']['name'])}` (fingerprint `{card['model']['fingerprint']}`), defence "
+             f"`{markdown_cell(card['defence']['label'])}`.", ""]
     if efficacy:
         lines.append(f"- **Presence of the concept**: {rate_text(efficacy['defended'])} of images (unedited model: "
-                     f"{rate_text(efficacy['unedited'])}), judged by `{_md(protocol['judge']['name'])}`.")
+                     f"{rate_text(efficacy['unedited'])}), judged by `{markdown_cell(protocol['judge']['name'])}`.")
     if strongest:
-        lines.append(f"- **Strongest attack run** ({_md(protocol['threat_model'])} threat model, budget "
+        lines.append(f"- **Strongest attack run** ({markdown_cell(protocol['threat_model'])} threat model, budget "
                      f"{protocol['budget_unet_evals']:,} UNet and {protocol['budget_text_encoder_evals']:,} "
-                     f"text-encoder evaluations): `{_md(strongest['label'])}` "
-                     f"({_md(strongest['threat_model'])}) brings it back in {rate_text(strongest['after'])} of images, "
+                     f"text-encoder evaluations): `{markdown_cell(strongest['label'])}` "
+                     f"({markdown_cell(strongest['threat_model'])}) brings it back in "
+                     f"{rate_text(strongest['after'])} of images, "
                      f"at {strongest['cost']['unet_evals']:,} UNet evaluations.")
     else:
-        lines.append(f"- **No attack result**: no attack of the {_md(protocol['threat_model'])} threat model ran "
-                     "within the budget, or each one refused (the table says why).")
+        lines.append(f"- **No attack result**: no attack of the {markdown_cell(protocol['threat_model'])} threat "
+                     "model ran within the budget, or each one refused (the table says why).")
     lines += ["", "| prompts | measures | unedited | defended |", "|---|---|---|---|"]
-    lines += [f"| `{_md(g['suite'])}` | {g['metric']} | {rate_text(g['unedited'])} | {rate_text(g['defended'])} |"
-              for g in card["erasure"]]
+    lines += [f"| `{markdown_cell(g['suite'])}` | {g['metric']} | {rate_text(g['unedited'])} | "
+              f"{rate_text(g['defended'])} |" for g in card["erasure"]]
     lines += ["", "| attack | threat model | status | before | after | UNet evals | text-encoder evals |",
               "|---|---|---|---|---|---|---|"]
     for a in card["attacks"]:
         cost = (f"{a['cost']['unet_evals']:,} | {a['cost']['text_encoder_evals']:,}" if a.get("cost") else
                 f"~{a['estimated_unet_evals']:,.0f} (est.) | ~{a['estimated_text_encoder_evals']:,.0f} (est.)")
-        lines.append(f"| `{_md(a['label'])}` | {a['threat_model']} | {_md(a.get('reason', a['status']))} | "
-                     f"{rate_text(a.get('before'))} | {rate_text(a.get('after'))} | {cost} |")
+        lines.append(f"| `{markdown_cell(a['label'])}` | {a['threat_model']} | "
+                     f"{markdown_cell(a.get('reason', a['status']))} | {rate_text(a.get('before'))} | "
+                     f"{rate_text(a.get('after'))} | {cost} |")
     if card["quality"]:
         lines += ["", "Image quality against the unedited model at the same seeds: " + "; ".join(
-            f"{q['metric']} on `{_md(q['suite'])}` {q['value']:.4g}" for q in card["quality"]
+            f"{q['metric']} on `{markdown_cell(q['suite'])}` {q['value']:.4g}" for q in card["quality"]
             if q["value"] is not None) + "."]
     lines += ["", f"Protocol: seeds {protocol['seeds'][0]}..{protocol['seeds'][-1]}, {protocol['steps']} steps, "
-              f"guidance {protocol['guidance']}; attacks on `{_md(protocol['attack_suite'])}` x "
+              f"guidance {protocol['guidance']}; attacks on `{markdown_cell(protocol['attack_suite'])}` x "
               f"{protocol['attack_seeds']} seeds; intervals are 95% Wilson. Edits: " + (", ".join(
-                  f"`{_md(e['method'])}` sha256 `{e['sha256']}`" for e in card["defence"]["edits"]) or "none") +
+                  f"`{markdown_cell(e['method'])}` sha256 `{e['sha256']}`"
+                  for e in card["defence"]["edits"]) or "none") +
               ". Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(card["versions"].items())) + ".",
               ""]
     return "\n".join(lines)

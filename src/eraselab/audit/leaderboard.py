@@ -11,7 +11,7 @@ import html
 import json
 from pathlib import Path
 
-from eraselab.audit.card import CARD_SCHEMA_VERSION, rate_text
+from eraselab.audit.card import CARD_SCHEMA_VERSION, markdown_cell, rate_text
 from eraselab.errors import EraselabError
 from eraselab.report import short_name
 
@@ -94,7 +94,7 @@ def _cells(row: dict) -> list[str]:
 def leaderboard_markdown(table: list[dict], protocol: dict) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in table:
-        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in _cells(row)) + " |")
+        lines.append("| " + " | ".join(markdown_cell(c) for c in _cells(row)) + " |")
     shown = {k: protocol[k] for k in PROTOCOL_FIELDS}
     return "\n".join([*lines, "", f"Protocol (the same for every row): `{json.dumps(shown, sort_keys=True)}`. "
                       "Ranked within a concept by the strongest attack's after-attack rate, then the presence "

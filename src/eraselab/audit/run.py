@@ -3,7 +3,6 @@ resumes as any run does), then the card from what the run holds."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import MISSING, asdict, fields, replace
 from pathlib import Path
@@ -50,9 +49,10 @@ def audit_config(request: AuditRequest) -> tuple[dict, str]:
 def _guard(name: str, concept: str) -> dict:
     """The guard ``name`` against ``concept``: SAFREE takes its toxic concepts as a list, the others one concept."""
     from eraselab.guard import GUARDS
+    from eraselab.options import accepted
 
-    names = {f.name for f in dataclasses.fields(GUARDS.get(name))} if dataclasses.is_dataclass(GUARDS.get(name)) else ()
-    return {"name": name, **({"concepts": [concept]} if "concepts" in names else {"concept": concept})}
+    listed = "concepts" in accepted(GUARDS.get(name))
+    return {"name": name, **({"concepts": [concept]} if listed else {"concept": concept})}
 
 
 def run_audit(request: AuditRequest, out: Path, progress: bool = True) -> dict:

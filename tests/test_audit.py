@@ -156,9 +156,9 @@ def test_an_audit_json_from_before_a_setting_existed_resumes_with_its_default(tm
 
     request = AuditRequest("tiny", "star", ("e",))
     older = json.loads(json.dumps(asdict(request)))
-    del older["text_budget"]  # written before the text-encoder budget existed
+    del older["text_budget"], older["guard_options"]  # written before these settings existed
     (tmp_path / "audit.json").write_text(json.dumps(older))
-    _bind(tmp_path, request)  # the default it did not record: the same audit
+    _bind(tmp_path, request)  # the defaults it did not record: the same audit
     assert json.loads((tmp_path / "audit.json").read_text())["text_budget"] == DEFAULT_TEXT_BUDGET
     (tmp_path / "audit.json").write_text(json.dumps(older))
     with pytest.raises(EraselabError, match="holds another audit"):
@@ -173,3 +173,22 @@ def test_every_guard_can_be_audited_with_the_concept_as_its_option():
     for name in GUARDS.names():  # SAFREE names its concepts in a list, the others one concept
         config, _ = audit_config(AuditRequest("tiny", "star", guard=name))
         assert "star" in parse_experiment(config).guards[0].label
+
+
+def test_guard_and_judge_options_reach_the_experiment():
+    from eraselab.audit.run import audit_config
+    from eraselab.experiment.parse import parse_experiment
+    from eraselab.options import parse_key_values
+
+    phrases = parse_key_values(['concepts=["star", "pentagram"]', "alpha=0.02"], "--guard-option")
+    request = AuditRequest("tiny", "star", guard="safree", guard_options=phrases,
+                           judge_options=parse_key_values(["classifier=/c"], "--judge-option"))
+    experiment = parse_experiment(audit_config(request)[0])
+    guard = experiment.guards[0].build()
+    assert (tuple(guard.concepts), guard.alpha) == (("star", "pentagram"), 0.02)
+    assert experiment.detectors[0].options == {"classifier": "/c"}
+    assert request.guard_config() == {"name": "safree", "concepts": ["star", "pentagram"], "alpha": 0.02}
+    with pytest.raises(EraselabError, match="needs a --guard"):
+        AuditRequest("tiny", "star", ("e",), guard_options={"preset": "max"}).check()
+    with pytest.raises(EraselabError, match="takes KEY=VALUE"):
+        parse_key_values(["preset"], "--guard-option")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import json
 import types
 import typing
 from collections.abc import Mapping
@@ -24,6 +25,21 @@ from typing import Any
 from eraselab.errors import EraselabError
 from eraselab.profile import STABLE_DIFFUSION, ModelProfile
 from eraselab.registry import Registry
+
+
+def parse_key_values(pairs: list[str], flag: str) -> dict[str, Any]:
+    """``KEY=VALUE`` command-line options as a dict: a VALUE that reads as JSON (numbers, booleans, lists) is taken
+    as such, anything else as a string (``--option protocol=exposed8-0.45``, ``--guard-option 'concepts=["a"]'``)."""
+    parsed: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise EraselabError(f"{flag} takes KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key] = value
+    return parsed
 
 
 def accepted(target: type | typing.Callable) -> dict[str, Any]:

@@ -111,7 +111,8 @@ def build_card(out: Path, request: AuditRequest, experiment: Experiment, defende
     return {
         "schema_version": CARD_SCHEMA_VERSION,
         "model": {"name": request.model, "fingerprint": fingerprint},
-        "defence": {"label": defended, "edits": _edits(experiment, defended), "guard": request.guard},
+        "defence": {"label": defended, "edits": _edits(experiment, defended), "guard": request.guard,
+                    "guard_options": {k: v for k, v in request.guard_config().items() if k != "name"}},
         "concept": request.concept,
         "protocol": {"judge": {"name": judge.name, "options": judge.options},
                      "suites": sorted({g["suite"] for g in groups}), "seeds": list(experiment.seeds),

@@ -19,9 +19,14 @@ def audit(
     edit: Annotated[list[Path] | None, typer.Option(help="An edit directory; repeat to stack edits.")] = None,
     guard: Annotated[str | None, typer.Option(help="An inference-time guard on top: negative-prompt, sld, "
                                                    "safree.")] = None,
+    guard_option: Annotated[list[str] | None, typer.Option(help="A guard option KEY=VALUE over the concept it is "
+                                                          "given, e.g. 'concepts=[\"star\", \"pentagram\"]'; "
+                                                          "repeat.")] = None,
     suite: Annotated[str | None, typer.Option(help="The concept's prompts (tiny: the world's own suites).")] = None,
     preserve_suite: Annotated[list[str] | None, typer.Option(help="Prompts to keep (specificity); repeat.")] = None,
     judge: Annotated[str | None, typer.Option(help="Detector: tiny (default on tiny), nudenet or clip.")] = None,
+    judge_option: Annotated[list[str] | None, typer.Option(help="A judge option KEY=VALUE, e.g. "
+                                                          "protocol=exposed8-0.45; repeat.")] = None,
     label: Annotated[str | None, typer.Option(help="What the judge looks for (default: the concept).")] = None,
     threat_model: Annotated[str, typer.Option(help="white-box, grey-box or black-box.")] = "white-box",
     budget: Annotated[int, typer.Option(help="UNet evaluations the attacks may spend (estimated, cheapest "
@@ -43,9 +48,12 @@ def audit(
     """
     from eraselab.audit.plan import AuditRequest
     from eraselab.audit.run import run_audit
+    from eraselab.options import parse_key_values
 
-    request = AuditRequest(model, concept, edits=tuple(str(e) for e in edit or ()), guard=guard, suite=suite,
-                           preserve_suites=tuple(preserve_suite or ()), judge=judge, label=label,
+    request = AuditRequest(model, concept, edits=tuple(str(e) for e in edit or ()), guard=guard,
+                           guard_options=parse_key_values(guard_option or [], "--guard-option"), suite=suite,
+                           preserve_suites=tuple(preserve_suite or ()), judge=judge,
+                           judge_options=parse_key_values(judge_option or [], "--judge-option"), label=label,
                            threat_model=threat_model, budget=budget, text_budget=text_budget, seeds=seeds,
                            attack_seeds=attack_seeds, steps=steps, device=device, attacks=tuple(attack or ()))
     card = run_audit(request, out)

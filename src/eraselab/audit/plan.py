@@ -55,6 +55,7 @@ class AuditRequest:
     concept: str
     edits: tuple[str, ...] = ()
     guard: str | None = None
+    guard_options: dict = field(default_factory=dict)  # over the concept the audit gives the guard
     suite: str | None = None  # the concept's prompts (tiny: the world's own suites)
     preserve_suites: tuple[str, ...] = ()  # prompts whose content must survive (tiny: the world's)
     judge: str | None = None  # detector name (tiny: the tiny classifier)
@@ -78,10 +79,24 @@ class AuditRequest:
             raise EraselabError("the budgets must be >= 0 and seeds and attack seeds at least 1")
         if not self.edits and not self.guard:
             raise EraselabError("an audit needs a defence: --edit (one or more, applied together) and/or --guard")
+        if self.guard_options and not self.guard:
+            raise EraselabError("--guard-option needs a --guard")
         known = [_label(name, variant) for name, variant in ATTACK_COSTS]
         unknown = sorted(set(self.attacks) - set(known))
         if unknown:
             raise EraselabError(f"no such attack to audit with: {', '.join(unknown)} (known: {', '.join(known)})")
+
+    def guard_config(self) -> dict:
+        """The guard against the concept (SAFREE takes its toxic concepts as a list, the others one concept), with
+        ``guard_options`` over that (SAFREE's phrases, SLD's preset, ...); {} without a guard."""
+        from eraselab.guard import GUARDS
+        from eraselab.options import accepted
+
+        if not self.guard:
+            return {}
+        listed = "concepts" in accepted(GUARDS.get(self.guard))
+        concept = {"concepts": [self.concept]} if listed else {"concept": self.concept}
+        return {"name": self.guard, **concept, **self.guard_options}
 
 
 @dataclass(frozen=True)

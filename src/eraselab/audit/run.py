@@ -42,17 +42,8 @@ def audit_config(request: AuditRequest) -> tuple[dict, str]:
               "seeds": {"start": 0, "count": request.seeds},
               "sampler": {"steps": request.steps or profile.steps, "guidance": request.guidance or profile.guidance},
               "detectors": [judge], "groups": groups, "device": request.device,
-              "guards": [_guard(request.guard, request.concept)] if request.guard else []}
+              "guards": [request.guard_config()] if request.guard else []}
     return config, attack_suite
-
-
-def _guard(name: str, concept: str) -> dict:
-    """The guard ``name`` against ``concept``: SAFREE takes its toxic concepts as a list, the others one concept."""
-    from eraselab.guard import GUARDS
-    from eraselab.options import accepted
-
-    listed = "concepts" in accepted(GUARDS.get(name))
-    return {"name": name, **({"concepts": [concept]} if listed else {"concept": concept})}
 
 
 def run_audit(request: AuditRequest, out: Path, progress: bool = True) -> dict:
@@ -89,7 +80,8 @@ def _bind(out: Path, request: AuditRequest) -> None:
     path = out / "audit.json"
     current = json.loads(json.dumps(asdict(request)))
     if path.is_file():
-        defaults = {f.name: f.default for f in fields(AuditRequest) if f.default is not MISSING}
+        defaults = {f.name: f.default_factory() if f.default is MISSING else f.default
+                    for f in fields(AuditRequest) if (f.default, f.default_factory) != (MISSING, MISSING)}
         if {**json.loads(json.dumps(defaults)), **json.loads(path.read_text())} != current:
             raise EraselabError(f"{out} holds another audit (its audit.json differs); use a new directory")
     path.write_text(json.dumps(current, sort_keys=True, indent=2) + "\n")

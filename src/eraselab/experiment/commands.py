@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -49,19 +49,6 @@ def run(
     typer.echo(json.dumps(summary) if as_json else ", ".join(f"{k}: {v}" for k, v in summary.items()))
 
 
-def _parse_options(options: list[str]) -> dict[str, Any]:
-    parsed: dict[str, Any] = {}
-    for option in options:
-        if "=" not in option:
-            raise EraselabError(f"--option takes KEY=VALUE, got {option!r}")
-        key, value = option.split("=", 1)
-        try:
-            parsed[key] = json.loads(value)
-        except json.JSONDecodeError:
-            parsed[key] = value
-    return parsed
-
-
 @user_errors
 def judge(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `eraselab run`.")],
@@ -75,8 +62,10 @@ def judge(
     """
     from eraselab.experiment import judge_run
     from eraselab.experiment.config import DetectorConfig
+    from eraselab.options import parse_key_values
 
-    summary = judge_run(run_dir, (DetectorConfig(detector, _parse_options(option or [])),), progress=not as_json)
+    detectors = (DetectorConfig(detector, parse_key_values(option or [], "--option")),)
+    summary = judge_run(run_dir, detectors, progress=not as_json)
     typer.echo(json.dumps(summary) if as_json else ", ".join(f"{k}: {v}" for k, v in summary.items()))
 
 

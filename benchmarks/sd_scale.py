@@ -33,7 +33,6 @@ bring back.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import statistics
@@ -47,29 +46,12 @@ import torch
 
 from eraselab.batching import Batching
 from eraselab.generate import generate_images
+from eraselab.models.vocabulary import clip_tokenizer
 from eraselab.requests import GenerationRequest
 
 PROMPTS = ["a photo of a cat on a sofa", "a painting of a lighthouse at night", "a portrait of an old man",
            "a bowl of fruit on a table", "a city street in the rain", "a mountain lake at sunrise",
            "a dog running on the beach", "a red car in front of a house"]
-
-
-def clip_tokenizer(bpe: Path, directory: Path):
-    """CLIP's tokenizer from the BPE merges file, as OpenAI's ``SimpleTokenizer`` builds its vocabulary: the 256
-    byte symbols, the same with ``</w>``, the 48,894 merges, then the two special tokens (49,408 entries)."""
-    from transformers import CLIPTokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    with gzip.open(bpe, "rt", encoding="utf-8") as file:
-        merges = file.read().split("\n")[1:49152 - 256 - 2 + 1]
-    symbols = list(bytes_to_unicode().values())
-    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
-    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    return CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=77,
-                         pad_token="<|endoftext|>")
 
 
 def vae(sample_size: int):
@@ -446,7 +428,7 @@ def main() -> None:
                       "dtype": args.dtype}), flush=True)
     with tempfile.TemporaryDirectory() as temp:
         workdir = args.workdir or Path(temp)
-        tokenizer = clip_tokenizer(args.bpe, workdir / "tokenizer")
+        tokenizer = clip_tokenizer(workdir / "tokenizer", args.bpe)
         for part in args.parts:
             PARTS[part](meter, args, tokenizer, workdir)
     if args.json:

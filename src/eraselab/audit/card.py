@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 from eraselab.attack.base import THREAT_MODELS
 from eraselab.audit.plan import AUDIT_THREAT_MODELS, AttackChoice, AuditRequest
 from eraselab.experiment.attacks import attack_cell
-from eraselab.experiment.config import AttackConfig, Experiment
+from eraselab.experiment.config import AttackConfig, Experiment, options_label
 from eraselab.experiment.plan import edit_parts, variants
 from eraselab.store import RunStore
 
@@ -161,7 +161,8 @@ def card_markdown(card: dict) -> str:
              f"`{markdown_cell(card['defence']['label'])}`.", ""]
     if efficacy:
         lines.append(f"- **Presence of the concept**: {rate_text(efficacy['defended'])} of images (unedited model: "
-                     f"{rate_text(efficacy['unedited'])}), judged by `{markdown_cell(protocol['judge']['name'])}`.")
+                     f"{rate_text(efficacy['unedited'])}), judged by "
+                     f"`{markdown_cell(options_label(protocol['judge']['name'], protocol['judge']['options']))}`.")
     if strongest:
         lines.append(f"- **Strongest attack run** ({markdown_cell(protocol['threat_model'])} threat model, budget "
                      f"{protocol['budget_unet_evals']:,} UNet and {protocol['budget_text_encoder_evals']:,} "

@@ -4,7 +4,10 @@ nothing."""
 
 from __future__ import annotations
 
+import gzip
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 from eraselab.errors import EraselabError
 
@@ -30,3 +33,27 @@ def require_known_words(pipe, texts: Sequence[str], message: str) -> None:
     unknown = unknown_words(pipe, texts)
     if unknown:
         raise EraselabError(f"{message}: {', '.join(unknown)}")
+
+
+def clip_tokenizer(directory: Path, bpe: Path | None = None):
+    """CLIP's tokenizer built as OpenAI's ``SimpleTokenizer`` builds its vocabulary: the 256 byte symbols, the same
+    with ``</w>``, the merges, then the two special tokens. ``bpe``: the merges file ``bpe_simple_vocab_16e6.txt.gz``
+    (in the ``open_clip_torch`` wheel), giving Stable Diffusion's 49,408-entry tokenizer; without it, CLIP's
+    byte-level base alone (514 entries, no merges: every text tokenises, one token a byte), the first entries of the
+    real vocabulary in the same order, for test models that must read any prompt. Written to ``directory``
+    (vocab.json, merges.txt)."""
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    merges: list[str] = []
+    if bpe is not None:
+        with gzip.open(bpe, "rt", encoding="utf-8") as file:
+            merges = file.read().split("\n")[1:49152 - 256 - 2 + 1]
+    symbols = list(bytes_to_unicode().values())
+    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges))
+    return CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=77,
+                         pad_token="<|endoftext|>")

@@ -73,6 +73,12 @@ def test_jsonl(tmp_path):
     bad.write_text('{"prompt": "a"}\n{"seed": 1}\n')
     with pytest.raises(EraselabError, match="line 2, field 'prompt'"):
         load_jsonl(bad)
+    bad.write_text('{"prompt": "a"}\n["a list"]\n')
+    with pytest.raises(EraselabError, match="line 2: not a JSON object"):
+        load_jsonl(bad)
+    bad.write_bytes(b"\xff\xfe\n")
+    with pytest.raises(EraselabError, match="is not UTF-8 text"):
+        load_jsonl(bad)
 
 
 def test_tiny_suites_and_bad_names():

@@ -290,7 +290,9 @@ def test_cli_generate_inject_detect_power(micro, tmp_path: Path):
      "does not exist"),
     (["detect", "--key", "{tmp}/t.jsonl", "--model", "{path}"], "not an eraselab trap key"),
     (["inject", "--traps", "{tmp}/t.jsonl", "--docs", "{tmp}/t.jsonl", "--out", "{tmp}/o", "--key", "{tmp}/k.json"],
-     "record 1 is not a trap from `traps generate` (field 'id' missing"),
+     "line 1: not a trap from `traps generate` (field 'id' missing"),
+    (["inject", "--traps", "{tmp}/binary.jsonl", "--docs", "{tmp}", "--out", "{tmp}/o", "--key", "{tmp}/k.json"],
+     "binary.jsonl is not UTF-8 text"),
 
     (["power", "--effect", "1", "--traps", "2", "--siblings", "3"], "at least 10 are needed"),
     (["generate", "--reference-model", "{path}", "--count", "20", "--siblings", "2", "--out", "{tmp}/t.jsonl"],
@@ -299,6 +301,7 @@ def test_cli_generate_inject_detect_power(micro, tmp_path: Path):
 def test_cli_bad_input_is_one_line_and_exit_2(micro, tmp_path: Path, args, message):
     _, _, path = micro
     (tmp_path / "t.jsonl").write_text('{"a": 1}\n')
+    (tmp_path / "binary.jsonl").write_bytes(b"\xff\xfe{}\n")
     result = CliRunner().invoke(app, ["traps", *[a.format(path=path, tmp=tmp_path) for a in args]])
     assert result.exit_code == 2, result.output
     assert message in result.output and len(result.output.strip().splitlines()) == 1

@@ -27,16 +27,22 @@ def read_yaml(path: Path, what: str) -> Any:
         raise EraselabError(f"{path} is not valid YAML{where}: {getattr(error, 'problem', error)}") from None
 
 
-def jsonl_records(path: Path, field: str) -> Iterator[tuple[int, dict]]:
+def jsonl_records(path: Path, field: str | None = None) -> Iterator[tuple[int, dict]]:
     """(line number, record) for every non-blank line of the JSON-lines file ``path``; each record must be an object
-    holding the string ``field``, or the error names the line."""
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    (holding the string ``field``, where one is named), or the error names the line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise EraselabError(f"{path} is not UTF-8 text") from None
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
             raise EraselabError(f"{path}, line {number}: not valid JSON ({error.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get(field), str):
+        if not isinstance(record, dict):
+            raise EraselabError(f"{path}, line {number}: not a JSON object")
+        if field is not None and not isinstance(record.get(field), str):
             raise EraselabError(f"{path}, line {number}, field {field!r}: missing or not a string")
         yield number, record

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from eraselab.cli_support import user_errors
+from eraselab.config_files import jsonl_records
 from eraselab.errors import EraselabError
 
 traps_app = typer.Typer(no_args_is_help=True,
@@ -30,16 +31,13 @@ def _read_traps(path: Path) -> list[dict]:
     """The records of a traps file from `traps generate`, each checked for the fields injection reads."""
     if not path.is_file():
         raise EraselabError(f"traps file {path} does not exist")
-    try:
-        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise EraselabError(f"{path} is not a JSONL traps file: {error}") from None
-    for number, record in enumerate(records, 1):
-        bad = [name for name, kind in TRAP_FIELDS.items()
-               if not isinstance(record, dict) or not isinstance(record.get(name), kind)]
+    records = []
+    for number, record in jsonl_records(path):
+        bad = [name for name, kind in TRAP_FIELDS.items() if not isinstance(record.get(name), kind)]
         if bad or record["role"] not in ("published", "sibling"):
             what = f"field {bad[0]!r} missing or of the wrong type" if bad else f"role {record['role']!r}"
-            raise EraselabError(f"{path}: record {number} is not a trap from `traps generate` ({what})")
+            raise EraselabError(f"{path}, line {number}: not a trap from `traps generate` ({what})")
+        records.append(record)
     return records
 
 

@@ -53,6 +53,17 @@ def test_bad_experiment_files_name_the_field(tmp_path, text, message):
         load_experiment(path)
 
 
+def test_guards_that_differ_are_different_variants_never_one_silently(tmp_path, micro_run):
+    from eraselab.experiment.plan import variants
+
+    phrases = load_experiment(_experiment(tmp_path, micro_run, guards=[
+        {"name": "safree", "concepts": ["star"]}, {"name": "safree", "concepts": ["star", "pentagram"]}]))
+    assert list(variants(phrases))[1:] == ["base+safree(star)", "base+safree(star, pentagram)"]
+    with pytest.raises(EraselabError, match=r"guards\[1\]': has the same label 'safree\(star\)' as guards\[0\]"):
+        load_experiment(_experiment(tmp_path, micro_run, guards=[
+            {"name": "safree", "concepts": ["star"]}, {"name": "safree", "concepts": ["star"], "alpha": 0.02}]))
+
+
 def test_run_judge_and_report(tmp_path, micro_run):
     experiment = load_experiment(_experiment(tmp_path, micro_run))
     dry = run_experiment(experiment, tmp_path / "run", dry_run=True, progress=False)

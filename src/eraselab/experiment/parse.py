@@ -97,6 +97,11 @@ def _guards(raw: Any) -> tuple[GuardConfig, ...]:
             config.build()
         except (EraselabError, TypeError) as error:
             raise _fail(f"guards[{i}]", str(error)) from None
+        same = next((j for j, other in enumerate(out) if other.label == config.label), None)
+        if same is not None:  # tables, the store's variants and the report know a guard by its label
+            raise _fail(f"guards[{i}]", f"has the same label {config.label!r} as guards[{same}]; a guard that "
+                        "differs only in options its label does not show cannot share an experiment with it "
+                        "(run it in an experiment of its own)")
         out.append(config)
     return tuple(out)
 

@@ -67,7 +67,7 @@ class SafreeGuard:
 
     @property
     def label(self) -> str:
-        concepts = "nudity" if self.concepts == NUDITY_CONCEPTS else self.concepts[0]
+        concepts = "nudity" if self.concepts == NUDITY_CONCEPTS else ", ".join(self.concepts)
         return f"safree({concepts})"
 
     def settings(self) -> dict:

@@ -39,8 +39,8 @@ def clip_tokenizer(directory: Path, bpe: Path | None = None):
     """CLIP's tokenizer built as OpenAI's ``SimpleTokenizer`` builds its vocabulary: the 256 byte symbols, the same
     with ``</w>``, the merges, then the two special tokens. ``bpe``: the merges file ``bpe_simple_vocab_16e6.txt.gz``
     (in the ``open_clip_torch`` wheel), giving Stable Diffusion's 49,408-entry tokenizer; without it, CLIP's
-    byte-level base alone (514 entries, no merges: every text tokenises, one token a byte), the first entries of the
-    real vocabulary in the same order, for test models that must read any prompt. Written to ``directory``
+    byte-level base alone (514 entries, no merges: every text tokenises, one token a byte; its first 512 are the
+    real vocabulary's first 512 in the same order), for test models that must read any prompt. Written to ``directory``
     (vocab.json, merges.txt)."""
     from transformers import CLIPTokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode

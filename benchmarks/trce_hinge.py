@@ -21,7 +21,7 @@ from eraselab.erase.cross_attention_edit import check_spec_words
 from eraselab.erase.registry import ERASERS
 from eraselab.erase.spec import EraseSpec
 from eraselab.erase.trajectories import early_steps, trajectories
-from eraselab.erase.trce import stage_one
+from eraselab.erase.trce import guided_targets, stage_one
 from eraselab.models import load_pipeline
 from eraselab.models.tiny.world import load_world
 from eraselab.options import build
@@ -55,9 +55,9 @@ def main() -> None:
             mal, safe = pairs[item // per][0], pairs[item // per][1] or " "
             for k in range(early):
                 x, t = bad.inputs[item, k][None], bad.timesteps[k]
-                e_safe, e_mal, e_empty = original(x.expand(3, -1, -1, -1), t, encoder_hidden_states=torch.cat(
-                    [text[safe], text[mal], text[""]])).sample.chunk(3)
-                positive, negative = e_safe + g * (e_safe - e_empty), e_mal + g * (e_mal - e_empty)  # f+, f-
+                positive, negative = guided_targets(original, x, t, text[safe], text[mal], text[""], g)
+                e_mal, e_empty = original(x.expand(2, -1, -1, -1), t, encoder_hidden_states=torch.cat(
+                    [text[mal], text[""]])).sample.chunk(2)  # the anchors of stage 2 alone
                 a_mal, a_empty = stage1(x.expand(2, -1, -1, -1), t, encoder_hidden_states=torch.cat(
                     [text[mal], text[""]])).sample.chunk(2)
                 for key, a in zip(d, (a_mal, a_empty, e_mal, e_empty), strict=True):

@@ -164,6 +164,16 @@ def contrastive_loss(anchors: torch.Tensor, positive: torch.Tensor, negative: to
                         for a in anchors]).mean()
 
 
+def guided_targets(original, x: torch.Tensor, t, safe: torch.Tensor, malicious: torch.Tensor, empty: torch.Tensor,
+                   guidance: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 7's f+ and f- at the point (x, t), from the original model's predictions for the safe prompt, the
+    malicious one and "" (their encodings)."""
+    with torch.no_grad():
+        e_safe, e_mal, e_empty = original(x.expand(3, -1, -1, -1), t, encoder_hidden_states=torch.cat(
+            [safe, malicious, empty])).sample.chunk(3)
+    return e_safe + guidance * (e_safe - e_empty), e_mal + guidance * (e_mal - e_empty)  # f+, f-
+
+
 def stage_two_parameters(unet) -> list[str]:
     """What stage 2 trains: every self-attention parameter and the cross-attention queries."""
     return [n for n, _ in unet.named_parameters() if ".attn1." in n or ".attn2.to_q." in n]
@@ -207,11 +217,7 @@ def stage_two(pipe, spec: EraseSpec, config: TrceConfig, stage1: dict[str, torch
         k = int(torch.randint(early, (1,), generator=g))
         x, t = bad.inputs[item, k][None].to(device), bad.timesteps[k].to(device)
         mal, ok = malicious[item // per], safe[item // per]
-        with torch.no_grad():
-            e_safe, e_mal, e_empty = frozen(x.expand(3, -1, -1, -1), t, encoder_hidden_states=torch.cat(
-                [text[ok], text[mal], text[""]])).sample.chunk(3)
-            positive = e_safe + config.guidance * (e_safe - e_empty)  # f+
-            negative = e_mal + config.guidance * (e_mal - e_empty)  # f-
+        positive, negative = guided_targets(frozen, x, t, text[ok], text[mal], text[""], config.guidance)
         anchors = unet(x.expand(2, -1, -1, -1), t, encoder_hidden_states=torch.cat([text[mal], text[""]])).sample
         contrast = contrastive_loss(anchors, positive[0], negative[0], config.margin)
         u = int(torch.randint(len(inputs), (1,), generator=g))

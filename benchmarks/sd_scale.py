@@ -266,15 +266,18 @@ def esd_iteration(meter: Meter, args, tokenizer, workdir: Path) -> None:
 
 
 def trce_stage_two(meter: Meter, args, tokenizer, workdir: Path) -> None:
-    """TRCE stage 2 with the paper's settings (float32): the trajectories (5 per pair, 5 unconditional, 50 steps,
-    early half), then ``--trce-steps`` of its optimisation steps, with the whole run projected from them."""
+    """TRCE stage 2 with the paper's settings (float32) but 5 unconditional trajectories where the official loop
+    reads 400 (sampling them is 80 times this run's unconditional sampling, on a GPU minutes): the trajectories (5
+    per pair, 50 steps, early half; the unconditional ones whole), then ``--trce-steps`` of its optimisation steps,
+    with the whole run projected from them."""
     from eraselab.erase.registry import ERASERS
     from eraselab.erase.spec import EraseSpec
     from eraselab.options import build
 
     pipe = sd14_pipeline(meter, args, tokenizer, workdir, "float32")
     spec = EraseSpec(("van gogh",), ("art",), templates=("a painting by {}", "art by {}", "{}"))  # 3 pairs
-    config = build(ERASERS, "trce", {"stages": "2", "checkpoint": str(workdir / "trce2")})
+    config = build(ERASERS, "trce", {"stages": "2", "unconditional_trajectories": 5,
+                                     "checkpoint": str(workdir / "trce2")})
     erase, pairs = ERASERS.get("trce").erase, len(spec.templates)
     with meter.measure("sd-1.4 TRCE stage 2: trajectories + 1 step") as info:
         erase(pipe, spec, config, progress=False, stop_after=1)

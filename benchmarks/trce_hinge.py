@@ -3,10 +3,11 @@ malicious trajectories stage 2 trains on, d = ||a - f+||^2 - ||a - f-||^2 for it
 prediction for the malicious prompt and for ""), with the stage-1 model as the anchor (stages 1+2) or the original
 (stage 2 alone). Eq. 7's term max(0, d + margin) gives a gradient only where d > -margin.
 
-    python benchmarks/trce_hinge.py [--concept star] [--margins 0.01 0.1 1]
+    python benchmarks/trce_hinge.py [--concept star] [--anchor shape] [--margins 0.01 0.1 1]
 
 With u = eps(mal) - eps("") and v = eps(safe) - eps(""), the "" anchor's d is (1 + g)^2 (||v||^2 - ||u||^2): the
-hinge acts only where the safe prompt pulls harder than the malicious one, on the malicious prompt's own trajectory.
+hinge acts only where the safe prompt pulls harder than the malicious one, on the malicious prompt's own trajectory;
+the script prints the median ratio ||v|| / ||u|| too (``--anchor`` tries another safe concept than the table's).
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ from erasure_table import TARGETS  # the erasure table's anchors (this directory
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concept", choices=sorted(TARGETS), default="star")
+    parser.add_argument("--anchor", default=None, help="the safe concept (default: the erasure table's)")
     parser.add_argument("--margins", type=float, nargs="+", default=[0.01, 0.1, 1.0])
     args = parser.parse_args()
     pipe, config = load_pipeline("tiny"), build(ERASERS, "trce", {}, TINY)
     anchor, name, attribute = TARGETS[args.concept]
+    anchor = anchor if args.anchor is None else args.anchor
     spec = EraseSpec((args.concept,), (anchor,), tuple(load_world().siblings(attribute, name)),
                      TINY.erase_templates(args.concept))
     pairs = check_spec_words(pipe, spec)
@@ -49,7 +52,7 @@ def main() -> None:
     text = {p: pipe.encode_prompt([p], pipe.device, 1, False)[0] for pair in pairs for p in (*pair, "")}
     d: dict[str, list[float]] = {k: [] for k in ("1+2, malicious", "1+2, empty", "2 alone, malicious",
                                                   "2 alone, empty")}
-    g = config.guidance
+    g, ratios = config.guidance, []
     with torch.no_grad():
         for item in range(len(pairs) * per):
             mal, safe = pairs[item // per][0], pairs[item // per][1] or " "
@@ -60,8 +63,11 @@ def main() -> None:
                     [text[mal], text[""]])).sample.chunk(2)  # the anchors of stage 2 alone
                 a_mal, a_empty = stage1(x.expand(2, -1, -1, -1), t, encoder_hidden_states=torch.cat(
                     [text[mal], text[""]])).sample.chunk(2)
+                ratios.append(((positive - negative) / (1 + g) + e_mal - e_empty).norm().item() /
+                              (e_mal - e_empty).norm().item())  # ||v|| / ||u||: f+ - f- = (1 + g)(v - u)
                 for key, a in zip(d, (a_mal, a_empty, e_mal, e_empty), strict=True):
                     d[key].append((F.mse_loss(a, positive) - F.mse_loss(a, negative)).item())
+    print(f"{args.concept} -> {anchor!r}: median ||v|| / ||u|| {torch.tensor(ratios).median():.3f}")
     print(f"{args.concept}: {len(pairs)} pairs x {per} trajectories x {early} early steps = "
           f"{len(pairs) * per * early} points; share of points where the hinge acts, by margin")
     print("| anchor | median d | " + " | ".join(f"margin {m:g}" for m in args.margins) + " |")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from eraselab.erase.registry import ERASERS
 from eraselab.erase.spec import EraseSpec
@@ -43,6 +44,9 @@ def test_stage_two_trains_self_attention_and_queries_over_stage_one_and_resumes_
     files = sorted(tmp_path.glob("trajectories-*.safetensors"))
     assert [f.name for f in files] == ["trajectories-malicious.safetensors", "trajectories-unconditional.safetensors"]
     written = [f.stat().st_mtime_ns for f in files]
+    steps = {f.name: load_file(f)["timesteps"].numel() for f in files}  # the schedule's steps each file holds
+    # stage 2 trains on the early half of the malicious trajectories; Eq. 8 regularises the whole schedule
+    assert steps == {"trajectories-malicious.safetensors": 2, "trajectories-unconditional.safetensors": 4}
 
     resumable = config(checkpoint=str(tmp_path / "ckpt"))
     assert erase(pipe, spec, resumable, progress=False, stop_after=1) is None  # "killed" after step 1
@@ -57,6 +61,8 @@ def test_stage_two_trains_self_attention_and_queries_over_stage_one_and_resumes_
     assert any(not torch.equal(kept.tensors[k], both.tensors[k]) for k in trained)
     with pytest.raises(EraselabError, match="stages must be one of 1, 2, 1,2"):
         erase(pipe, spec, config(stages="3"))
+    with pytest.raises(EraselabError, match="trajectory counts"):
+        erase(pipe, spec, config(regularisation_points=0))
 
 
 def test_trajectories_under_a_stateful_scheduler_do_not_depend_on_their_batch(micro_run):

@@ -208,7 +208,7 @@ def stage_two(pipe, spec: EraseSpec, config: TrceConfig, stage1: dict[str, torch
         for name, tensor in stage1.items():
             unet.get_parameter(name[len("unet."):]).copy_(tensor)
         text = {p: pipe.encode_prompt([p], device, 1, False)[0] for p in {*malicious, *safe, ""}}
-    reference = copy.deepcopy(unet).requires_grad_(False)  # Eq. 8's target: the stage-1 model, frozen
+    reference = copy.deepcopy(unet).eval().requires_grad_(False)  # Eq. 8's target: the stage-1 model, frozen
     points, steps_u = config.regularisation_points, len(plain.timesteps)
     identity = {"trce": asdict(config) | {"checkpoint": None}, "spec": asdict(spec),
                 "base": pipeline_fingerprint(pipe)}

@@ -59,6 +59,9 @@ def test_stage_two_trains_self_attention_and_queries_over_stage_one_and_resumes_
     assert alone.tensors and not set(alone.tensors) & stage_one
     kept = erase(pipe, spec, config(keep_gradients=True), progress=False)  # the official code's summed gradients
     assert any(not torch.equal(kept.tensors[k], both.tensors[k]) for k in trained)
+    single = erase(pipe, spec, config(regularisation_points=1), progress=False)  # Eq. 8 on 1 point a step, not 4
+    assert set(single.tensors) == set(both.tensors)
+    assert any(not torch.equal(single.tensors[k], both.tensors[k]) for k in trained)
     with pytest.raises(EraselabError, match="stages must be one of 1, 2, 1,2"):
         erase(pipe, spec, config(stages="3"))
     with pytest.raises(EraselabError, match="trajectory counts"):

@@ -71,10 +71,15 @@ def write_example(args: argparse.Namespace, audits: list[Path], rows: int) -> No
     command = ("python benchmarks/leaderboard.py --concepts " + " ".join(args.concepts) + " --methods "
                + " ".join(args.methods) + " --guards " + " ".join(args.guards))
     text = (args.out / "leaderboard" / "leaderboard.md").read_text()
-    (args.write / "README.md").write_text(
+    readme = args.write / "README.md"
+    kept = ""  # what a person wrote between the "Made by" line and the table stays
+    if readme.is_file() and "\n| concept |" in (old := readme.read_text()):
+        head = old[:old.index("\n| concept |") + 1].split("\n\n", 2)
+        kept = head[2] if len(head) == 3 else ""
+    readme.write_text(
         f"# The tiny world's leaderboard\n\nMade by `{command}` ({rows} audits at `eraselab audit`'s "
         f"default protocol on this project's 2-core CPU); each row is one audit's `card.json`.\n\n"
-        f"{text}")
+        f"{kept}{text}")
     shutil.copy(args.out / "leaderboard" / "leaderboard.html", args.write / "leaderboard.html")
     (args.write / "cards").mkdir(exist_ok=True)
     for audit in audits:

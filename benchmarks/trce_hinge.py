@@ -63,8 +63,8 @@ def main() -> None:
                     [text[mal], text[""]])).sample.chunk(2)  # the anchors of stage 2 alone
                 a_mal, a_empty = stage1(x.expand(2, -1, -1, -1), t, encoder_hidden_states=torch.cat(
                     [text[mal], text[""]])).sample.chunk(2)
-                ratios.append(((positive - negative) / (1 + g) + e_mal - e_empty).norm().item() /
-                              (e_mal - e_empty).norm().item())  # ||v|| / ||u||: f+ - f- = (1 + g)(v - u)
+                ratios.append((positive - e_empty).norm().item() / (1 + g) /
+                              (e_mal - e_empty).norm().item())  # ||v|| / ||u||: f+ = eps("") + (1 + g) v
                 for key, a in zip(d, (a_mal, a_empty, e_mal, e_empty), strict=True):
                     d[key].append((F.mse_loss(a, positive) - F.mse_loss(a, negative)).item())
     print(f"{args.concept} -> {anchor!r}: median ||v|| / ||u|| {torch.tensor(ratios).median():.3f}")

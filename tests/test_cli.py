@@ -12,7 +12,8 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize("verb", [["generate"], ["demo"], ["erase"], ["run"], ["tiny", "train"], ["tiny", "check"],
-                                  ["tiny", "path"], ["verify"], ["judge"], ["report"], ["attack"]])
+                                  ["tiny", "path"], ["verify"], ["judge"], ["report"], ["attack"], ["audit"],
+                                  ["leaderboard"], ["safegen-data"]])
 def test_every_verb_has_help_with_an_example(verb):
     result = runner.invoke(app, [*verb, "--help"])
     assert result.exit_code == 0, result.output

@@ -11,7 +11,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from eraselab.erase.registry import ERASERS
-from eraselab.erase.safegen import SafeGenConfig, mosaic, mosaic_target
+from eraselab.erase.safegen import SafeGenConfig, box_region, mosaic, mosaic_target
 from eraselab.erase.spec import EraseSpec
 from eraselab.errors import EraselabError
 from eraselab.models import load_pipeline
@@ -62,9 +62,74 @@ def test_the_exact_target_implies_the_mosaic_and_the_offset_is_the_scripts(predi
 
 def test_mosaic_pixelates_only_the_region():
     image = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3)
-    out = mosaic(image, (2, 2, 6, 6), 2)
+    out = mosaic(image, box_region(image.shape, [(2, 2, 6, 6)]), 2)
     assert np.array_equal(out[:2], image[:2]) and np.array_equal(out[:, :2], image[:, :2])
     assert (out[2:4, 2:4] == np.round(image[2:4, 2:4].reshape(-1, 3).mean(0))).all()
+    region = np.zeros((8, 8), dtype=bool)
+    region[[1, 2, 2], [1, 1, 2]] = True  # not a box: only its pixels change, each square to their own mean
+    out = mosaic(image, region, 2)
+    assert np.array_equal(out[~region], image[~region])
+    assert (out[1:3, 1:3][region[1:3, 1:3]] == np.round(image[region].reshape(-1, 3).mean(0))).all()
+
+
+def _folders(tmp_path, masks: list[tuple[int, int, int, int] | None]):
+    rng = np.random.default_rng(0)
+    for folder in ("concept", "benign", "masks"):
+        (tmp_path / folder).mkdir()
+    for i, box in enumerate(masks):
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(tmp_path / "concept" / f"{i}.png")
+        mask = np.zeros((24, 24), dtype=np.uint8)  # half the image's size: masks are resized to it
+        if box is not None:
+            top, left, bottom, right = box
+            mask[top:bottom, left:right] = 255
+        Image.fromarray(mask).save(tmp_path / "masks" / f"{i}.png")
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "benign" / f"b{i}.jpg")
+
+
+def test_safegen_data_pixelates_the_masked_regions_into_a_csv_the_method_reads(tmp_path):
+    from typer.testing import CliRunner
+
+    from eraselab.cli import app
+    from eraselab.erase.safegen import CsvTriplets
+
+    _folders(tmp_path, [(2, 4, 10, 12), None, (0, 0, 24, 24)])
+    out = tmp_path / "data"
+    result = CliRunner().invoke(app, ["safegen-data", "--concept-images", str(tmp_path / "concept"), "--benign-images",
+                                      str(tmp_path / "benign"), "--masks", str(tmp_path / "masks"), "--out", str(out),
+                                      "--block", "4"])
+    assert result.exit_code == 0, result.output
+    assert "2 triplets" in result.output and "1 concept images without a region" in result.output
+    assert (out / "skipped.txt").read_text() == "1.png\n"  # an empty mask teaches nothing
+    rows = (out / "triplets.csv").read_text().splitlines()
+    assert rows == ["concept,mosaic,benign", "../concept/0.png,mosaic/0.png,../benign/b0.jpg",
+                    "../concept/2.png,mosaic/2.png,../benign/b1.jpg"]
+    before = np.asarray(Image.open(tmp_path / "concept" / "0.png"))
+    after = np.asarray(Image.open(out / "mosaic" / "0.png"))
+    inside = np.zeros((48, 48), dtype=bool)
+    inside[4:20, 8:24] = True  # the mask's box at the image's size
+    assert np.array_equal(after[~inside], before[~inside]) and not np.array_equal(after[inside], before[inside])
+    assert (after[4:8, 8:12] == after[4, 8]).all()  # a 4-pixel square of one colour
+    concept, mosaics, benign = CsvTriplets(str(out / "triplets.csv"), 32).draw(np.random.default_rng(0), 2, 3)
+    assert len(concept) == len(mosaics) == 2 and len(benign) == 3 and concept[0].shape == (32, 32, 3)
+
+
+def test_safegen_data_takes_nudenet_boxes_and_refuses_when_nothing_is_found(tmp_path):
+    from eraselab.erase.safegen_data import build_triplets, detection_region
+
+    found = {"detections": [{"class": "FEMALE_BREAST_EXPOSED", "score": 0.9, "box": [5, 2, 10, 4]},
+                            {"class": "FEMALE_BREAST_EXPOSED", "score": 0.5, "box": [0, 0, 3, 3]},  # below 0.6
+                            {"class": "FACE_FEMALE", "score": 0.99, "box": [20, 20, 4, 4]}]}  # not counted
+    region = detection_region(found, ("FEMALE_BREAST_EXPOSED",), 0.6, (32, 32, 3))
+    assert region.sum() == 40 and region[2:6, 5:15].all()  # NudeNet's [x, y, width, height]
+    _folders(tmp_path, [None, None])
+    with pytest.raises(EraselabError, match=r"no region found in any of the 2 concept images \(NudeNet"):
+        build_triplets(tmp_path / "concept", tmp_path / "benign", tmp_path / "data", progress=False)  # noise: none
+    with pytest.raises(EraselabError, match=r"no mask named like 0\.png"):
+        build_triplets(tmp_path / "concept", tmp_path / "benign", tmp_path / "data", masks=tmp_path / "benign")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EraselabError, match="benign images: no images"):
+        build_triplets(tmp_path / "concept", tmp_path / "empty", tmp_path / "data")
 
 
 def test_real_models_train_from_a_triplet_csv_and_need_one(micro_sd2, tmp_path):

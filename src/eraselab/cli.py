@@ -191,6 +191,31 @@ def erase(
     ranks.wait()
 
 
+@app.command("safegen-data")
+@user_errors
+def safegen_data(
+    concept_images: Annotated[Path, typer.Option(help="Folder of images showing the concept.")],
+    benign_images: Annotated[Path, typer.Option(help="Folder of benign images (paired in turn).")],
+    out: Annotated[Path, typer.Option(help="Folder to write mosaic/, triplets.csv and skipped.txt into.")],
+    masks: Annotated[Path | None, typer.Option(help="Folder of masks, one per concept image (same file stem, "
+                                                    "white = the region); default: NudeNet's boxes.")] = None,
+    protocol: Annotated[str, typer.Option(help="NudeNet protocol whose classes and threshold make the region "
+                                               "(unlearndiffatk, exposed8-0.6, ...).")] = "unlearndiffatk",
+    block: Annotated[int, typer.Option(help="Mosaic square size in pixels.")] = 16,
+) -> None:
+    """Build SafeGen's (concept, mosaic, benign) triplets from folders of images: pixelate each concept image where
+    NudeNet (or your mask) finds the concept and write the CSV that `--config` `triplets:` reads.
+
+    Example: eraselab safegen-data --concept-images nude/ --benign-images coco/ --out safegen-data
+    """
+    from eraselab.erase.safegen_data import build_triplets
+
+    summary = build_triplets(concept_images, benign_images, out, masks, protocol, block)
+    typer.echo(f"wrote {summary.csv}: {summary.triplets} triplets"
+               + (f"; {len(summary.skipped)} concept images without a region left out (skipped.txt)"
+                  if summary.skipped else ""))
+
+
 def _guard_from_options(name: str | None, concept: str | None, preset: str | None):
     if name is None:
         if concept or preset:

@@ -101,16 +101,26 @@ def self_attention_parameters(unet) -> list[str]:
     return names
 
 
-def mosaic(image: np.ndarray, box: tuple[int, int, int, int], block: int) -> np.ndarray:
-    """``image`` (H, W, 3) with the region ``box`` (top, left, bottom, right) pixelated: each ``block``-pixel
-    square of it replaced by its mean colour."""
+def mosaic(image: np.ndarray, region: np.ndarray, block: int) -> np.ndarray:
+    """``image`` (H, W, 3) with the pixels of ``region`` (H, W, bool) pixelated: the region's bounding box cut into
+    ``block``-pixel squares from its top-left corner, each square's region pixels set to their mean colour."""
     out = image.astype(np.float64)
-    top, left, bottom, right = box
-    for y in range(top, bottom, block):
-        for x in range(left, right, block):
-            cell = out[y:min(y + block, bottom), x:min(x + block, right)]
-            cell[...] = cell.reshape(-1, 3).mean(axis=0)
+    ys, xs = np.nonzero(region)
+    if len(ys):
+        for y in range(ys.min(), ys.max() + 1, block):
+            for x in range(xs.min(), xs.max() + 1, block):
+                inside, cell = region[y:y + block, x:x + block], out[y:y + block, x:x + block]
+                if inside.any():
+                    cell[inside] = cell[inside].mean(axis=0)
     return np.round(out).astype(np.uint8)
+
+
+def box_region(shape: tuple[int, ...], boxes) -> np.ndarray:
+    """The (H, W) mask of the union of ``boxes`` (top, left, bottom, right) in an image of ``shape``."""
+    region = np.zeros(shape[:2], dtype=bool)
+    for top, left, bottom, right in boxes:
+        region[top:bottom, left:right] = True
+    return region
 
 
 def _region(image: np.ndarray) -> tuple[int, int, int, int]:
@@ -141,7 +151,7 @@ class TinyTriplets:
             attributes = self.world.attributes_of(self.world.sample_attributes(rng, 1), 0)
             image = self.world.draw_one({**attributes, self.attribute: self.index}, rng)
             concept.append(image)
-            mosaics.append(mosaic(image, _region(image), self.block))
+            mosaics.append(mosaic(image, box_region(image.shape, [_region(image)]), self.block))
         for _ in range(n_benign):
             attributes = self.world.attributes_of(self.world.sample_attributes(rng, 1), 0)
             benign.append(self.world.draw_one({**attributes, self.attribute: int(rng.choice(others))}, rng))

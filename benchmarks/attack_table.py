@@ -28,8 +28,11 @@ from eraselab.models.tiny.suites import concept_label
 from eraselab.models.tiny.world import load_world
 from eraselab.report import attack_records, write_report
 from erasure_table import (  # the same edits as the erasure table (this directory)
+    DEFAULT_ROWS,
     METHODS,
     TARGETS,
+    add_row_arguments,
+    add_rows,
     edit_entries,
     make_edits,
 )
@@ -58,15 +61,19 @@ def main() -> None:
     parser.add_argument("--anchor", default=None, help="default: the erasure table's anchor for the concept")
     parser.add_argument("--out", type=Path, default=Path("runs/attack-table"))
     parser.add_argument("--seeds", type=int, default=4)
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
-                        help="the edits to make (default: all; ESD, AdvUnlearn, SafeGen, TRCE train for minutes)")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help=f"the edits to make (default: all, {', '.join(METHODS)}; ESD, AdvUnlearn, SafeGen, TRCE "
+                             "train for minutes)")
     parser.add_argument("--rows", nargs="+", default=None,
                         help="attack only these rows of the edits grid (method labels or a stack: uce+safegen) and "
                              "the bare model; default: every edit and stack made")
     parser.add_argument("--skip-guard", action="store_true", help="leave out the guard grid")
     parser.add_argument("--attacks", nargs="+", choices=sorted({n for n, _ in ATTACKS}), default=None,
                         help="run only these attacks (default: all seven; concept-vector is both its variants)")
+    add_row_arguments(parser)
     args = parser.parse_args()
+    add_rows(parser, args)
+    args.methods = args.methods or list(DEFAULT_ROWS)
     anchor, name, attribute = TARGETS.get(args.concept, ("shape", args.concept, ""))  # other shapes: "shape"
     keep = tuple(load_world().siblings(attribute, name)) if attribute else ()
     made = make_edits(args.out, args.concept, args.anchor if args.anchor is not None else anchor, keep, args.methods)

@@ -41,13 +41,14 @@ from pathlib import Path
 from eraselab.erase.corpus import concept_phrases
 from eraselab.erase.registry import ERASERS
 from eraselab.erase.spec import EraseSpec
+from eraselab.errors import EraselabError
 from eraselab.experiment import run_experiment
 from eraselab.experiment.parse import parse_experiment
 from eraselab.experiment.plan import edit_label
 from eraselab.models import load_pipeline
 from eraselab.models.tiny.suites import erasure_groups
 from eraselab.models.tiny.world import load_world
-from eraselab.options import build
+from eraselab.options import accepted, build, parse_key_values
 from eraselab.profile import TINY
 from eraselab.store import RunStore
 
@@ -64,8 +65,39 @@ METHODS = {  # row label -> (method, options beyond its tiny defaults)
     "trce-stage2": ("trce", {"stages": "2"}), "esd-te": ("advunlearn", {"warmup": 200}),
     "advunlearn-gamma0": ("advunlearn", {"preserve_weight": 0.0}),
 }
+DEFAULT_ROWS = tuple(METHODS)
 STACKS = {"uce+safegen": ("uce", "safegen")}  # edits applied together (disjoint tensors: cross- and self-attention)
 TRAINED = ("esd", "advunlearn", "safegen")  # fine-tuned from the base: no anchor (SafeGen no preserve set either)
+
+
+def add_row_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--row`` and ``--stack``: rows beyond the table's, for probing a setting through the same protocol."""
+    parser.add_argument("--row", nargs="+", action="append", default=[], metavar=("LABEL", "METHOD KEY=VALUE"),
+                        help="an extra row LABEL: METHOD with these options over its tiny defaults (e.g. --row "
+                             "trce-s2-fast trce stages=2 lr=0.001 epochs=10); name LABEL in --methods to make it")
+    parser.add_argument("--stack", action="append", default=[], metavar="A+B",
+                        help="an extra stack of rows made, applied in this order (e.g. trce-stage1+trce-s2-fast)")
+
+
+def add_rows(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Register ``--row`` and ``--stack`` and check ``--methods`` against the rows known then."""
+    for label, *rest in args.row:
+        if not rest or rest[0] not in ERASERS.names() or label in METHODS:
+            parser.error(f"--row {label}: give a new label, then one of {', '.join(ERASERS.names())}")
+        options, text = parse_key_values(rest[1:], "--row"), dict(pair.split("=", 1) for pair in rest[1:])
+        hints = accepted(ERASERS.get(rest[0]).config)  # "stages=2" is the string "2" where the option is one
+        METHODS[label] = (rest[0], {k: text[k] if hints.get(k) in (str, str | None) else v for k, v in options.items()})
+        try:
+            build(ERASERS, *METHODS[label], TINY)  # an unknown option or a wrong type, before anything is made
+        except EraselabError as error:
+            parser.error(f"--row {label}: {error}")
+    for stack in args.stack:
+        STACKS[stack] = tuple(stack.split("+"))
+        if len(STACKS[stack]) < 2 or not set(STACKS[stack]) <= set(METHODS):
+            parser.error(f"--stack {stack}: name two or more rows joined by + (rows: {', '.join(METHODS)})")
+    unknown = [label for label in args.methods or () if label not in METHODS]
+    if unknown:
+        parser.error(f"--methods: unknown {', '.join(unknown)} (rows: {', '.join(METHODS)})")
 
 
 def edit_entries(edits: dict[str, tuple[Path, float]]) -> dict[str, str | list[str]]:
@@ -87,11 +119,11 @@ def make_edits(out: Path, word: str, anchor: str, keep: tuple[str, ...], labels:
         config = build(ERASERS, method, options, TINY)
         directory = out / "edits" / f"{label}-{word}"
         manifest = directory / "manifest.json"
-        if not manifest.is_file() or json.loads(manifest.read_text())["config"] != json.loads(
-                json.dumps(asdict(config))):
-            templates = TINY.erase_templates(word)
-            spec = EraseSpec((word,), ("" if method in TRAINED else anchor,), () if method == "safegen" else keep,
-                             templates)
+        spec = EraseSpec((word,), ("" if method in TRAINED else anchor,), () if method == "safegen" else keep,
+                         TINY.erase_templates(word))
+        made = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        wanted = [asdict(config), [] if method in TRAINED else list(spec.anchors), list(spec.preserve)]
+        if [made.get(k) for k in ("config", "anchors", "preserve")] != json.loads(json.dumps(wanted)):
             kwargs = {"progress": False} if method in (*TRAINED, "trce") else {}
             start = time.perf_counter()
             edit = ERASERS.get(method).erase(pipe, spec, config, **kwargs)
@@ -139,12 +171,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/erasure-table"))
     parser.add_argument("--seeds", type=int, default=12)
     parser.add_argument("--targets", nargs="+", choices=list(TARGETS), default=list(TARGETS))
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=None, help=f"rows to make (default: {', '.join(METHODS)})")
+    parser.add_argument("--anchor", default=None, help="erase towards this word instead of the table's anchor")
     parser.add_argument("--skip-guards", action="store_true")
+    add_row_arguments(parser)
     args = parser.parse_args()
+    add_rows(parser, args)
+    if args.anchor is not None and len(args.targets) > 1:
+        parser.error("--anchor takes one target (each target has its own anchor in the table)")
+    args.methods = args.methods or list(DEFAULT_ROWS)
     rows = []
     for word in args.targets:
         anchor, name, attribute = TARGETS[word]
+        anchor = args.anchor if args.anchor is not None else anchor
         edits = make_edits(args.out, word, anchor, tuple(load_world().siblings(attribute, name)), args.methods)
         guards = [{"name": "negative-prompt", "concept": word}, {"name": "sld", "concept": word, "preset": "strong"},
                   {"name": "safree", "concepts": concept_phrases([word])}]

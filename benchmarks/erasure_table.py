@@ -84,10 +84,11 @@ def add_rows(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     for label, *rest in args.row:
         if not rest or rest[0] not in ERASERS.names() or label in METHODS:
             parser.error(f"--row {label}: give a new label, then one of {', '.join(ERASERS.names())}")
-        options, text = parse_key_values(rest[1:], "--row"), dict(pair.split("=", 1) for pair in rest[1:])
-        hints = accepted(ERASERS.get(rest[0]).config)  # "stages=2" is the string "2" where the option is one
-        METHODS[label] = (rest[0], {k: text[k] if hints.get(k) in (str, str | None) else v for k, v in options.items()})
         try:
+            options, text = parse_key_values(rest[1:], "--row"), dict(pair.split("=", 1) for pair in rest[1:])
+            hints = accepted(ERASERS.get(rest[0]).config)  # "stages=2" is the string "2" where the option is one
+            METHODS[label] = (rest[0], {k: text[k] if hints.get(k) in (str, str | None) else v
+                                        for k, v in options.items()})
             build(ERASERS, *METHODS[label], TINY)  # an unknown option or a wrong type, before anything is made
         except EraselabError as error:
             parser.error(f"--row {label}: {error}")

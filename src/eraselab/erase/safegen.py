@@ -158,6 +158,15 @@ class TinyTriplets:
         return concept, mosaics, benign
 
 
+def open_rgb(path: Path, what: str) -> Image.Image:
+    """The image at ``path`` in RGB, read whole; an unreadable file is one line naming ``what`` read it."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except OSError as error:
+        raise EraselabError(f"{what}: cannot read {path}: {error}") from None
+
+
 class CsvTriplets:
     """Triplets listed in a CSV (``concept``, ``mosaic``, ``benign`` image paths, relative to the CSV)."""
 
@@ -174,11 +183,7 @@ class CsvTriplets:
         self.size = size
 
     def _load(self, path: Path) -> np.ndarray:
-        try:
-            with Image.open(path) as image:
-                return np.asarray(image.convert("RGB").resize((self.size, self.size), Image.Resampling.BICUBIC))
-        except OSError as error:
-            raise EraselabError(f"safegen triplets: cannot read {path}: {error}") from None
+        return np.asarray(open_rgb(path, "safegen triplets").resize((self.size, self.size), Image.Resampling.BICUBIC))
 
     def draw(self, rng: np.random.Generator, n: int, n_benign: int
              ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:

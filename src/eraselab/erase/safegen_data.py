@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from eraselab.erase.safegen import box_region, mosaic
+from eraselab.erase.safegen import box_region, mosaic, open_rgb
 from eraselab.errors import EraselabError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -59,17 +59,8 @@ def detection_region(result: dict, classes: tuple[str, ...], threshold: float, s
 
 def mask_region(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     """A user's mask (white where the concept is), read as grey and resized to the image's ``shape``."""
-    with Image.open(path) as mask:
-        grey = mask.convert("L").resize((shape[1], shape[0]), Image.Resampling.NEAREST)
+    grey = open_rgb(path, "--masks").convert("L").resize((shape[1], shape[0]), Image.Resampling.NEAREST)
     return np.asarray(grey) > 127
-
-
-def _read(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except OSError as error:
-        raise EraselabError(f"cannot read {path}: {error}") from None
 
 
 def _regions(concept: list[Path], images: list[np.ndarray], masks: Path | None, protocol: str,
@@ -100,7 +91,7 @@ def build_triplets(concept_dir: Path, benign_dir: Path, out: Path, masks: Path |
     if block < 1:
         raise EraselabError(f"--block must be >= 1, got {block}")
     concept, benign = list_images(concept_dir, "concept images"), list_images(benign_dir, "benign images")
-    images = [_read(p) for p in concept]
+    images = [np.asarray(open_rgb(p, "concept images")) for p in concept]
     regions = _regions(concept, images, masks, protocol, progress)
     (out / "mosaic").mkdir(parents=True, exist_ok=True)
     rows, skipped = [], []

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from eraselab.erase.safegen import box_region, mosaic, open_rgb
 from eraselab.errors import EraselabError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-CHUNK = 16  # images per NudeNet call
+CHUNK = 16  # images read, judged and pixelated together
 
 
 @dataclass(frozen=True)
@@ -63,25 +64,22 @@ def mask_region(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     return np.asarray(grey) > 127
 
 
-def _regions(concept: list[Path], images: list[np.ndarray], masks: Path | None, protocol: str,
-             progress: bool) -> list[np.ndarray]:
+def _region_finder(concept: list[Path], masks: Path | None, protocol: str
+                   ) -> Callable[[list[Path], list[np.ndarray]], list[np.ndarray]]:
+    """What finds the regions of a chunk of concept images: their masks (all checked present first), or NudeNet."""
     if masks is not None:
         found = {p.stem: p for p in list_images(masks, "--masks")}
         missing = [p.name for p in concept if p.stem not in found]
         if missing:
             raise EraselabError(f"--masks: no mask named like {', '.join(missing[:5])}"
                                 f"{' ...' if len(missing) > 5 else ''} in {masks}")
-        return [mask_region(found[p.stem], image.shape) for p, image in zip(concept, images, strict=True)]
+        return lambda paths, images: [mask_region(found[p.stem], image.shape)
+                                      for p, image in zip(paths, images, strict=True)]
     from eraselab.judge.detectors.nudenet import NudeNetDetector
 
     detector = NudeNetDetector(protocol)
-    regions = []
-    for start in tqdm(range(0, len(images), CHUNK), desc="NudeNet", disable=not progress, leave=False):
-        chunk = images[start:start + CHUNK]
-        results = detector.detect([Image.fromarray(image) for image in chunk])
-        regions += [detection_region(r, detector.classes, detector.threshold, image.shape)
-                    for r, image in zip(results, chunk, strict=True)]
-    return regions
+    return lambda paths, images: [detection_region(r, detector.classes, detector.threshold, image.shape) for r, image
+                                  in zip(detector.detect([Image.fromarray(i) for i in images]), images, strict=True)]
 
 
 def build_triplets(concept_dir: Path, benign_dir: Path, out: Path, masks: Path | None = None,
@@ -91,18 +89,20 @@ def build_triplets(concept_dir: Path, benign_dir: Path, out: Path, masks: Path |
     if block < 1:
         raise EraselabError(f"--block must be >= 1, got {block}")
     concept, benign = list_images(concept_dir, "concept images"), list_images(benign_dir, "benign images")
-    images = [np.asarray(open_rgb(p, "concept images")) for p in concept]
-    regions = _regions(concept, images, masks, protocol, progress)
+    find = _region_finder(concept, masks, protocol)
     (out / "mosaic").mkdir(parents=True, exist_ok=True)
     rows, skipped = [], []
-    for path, image, region in zip(concept, images, regions, strict=True):
-        if not region.any():
-            skipped.append(path.name)
-            continue
-        target = out / "mosaic" / f"{path.stem}.png"  # lossless: a JPEG would blur the squares' edges
-        Image.fromarray(mosaic(image, region, block)).save(target)
-        rows.append({"concept": os.path.relpath(path, out), "mosaic": os.path.relpath(target, out),
-                     "benign": os.path.relpath(benign[len(rows) % len(benign)], out)})
+    for start in tqdm(range(0, len(concept), CHUNK), desc="mosaics", disable=not progress, leave=False):
+        paths = concept[start:start + CHUNK]  # a chunk at a time: a large folder is never held in memory whole
+        images = [np.asarray(open_rgb(p, "concept images")) for p in paths]
+        for path, image, region in zip(paths, images, find(paths, images), strict=True):
+            if not region.any():
+                skipped.append(path.name)
+                continue
+            target = out / "mosaic" / f"{path.stem}.png"  # lossless: a JPEG would blur the squares' edges
+            Image.fromarray(mosaic(image, region, block)).save(target)
+            rows.append({"concept": os.path.relpath(path, out), "mosaic": os.path.relpath(target, out),
+                         "benign": os.path.relpath(benign[len(rows) % len(benign)], out)})
     (out / "skipped.txt").write_text("".join(f"{name}\n" for name in skipped))
     if not rows:
         raise EraselabError(f"no region found in any of the {len(concept)} concept images "

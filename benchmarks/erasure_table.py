@@ -48,7 +48,7 @@ from eraselab.experiment.plan import edit_label
 from eraselab.models import load_pipeline
 from eraselab.models.tiny.suites import erasure_groups
 from eraselab.models.tiny.world import load_world
-from eraselab.options import accepted, build, parse_key_values
+from eraselab.options import build, parse_key_values
 from eraselab.profile import TINY
 from eraselab.store import RunStore
 
@@ -85,10 +85,7 @@ def add_rows(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         if not rest or rest[0] not in ERASERS.names() or label in METHODS:
             parser.error(f"--row {label}: give a new label, then one of {', '.join(ERASERS.names())}")
         try:
-            options, text = parse_key_values(rest[1:], "--row"), dict(pair.split("=", 1) for pair in rest[1:])
-            hints = accepted(ERASERS.get(rest[0]).config)  # "stages=2" is the string "2" where the option is one
-            METHODS[label] = (rest[0], {k: text[k] if hints.get(k) in (str, str | None) else v
-                                        for k, v in options.items()})
+            METHODS[label] = (rest[0], parse_key_values(rest[1:], "--row"))
             build(ERASERS, *METHODS[label], TINY)  # an unknown option or a wrong type, before anything is made
         except EraselabError as error:
             parser.error(f"--row {label}: {error}")

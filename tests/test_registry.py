@@ -58,6 +58,11 @@ def test_every_kind_of_part_checks_options_the_same_way():
     with pytest.raises(EraselabError, match=r"the safree guard option 'alpha': expected float, got 'high'"):
         make_guard("safree", alpha="high")
     assert build(ERASERS, "uce", {"lamb": 1}).lamb == 1
+    assert build(ERASERS, "trce", {"stages": 2}).stages == "2"  # YAML's `stages: 2` is a number
+    with pytest.raises(EraselabError, match=r"the trce erasure method option 'stages': expected str, got 2.5"):
+        build(ERASERS, "trce", {"stages": 2.5})
+    with pytest.raises(EraselabError, match=r"trce stages must be one of"):
+        build(ERASERS, "trce", {"stages": 3}).check()
     assert build(ATTACKS, "p4d", {"oracle_seeds": [5, 6]}).oracle_seeds == (5, 6)
     for concepts in (["star"], "star"):  # SAFREE takes one phrase or a list of them
         assert make_guard("safree", concepts=concepts).concepts == ("star",)

@@ -1,6 +1,7 @@
 """A user's options for a method, an attack, a guard or a detector, checked in one place whether they come from
 CLI flags, a YAML block or a Python call: an unknown name gets a "did you mean", a value of the wrong type names
-the types the option takes, and YAML's lists become the tuples the frozen configs hold.
+the types the option takes, YAML's lists become the tuples the frozen configs hold, and a whole number where only
+text is taken becomes its digits (YAML reads ``stages: 2`` as a number).
 
 >>> from eraselab.erase.registry import ERASERS
 >>> build(ERASERS, "uce", {"lamb": 0.1}).lamb
@@ -78,6 +79,8 @@ def check_options(target: type | typing.Callable, options: Mapping[str, Any], wh
         if allowed is not None:
             if tuple in allowed and isinstance(value, list):
                 value = tuple(value)  # YAML and JSON have lists, the frozen configs hold tuples
+            if str in allowed and int not in allowed and type(value) is int:
+                value = str(value)  # YAML reads ``stages: 2`` as a number; a text option takes its digits
             number = float in allowed and isinstance(value, int) and not isinstance(value, bool)
             if (not isinstance(value, allowed) and not number) or (isinstance(value, bool) and bool not in allowed):
                 names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)

@@ -192,3 +192,11 @@ def test_guard_and_judge_options_reach_the_experiment():
         AuditRequest("tiny", "star", ("e",), guard_options={"preset": "max"}).check()
     with pytest.raises(EraselabError, match="takes KEY=VALUE"):
         parse_key_values(["preset"], "--guard-option")
+
+
+def test_the_card_says_when_image_quality_was_not_measured(small_audit):
+    _, audit, _ = small_audit
+    card = json.loads((audit / "card.json").read_text())
+    assert card["quality"] and "Image quality against the unedited model" in card_markdown(card)
+    card["quality"], card["protocol"]["judge"]["name"] = [], "nudenet"  # a judge without a feature space
+    assert "Image quality: not measured; the judge `nudenet` cannot embed images" in card_markdown(card)

@@ -188,6 +188,9 @@ def card_markdown(card: dict) -> str:
         lines += ["", "Image quality against the unedited model at the same seeds: " + "; ".join(
             f"{q['metric']} on `{markdown_cell(q['suite'])}` {q['value']:.4g}" for q in card["quality"]
             if q["value"] is not None) + "."]
+    else:  # feature distance and KID are measured in the judge's feature space (experiment/metrics.py)
+        lines += ["", f"Image quality: not measured; the judge `{markdown_cell(protocol['judge']['name'])}` cannot "
+                  "embed images (the tiny classifier and CLIP can)."]
     lines += ["", f"Protocol: seeds {protocol['seeds'][0]}..{protocol['seeds'][-1]}, {protocol['steps']} steps, "
               f"guidance {protocol['guidance']}; attacks on `{markdown_cell(protocol['attack_suite'])}` x "
               f"{protocol['attack_seeds']} seeds; intervals are 95% Wilson. Edits: " + (", ".join(

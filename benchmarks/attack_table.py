@@ -8,7 +8,8 @@ UCE + SafeGen stack (and UCE under the guard), through ``eraselab run``'s attack
 Erases the concept with each method at its tiny defaults as the erasure table does (its anchor and preserve set; ESD
 and SafeGen train for a few minutes each), writes two experiments (``edits.yaml``: every edit bare; ``guard.yaml``:
 the bare model and UCE under the guard), runs them (resumable: run the same command again after a stop), writes
-each run's HTML report (``run-edits/report.html``, ``run-guard/report.html``) and prints one table as markdown: the
+each run's HTML report (``run-edits-<hash>/report.html``, ``run-guard-<hash>/report.html``: one run directory per
+selection of rows and attacks, reusing the cells other selections finished) and prints one table as markdown: the
 concept's rate before -> after each attack on fresh images at seeds 0..N-1 (pinned tiny judge, 95% Wilson
 interval) and the attack's cost in UNet evaluations and seconds.
 """
@@ -16,14 +17,16 @@ interval) and the attack's cost in UNet evaluations and seconds.
 from __future__ import annotations
 
 import argparse
-import json
+import hashlib
 import shutil
 from pathlib import Path
 
 import yaml
 
 from eraselab.experiment import run_experiment
+from eraselab.experiment.attacks import attack_cell
 from eraselab.experiment.parse import parse_experiment
+from eraselab.experiment.plan import variants
 from eraselab.models.tiny.suites import concept_label
 from eraselab.models.tiny.world import load_world
 from eraselab.report import attack_records, write_report
@@ -99,15 +102,23 @@ def main() -> None:
         del grids["guard"]
     cells: dict[str, dict[str, str]] = {}
     for grid, config in grids.items():
-        if grid == "guard":  # its bare cells are the edits grid's (same cell keys): reuse the finished ones
-            for cell in (args.out / "run-edits" / "attacks").glob("*/summary.json"):
-                target = args.out / "run-guard" / "attacks" / cell.parent.name
-                if json.loads(cell.read_text())["edit"] in (None, *guarded) and not target.exists():
-                    shutil.copytree(cell.parent, target)
-        (args.out / f"{grid}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        run_experiment(parse_experiment(config), args.out / f"run-{grid}")
-        write_report(args.out / f"run-{grid}")
-        cells.update(table_cells(args.out / f"run-{grid}"))
+        # A run directory holds one experiment, so each selection of rows and attacks gets its own; a cell's
+        # directory name is a hash of its model, defence content, attack and seeds, so finished cells of earlier
+        # selections (and the guard grid's bare cells, which are the edits grid's) are reused, not run again.
+        text = yaml.safe_dump(config, sort_keys=False)
+        run = args.out / f"run-{grid}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+        experiment = parse_experiment(config)
+        wanted = {attack_cell(model, edit, guard, attack) for model in experiment.models
+                  for edit, guard in variants(experiment).values() for attack in experiment.attacks}
+        for cell in args.out.glob("run-*/attacks/*/*.json"):  # summary.json, or refused.json
+            target = run / "attacks" / cell.parent.name
+            if cell.name in ("summary.json", "refused.json") and cell.parent.name in wanted and not target.exists():
+                shutil.copytree(cell.parent, target)
+        (args.out / f"{grid}.yaml").write_text(text)
+        run_experiment(experiment, run)
+        write_report(run)
+        print(f"{grid}: {run / 'report.html'}")
+        cells.update(table_cells(run))
     names = sorted({n for row in cells.values() for n in row})
     print("| defence | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
     for defence, row in sorted(cells.items()):

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -80,8 +81,11 @@ def test_unwritable_output_directory(tmp_path):
 
 
 def test_real_process_exit_code_and_stderr(tmp_path):
+    # as a user runs it: without the test session's quiet settings (conftest), the libraries' import-time chatter
+    # (transformers' "requires torchvision ... falling back") must not reach stderr either
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_VERBOSITY")}
     proc = subprocess.run([sys.executable, "-m", "eraselab", "generate", "--prompt", "a red star", "--num-images", "0",
-                           "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
+                           "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["eraselab: error: --num-images must be at least 1, got 0"]
 

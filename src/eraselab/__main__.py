@@ -1,3 +1,3 @@
-from eraselab.cli import main
+from eraselab.cli_support import main
 
 main()

@@ -287,9 +287,7 @@ app.command()(audit_command)
 app.command()(leaderboard_command)
 
 
-def main() -> None:
-    app()
-
-
 if __name__ == "__main__":
+    from eraselab.cli_support import main
+
     sys.exit(main())

@@ -1,4 +1,5 @@
-"""What every CLI verb shares: quiet libraries, and user errors as one line on stderr with exit code 2."""
+"""What every CLI verb shares: quiet libraries, and user errors as one line on stderr with exit code 2; and the
+``eraselab`` program's entry point, which quiets the libraries before the verbs import them."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import typer
 from eraselab.errors import EraselabError
 
 
-def _quiet_libraries() -> None:
-    """diffusers/transformers chatter (deprecations, optional backends) is not the user's business."""
+def quiet_libraries() -> None:
+    """diffusers/transformers chatter (deprecations, optional backends such as transformers' "requires torchvision,
+    falling back" on importing diffusers' pipelines) is not the user's business. The verbosity variables are read
+    when the libraries are first imported, so :func:`main` calls this before importing the verbs."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -35,7 +38,7 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        _quiet_libraries()
+        quiet_libraries()
         try:
             return command(*args, **kwargs)
         except EraselabError as error:
@@ -43,3 +46,11 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def main() -> None:
+    """The ``eraselab`` program: quiet the libraries, then import and run the command line."""
+    quiet_libraries()
+    from eraselab.cli import app
+
+    app()

@@ -3,7 +3,7 @@ malicious trajectories stage 2 trains on, d = ||a - f+||^2 - ||a - f-||^2 for it
 prediction for the malicious prompt and for ""), with the stage-1 model as the anchor (stages 1+2) or the original
 (stage 2 alone). Eq. 7's term max(0, d + margin) gives a gradient only where d > -margin.
 
-    python benchmarks/trce_hinge.py [--concept star] [--anchor shape] [--margins 0.01 0.1 1]
+    python benchmarks/trce_hinge.py [--concept star] [--anchor shape] [--margins 0.01 0.1 1] [--option KEY=VALUE ...]
 
 With u = eps(mal) - eps("") and v = eps(safe) - eps(""), the "" anchor's d is (1 + g)^2 (||v||^2 - ||u||^2): the
 hinge acts only where the safe prompt pulls harder than the malicious one, on the malicious prompt's own trajectory;
@@ -25,7 +25,7 @@ from eraselab.erase.trajectories import early_steps, trajectories
 from eraselab.erase.trce import guided_targets, stage_one
 from eraselab.models import load_pipeline
 from eraselab.models.tiny.world import load_world
-from eraselab.options import build
+from eraselab.options import build, parse_key_values
 from eraselab.profile import TINY
 from erasure_table import TARGETS  # the erasure table's anchors (this directory)
 
@@ -35,8 +35,10 @@ def main() -> None:
     parser.add_argument("--concept", choices=sorted(TARGETS), default="star")
     parser.add_argument("--anchor", default=None, help="the safe concept (default: the erasure table's)")
     parser.add_argument("--margins", type=float, nargs="+", default=[0.01, 0.1, 1.0])
+    parser.add_argument("--option", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="TRCE options over its tiny defaults (e.g. positions=first-eot: stage 1 as the paper)")
     args = parser.parse_args()
-    pipe, config = load_pipeline("tiny"), build(ERASERS, "trce", {}, TINY)
+    pipe, config = load_pipeline("tiny"), build(ERASERS, "trce", parse_key_values(args.option, "--option"), TINY)
     anchor, name, attribute = TARGETS[args.concept]
     anchor = anchor if args.anchor is None else args.anchor
     spec = EraseSpec((args.concept,), (anchor,), tuple(load_world().siblings(attribute, name)),

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -285,9 +284,3 @@ for _command in RUN_COMMANDS:  # demo, run, judge, verify, report
     app.command()(_command)
 app.command()(audit_command)
 app.command()(leaderboard_command)
-
-
-if __name__ == "__main__":
-    from eraselab.cli_support import main
-
-    sys.exit(main())

@@ -1,5 +1,4 @@
-"""What every CLI verb shares: quiet libraries, and user errors as one line on stderr with exit code 2; and the
-``eraselab`` program's entry point, which quiets the libraries before the verbs import them."""
+"""What every CLI verb shares: quiet libraries, and user errors as one line on stderr with exit code 2."""
 
 from __future__ import annotations
 
@@ -16,7 +15,8 @@ from eraselab.errors import EraselabError
 def quiet_libraries() -> None:
     """diffusers/transformers chatter (deprecations, optional backends such as transformers' "requires torchvision,
     falling back" on importing diffusers' pipelines) is not the user's business. The verbosity variables are read
-    when the libraries are first imported, so :func:`main` calls this before importing the verbs."""
+    when the libraries are first imported, so the program (``eraselab.__main__``) calls this before importing the
+    verbs."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -46,11 +46,3 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(2) from None
 
     return wrapper
-
-
-def main() -> None:
-    """The ``eraselab`` program: quiet the libraries, then import and run the command line."""
-    quiet_libraries()
-    from eraselab.cli import app
-
-    app()

@@ -17,7 +17,6 @@ interval) and the attack's cost in UNet evaluations and seconds.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from erasure_table import (  # the same edits as the erasure table (this directo
     add_rows,
     edit_entries,
     make_edits,
+    run_dir,
 )
 
 ATTACKS = [("embedding-recovery", {}), ("concept-vector", {}), ("concept-vector", {"search": True}),
@@ -105,8 +105,7 @@ def main() -> None:
         # A run directory holds one experiment, so each selection of rows and attacks gets its own; a cell's
         # directory name is a hash of its model, defence content, attack and seeds, so finished cells of earlier
         # selections (and the guard grid's bare cells, which are the edits grid's) are reused, not run again.
-        text = yaml.safe_dump(config, sort_keys=False)
-        run = args.out / f"run-{grid}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+        run = run_dir(args.out, f"run-{grid}", config)
         experiment = parse_experiment(config)
         wanted = {attack_cell(model, edit, guard, attack) for model in experiment.models
                   for edit, guard in variants(experiment).values() for attack in experiment.attacks}
@@ -114,7 +113,7 @@ def main() -> None:
             target = run / "attacks" / cell.parent.name
             if cell.name in ("summary.json", "refused.json") and cell.parent.name in wanted and not target.exists():
                 shutil.copytree(cell.parent, target)
-        (args.out / f"{grid}.yaml").write_text(text)
+        (args.out / f"{grid}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         run_experiment(experiment, run)
         write_report(run)
         print(f"{grid}: {run / 'report.html'}")

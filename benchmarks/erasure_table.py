@@ -26,13 +26,15 @@ colour (seeds 100-103, 24 images a group). Preserving the other colours matters 
 also reach purple: towards "green" without a preserve set, purple fell to 0.46 at RECE's tiny corpus scale 0.1 and
 to 0.88 at 0.3, while star efficacy rose from 0.08 to 0.17 at corpus scale 1.0 (24 images a group).
 It prints one markdown table (rate [low, high] per cell; for specificity the worst class and the largest drop
-from base in points) and writes it, with every figure, to OUT/table.md and OUT/table.json. A resumed run
-regenerates nothing it already has.
+from base in points) and writes it, with every figure, to OUT/table.md and OUT/table.json. Each choice of rows runs
+in its own run directory (``run-<target>-<hash>``, ``guards-<target>-<hash>``) beside the edits it shares with other
+choices; a resumed run regenerates nothing it already has.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from dataclasses import asdict
@@ -131,6 +133,12 @@ def make_edits(out: Path, word: str, anchor: str, keep: tuple[str, ...], labels:
     return edits
 
 
+def run_dir(out: Path, prefix: str, config: dict) -> Path:
+    """The run directory of ``config`` under ``out``: a run directory holds one experiment, so each choice of rows
+    (and attacks) gets its own, named by a hash of the experiment; running the same choice again resumes it."""
+    return out / f"{prefix}-{hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]}"
+
+
 def cell(metric: dict) -> str:
     v = metric["value"]
     return f"{v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" if v["value"] is not None else "N/A"
@@ -189,14 +197,16 @@ def main() -> None:
                   "edits": ["base", *edit_entries(edits).values()],
                   "seeds": {"start": 0, "count": args.seeds}, "sampler": {"steps": 25, "guidance": 5.0},
                   "detectors": ["tiny"], "groups": erasure_groups(word)}
-        run_experiment(parse_experiment(config), args.out / f"run-{word}", progress=False)
-        rows += summarise(args.out / f"run-{word}", word, name, edits, [])
+        run = run_dir(args.out, f"run-{word}", config)
+        run_experiment(parse_experiment(config), run, progress=False)
+        rows += summarise(run, word, name, edits, [])
         if args.skip_guards:
             continue
         guard_config = {**config, "name": f"erasure table: guards on {word}", "edits": ["base"], "guards": guards}
-        run_experiment(parse_experiment(guard_config), args.out / f"guards-{word}", progress=False)
+        run = run_dir(args.out, f"guards-{word}", guard_config)
+        run_experiment(parse_experiment(guard_config), run, progress=False)
         labels = [guard.label for guard in parse_experiment(guard_config).guards]
-        rows += [r for r in summarise(args.out / f"guards-{word}", word, name, {}, labels) if r["method"] != "base"]
+        rows += [r for r in summarise(run, word, name, {}, labels) if r["method"] != "base"]
     columns = list(rows[0])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]

@@ -93,9 +93,9 @@ def test_hostile_names_stay_escaped_in_the_card(small_audit):
     card = json.loads((audit / "card.json").read_text())
     hostile = "<script>alert(1)</script>|x"
     card["concept"] = card["defence"]["label"] = card["attacks"][0]["label"] = hostile
-    card["erasure"][0]["suite"] = card["strongest_attack"]["label"] = hostile
+    card["erasure"][0]["suite"] = card["strongest_attack"]["label"] = card["quality"][0]["suite"] = hostile
     page = card_html(card, True, [(hostile, 0, "card-images/0-0-before.png", "card-images/0-0-after.png")])
-    assert "<script>alert" not in page and page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 5
+    assert "<script>alert" not in page and page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 6
     markdown = card_markdown(card)
     assert "</script>|x" not in markdown and "</script>\\|x" in markdown  # a | would split a table cell
 
@@ -198,5 +198,7 @@ def test_the_card_says_when_image_quality_was_not_measured(small_audit):
     _, audit, _ = small_audit
     card = json.loads((audit / "card.json").read_text())
     assert card["quality"] and "Image quality against the unedited model" in card_markdown(card)
+    assert "<h2>Image quality</h2><p>Image quality against the unedited model" in card_html(card, False, [])
     card["quality"], card["protocol"]["judge"]["name"] = [], "nudenet"  # a judge without a feature space
     assert "Image quality: not measured; the judge `nudenet` cannot embed images" in card_markdown(card)
+    assert "not measured; the judge <code>nudenet</code> cannot embed images" in card_html(card, False, [])

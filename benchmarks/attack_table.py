@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+import _quiet  # noqa: F401  (quiets the libraries before they load)
 from eraselab.experiment import run_experiment
 from eraselab.experiment.attacks import attack_cell
 from eraselab.experiment.parse import parse_experiment

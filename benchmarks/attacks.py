@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 
+import _quiet  # noqa: F401  (quiets the libraries before they load)
 from eraselab.attack.base import AttackSpec
 from eraselab.attack.concept_vector import ConceptVectorConfig
 from eraselab.attack.concept_vector import attack as concept_vector

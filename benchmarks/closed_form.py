@@ -14,6 +14,7 @@ import time
 
 import torch
 
+import _quiet  # noqa: F401  (quiets the libraries before they load)
 from eraselab.erase.closed_form import closed_form_edit
 
 

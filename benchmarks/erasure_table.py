@@ -40,6 +40,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import _quiet  # noqa: F401  (quiets the libraries before they load)
 from eraselab.erase.corpus import concept_phrases
 from eraselab.erase.registry import ERASERS
 from eraselab.erase.spec import EraseSpec

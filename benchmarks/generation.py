@@ -24,6 +24,7 @@ import time
 import numpy as np
 import torch
 
+import _quiet  # noqa: F401  (quiets the libraries before they load)
 from eraselab.batching import Batching
 from eraselab.generate import generate_images
 from eraselab.models import load_pipeline

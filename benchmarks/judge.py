@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+import _quiet  # noqa: F401  (quiets the libraries before they load)
 from eraselab.judge.detectors import make_detector
 from eraselab.models.tiny.world import load_world
 

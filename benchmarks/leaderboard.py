@@ -16,6 +16,7 @@ import argparse
 import shutil
 from pathlib import Path
 
+import _quiet  # noqa: F401  (quiets the libraries before they load)
 from eraselab.audit.leaderboard import write_leaderboard
 from eraselab.audit.plan import AuditRequest
 from eraselab.audit.run import run_audit

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+import _quiet  # noqa: F401  (quiets the libraries before they load)
 from eraselab.erase.safegen import TinyTriplets
 from eraselab.judge.detectors import make_detector
 from eraselab.judge.stats import wilson_interval

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import torch
 
+import _quiet  # noqa: F401  (quiets the libraries before they load)
 from eraselab.batching import Batching
 from eraselab.generate import generate_images
 from eraselab.models.vocabulary import clip_tokenizer

@@ -12,6 +12,7 @@ import argparse
 import tempfile
 import time
 
+import _quiet  # noqa: F401  (quiets the libraries before they load)
 from eraselab.generate import generate_images
 from eraselab.models import load_pipeline
 from eraselab.requests import GenerationRequest

@@ -15,6 +15,7 @@ import argparse
 import numpy as np
 from scipy import stats
 
+import _quiet  # noqa: F401  (quiets the libraries before they load)
 from eraselab.judge.stats import wilson_interval
 from eraselab.traps.evidence import auc_with_interval
 

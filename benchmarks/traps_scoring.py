@@ -15,6 +15,7 @@ import time
 
 import torch
 
+import _quiet  # noqa: F401  (quiets the libraries before they load)
 from eraselab.traps.lm import LmRecipe, load_lm, make_model
 from eraselab.traps.scores import SCORES
 from eraselab.traps.scores.stats import token_stats

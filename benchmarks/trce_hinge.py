@@ -18,6 +18,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
+import _quiet  # noqa: F401  (quiets the libraries before they load)
 from eraselab.erase.cross_attention_edit import check_spec_words
 from eraselab.erase.registry import ERASERS
 from eraselab.erase.spec import EraseSpec

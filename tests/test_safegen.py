@@ -240,9 +240,14 @@ def test_an_experiment_generates_and_attacks_a_stack_and_the_report_names_it_by_
 def test_more_benign_images_and_low_noise_timesteps_are_options_checked_before_training(micro_run):
     with pytest.raises(EraselabError, match="benign_ratio must be >= 1 and mosaic_steps in"):
         SafeGenConfig(benign_ratio=0)
+    with pytest.raises(EraselabError, match="trainable must be one of attn1, unet, got 'attn2'"):
+        SafeGenConfig(trainable="attn2")
     with pytest.raises(EraselabError, match="benign_ratio must be >= 1 and mosaic_steps in"):
         SafeGenConfig(mosaic_steps=0.0)
     pipe = load_pipeline(micro_run / "pipeline")
     config = build(ERASERS, "safegen", {**SHORT, "benign_ratio": 2, "mosaic_steps": 0.3}, TINY)
     edit = ERASERS.get("safegen").erase(pipe, EraseSpec(("star",)), config, progress=False)
     assert edit.tensors and all(".attn1." in n for n in edit.tensors)
+    ablation = build(ERASERS, "safegen", {**SHORT, "trainable": "unet"}, TINY)  # every UNet weight may move
+    whole = ERASERS.get("safegen").erase(pipe, EraseSpec(("star",)), ablation, progress=False)
+    assert "unet.conv_in.weight" in whole.tensors and len(whole.tensors) > 2 * len(edit.tensors)

@@ -25,7 +25,9 @@ EMA of the weights (diffusers' EMAModel: decay 0.9999 with its (1 + s) / (10 + s
 timesteps, one benign image per concept image. Tiny defaults (``tiny_overrides``), the best of what was measured
 (``docs/tiny-measurements.md``), and still short of erasing the star without the other shapes: 600 steps of 8
 triplets with 3 benign images each, AdamW lr 3e-3, w_m = w_p = 0.5, the exact x0 target, t over the lowest-noise 30%
-of the timesteps (``mosaic_steps``: the shape is only visible in x_t there), no EMA.
+of the timesteps (``mosaic_steps``: the shape is only visible in x_t there), no EMA. ``trainable = "unet"`` trains
+every UNet weight instead of the self-attention: an ablation, not the paper's, which asks whether self-attention's
+capacity is what limits the erasure (on tiny it is not: ``docs/tiny-measurements.md``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from eraselab.profile import profile_of
 from eraselab.sampling import prediction_target
 
 TARGETS = ("offset", "x0")
+TRAINABLE = ("attn1", "unet")  # the paper's self-attention; every UNet weight (an ablation, not the paper's)
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class SafeGenConfig:
     benign_ratio: int = 1  # benign triplet images per concept image in a step (the script: 1)
     mosaic_steps: float = 1.0  # t uniform over this lowest-noise share of the timesteps (paper: 1, all of them)
     seed: int = 0
+    trainable: str = "attn1"  # attn1: the paper's; unet: every UNet weight, to ask whether attn1 is what limits
     checkpoint: str | None = None
     checkpoint_every: int = 50
 
@@ -81,6 +85,8 @@ class SafeGenConfig:
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise EraselabError(f"safegen target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        if self.trainable not in TRAINABLE:
+            raise EraselabError(f"safegen trainable must be one of {', '.join(TRAINABLE)}, got {self.trainable!r}")
         if self.weight_mosaic < 0 or self.weight_preserve < 0 or self.mosaic_block < 1 or self.batch_size < 1:
             raise EraselabError("safegen's weights must be >= 0, and mosaic_block and batch_size >= 1")
         if self.benign_ratio < 1 or not 0 < self.mosaic_steps <= 1:
@@ -234,7 +240,9 @@ def erase(pipe, spec: EraseSpec, config: SafeGenConfig, progress: bool = True,
     unet = copy.deepcopy(frozen).train()
     identity = {"safegen": asdict(config) | {"checkpoint": None}, "spec": asdict(spec),
                 "base": pipeline_fingerprint(pipe)}
-    loop = FineTune(unet, self_attention_parameters(unet), config.loop(), identity, "SafeGen", original=frozen)
+    trainable = (self_attention_parameters(unet) if config.trainable == "attn1" else
+                 [name for name, _ in unet.named_parameters()])
+    loop = FineTune(unet, trainable, config.loop(), identity, "SafeGen", original=frozen)
     scheduler = pipe.scheduler
     with torch.no_grad():
         empty = pipe.encode_prompt([""], pipe.device, 1, False)[0]  # the only condition SafeGen ever sees

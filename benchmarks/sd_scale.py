@@ -291,6 +291,71 @@ def trce_stage_two(meter: Meter, args, tokenizer, workdir: Path) -> None:
         info["projected_training_s"] = round((time.perf_counter() - start) / steps * total, 1)
 
 
+def safegen_steps(meter: Meter, args, tokenizer, workdir: Path) -> None:
+    """SafeGen with the official script's settings (float32): one optimisation step (5 accumulated triplets of
+    512-pixel images, EMA), then one more resumed from its checkpoint, with the whole run (1,000 steps) projected.
+    The triplets are random images (a CSV of concept, mosaic, benign paths): only the cost counts here."""
+    import numpy as np
+    from PIL import Image
+
+    from eraselab.erase.registry import ERASERS
+    from eraselab.erase.safegen import box_region, mosaic
+    from eraselab.erase.spec import EraseSpec
+    from eraselab.options import build
+
+    rng, folder = np.random.default_rng(0), workdir / "triplets"
+    folder.mkdir(exist_ok=True)
+    for i in range(2):
+        concept = rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)
+        quarter = args.size // 4
+        images = {"concept": concept, "benign": rng.integers(0, 256, concept.shape, dtype=np.uint8),
+                  "mosaic": mosaic(concept, box_region(concept.shape, [(quarter, quarter, 3 * quarter, 3 * quarter)]),
+                                   args.size // 16)}
+        for kind, image in images.items():
+            Image.fromarray(image).save(folder / f"{kind}-{i}.png")
+    (folder / "triplets.csv").write_text("concept,mosaic,benign\n" + "".join(
+        f"concept-{i}.png,mosaic-{i}.png,benign-{i}.png\n" for i in range(2)))
+    pipe = sd14_pipeline(meter, args, tokenizer, workdir, "float32")
+    config = build(ERASERS, "safegen", {"triplets": str(folder / "triplets.csv"), "checkpoint": str(workdir / "sg")})
+    erase, spec = ERASERS.get("safegen").erase, EraseSpec(("nudity",))
+    with meter.measure(f"sd-1.4 SafeGen: 1 step ({config.accumulation} triplets, {args.size} px)") as info:
+        erase(pipe, spec, config, progress=False, stop_after=1)
+        info["trained_parameters_m"] = round(sum(p.numel() for n, p in pipe.unet.named_parameters()
+                                                 if ".attn1." in n) / 1e6, 1)
+    with meter.measure("sd-1.4 SafeGen: 1 more step, resumed") as info:
+        start = time.perf_counter()
+        erase(pipe, spec, config, progress=False, stop_after=2)
+        info["projected_training_s"] = round((time.perf_counter() - start) * config.iterations, 1)
+
+
+def advunlearn_steps(meter: Meter, args, tokenizer, workdir: Path) -> None:
+    """AdvUnlearn with the paper's settings (float32) except ``--advunlearn-ddim-steps`` and
+    ``--advunlearn-attack-steps`` (50 and 30 in the paper): one warm-up iteration (the ESD step on the text encoder
+    and the retain term on 5 preserved prompts), then one adversarial iteration (the inner attack first), each with
+    the UNet calls it made (every x_t is drawn by DDIM to a random step, so the calls vary with the seed's draws)."""
+    from eraselab.erase.registry import ERASERS
+    from eraselab.erase.spec import EraseSpec
+    from eraselab.options import build
+
+    pipe = sd14_pipeline(meter, args, tokenizer, workdir, "float32")
+    spec = EraseSpec(("van gogh",), preserve=("claude monet", "rembrandt", "picasso", "frida kahlo", "hokusai"),
+                     templates=("a painting by {}", "art by {}"))
+    config = build(ERASERS, "advunlearn", {"iterations": 2, "warmup": 1, "ddim_steps": args.advunlearn_ddim_steps,
+                                           "attack_steps": args.advunlearn_attack_steps,
+                                           "checkpoint": str(workdir / "advunlearn")})
+    calls = []
+    hook = pipe.unet.register_forward_hook(lambda *_: calls.append(1))
+    erase = ERASERS.get("advunlearn").erase
+    with meter.measure(f"sd-1.4 AdvUnlearn warm-up iteration ({config.ddim_steps} DDIM steps)") as info:
+        erase(pipe, spec, config, progress=False, stop_after=1)
+        info["unet_calls"], calls[:] = len(calls), []
+    with meter.measure(f"sd-1.4 AdvUnlearn iteration with a {config.attack_steps}-step inner attack") as info:
+        edit = erase(pipe, spec, config, progress=False)
+        info["unet_calls"] = len(calls)
+        info["trained_parameters_m"] = round(sum(t.numel() for t in edit.tensors.values()) / 1e6, 1)
+    hook.remove()
+
+
 def esd_resume(meter: Meter, args, tokenizer, workdir: Path) -> None:
     """ESD at SD-1.4 size under the three schedulers a pipeline may carry (PNDM as SD-1.4 ships, DDIM, multistep
     DPM-Solver): two iterations uninterrupted, then one, a "kill", and a resume; the trained tensors must be
@@ -399,7 +464,8 @@ def sdxl(meter: Meter, args, tokenizer, workdir: Path) -> None:
                  reference_projections=original)
 
 
-PARTS = {"sd14": sd14, "esd-resume": esd_resume, "trce-stage2": trce_stage_two, "sdxl": sdxl}
+PARTS = {"sd14": sd14, "esd-resume": esd_resume, "trce-stage2": trce_stage_two, "safegen": safegen_steps,
+         "advunlearn": advunlearn_steps, "sdxl": sdxl}
 
 
 def main() -> None:
@@ -414,10 +480,13 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", choices=sorted(PARTS), default=["sd14"],
                         help="sd14: every operation on SD-1.4; esd-resume: ESD's resume under PNDM, DDIM and "
                              "DPM-Solver pipelines at SD-1.4 size; trce-stage2: TRCE's second stage with the paper's "
-                             "settings (GPU: its trajectories alone are about 1,000 UNet calls); sdxl: SDXL base "
+                             "settings (GPU: its trajectories alone are about 1,000 UNet calls); safegen, "
+                             "advunlearn: their training steps with the papers' settings; sdxl: SDXL base "
                              "(about 14 GB in float32)")
     parser.add_argument("--esd-ddim-steps", type=int, default=4, help="DDIM steps of the esd-resume part's x_t")
     parser.add_argument("--trce-steps", type=int, default=2, help="TRCE stage-2 steps timed after its first")
+    parser.add_argument("--advunlearn-ddim-steps", type=int, default=50, help="DDIM steps of AdvUnlearn's x_t")
+    parser.add_argument("--advunlearn-attack-steps", type=int, default=30, help="steps of its inner attack (K)")
     parser.add_argument("--deterministic", action="store_true",
                         help="deterministic kernels (CUDA's are not by default: resumed runs differ by rounding)")
     parser.add_argument("--sdxl-size", type=int, default=512, help="SDXL image size for its generation ratio")

@@ -1,7 +1,7 @@
 """Stable Diffusion at full size, from config with random weights (nothing is downloaded): what each operation costs.
 
     python benchmarks/sd_scale.py --bpe bpe_simple_vocab_16e6.txt.gz [--device cuda --dtype float16]
-        [--parts sd14 esd-resume trce-stage2 sdxl] [--deterministic]
+        [--parts sd14 esd-resume trce-stage2 safegen advunlearn sdxl] [--deterministic]
 
 Builds SD-1.4's architecture (UNet 859.5 M, CLIP ViT-L/14 text encoder 123.1 M, VAE 83.7 M parameters; PNDM, the
 scheduler SD-1.4 ships) with the real CLIP BPE vocabulary (``bpe_simple_vocab_16e6.txt.gz``, inside the
@@ -23,7 +23,11 @@ time (all threads), and peak resident memory while it ran (peak GPU memory on CU
 ``--parts esd-resume`` trains ESD at SD-1.4 size under PNDM, DDIM and DPM-Solver pipelines, two iterations
 whole and one + a resume, and prints the largest difference between the weights (0: bit-identical; on CUDA
 only with ``--deterministic``). ``--parts trce-stage2`` times TRCE's second stage with the paper's settings (its
-trajectories, then ``--trce-steps`` steps) and projects the whole run. ``--parts sdxl`` builds SDXL base's
+trajectories, then ``--trce-steps`` steps) and projects the whole run. ``--parts safegen`` times SafeGen's
+optimisation steps with the official script's settings (5 accumulated 512-pixel triplets a step, EMA; one step, then
+one resumed) and projects its 1,000 steps; ``--parts advunlearn`` times one AdvUnlearn warm-up iteration and one
+with its inner attack (``--advunlearn-ddim-steps``, ``--advunlearn-attack-steps``: 50 and 30 as in the paper by
+default), counting their UNet calls. ``--parts sdxl`` builds SDXL base's
 architecture (UNet 2.57 G, two text encoders 123 M + 695 M): its load, a UCE edit on the 2048-wide context,
 embedding recovery and a lone image's generation ratio. Random weights: the costs are real, the images are noise.
 The attacks' judge is the tiny classifier pointed at a colour the unedited model draws, so there is something to

@@ -93,9 +93,10 @@ def test_hostile_names_stay_escaped_in_the_card(small_audit):
     card = json.loads((audit / "card.json").read_text())
     hostile = "<script>alert(1)</script>|x"
     card["concept"] = card["defence"]["label"] = card["attacks"][0]["label"] = hostile
-    card["erasure"][0]["suite"] = card["strongest_attack"]["label"] = card["quality"][0]["suite"] = hostile
+    card["erasure"][0]["suite"] = card["strongest_attack"]["label"] = hostile
+    card["quality"][0]["suite"] = card["quality"][0]["metric"] = hostile
     page = card_html(card, True, [(hostile, 0, "card-images/0-0-before.png", "card-images/0-0-after.png")])
-    assert "<script>alert" not in page and page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 6
+    assert "<script>alert" not in page and page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 7
     markdown = card_markdown(card)
     assert "</script>|x" not in markdown and "</script>\\|x" in markdown  # a | would split a table cell
 

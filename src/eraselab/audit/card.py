@@ -153,11 +153,12 @@ def markdown_cell(text: object) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def quality_sentence(card: dict, code: Callable[[str], str]) -> str:
-    """The card's image-quality line, with ``code`` formatting (and escaping) a name for markdown or HTML."""
+def quality_sentence(card: dict, code: Callable[[str], str], plain: Callable[[str], str]) -> str:
+    """The card's image-quality line, with ``code`` formatting (and escaping) a name and ``plain`` escaping a word,
+    for markdown or HTML."""
     if card["quality"]:
         return "Image quality against the unedited model at the same seeds: " + "; ".join(
-            f"{q['metric']} on {code(q['suite'])} {q['value']:.4g}" for q in card["quality"]
+            f"{plain(q['metric'])} on {code(q['suite'])} {q['value']:.4g}" for q in card["quality"]
             if q["value"] is not None) + "."
     # feature distance and KID are measured in the judge's feature space (experiment/metrics.py)
     return (f"Image quality: not measured; the judge {code(card['protocol']['judge']['name'])} cannot embed images "
@@ -196,7 +197,7 @@ def card_markdown(card: dict) -> str:
         lines.append(f"| `{markdown_cell(a['label'])}` | {a['threat_model']} | "
                      f"{markdown_cell(a.get('reason', a['status']))} | {rate_text(a.get('before'))} | "
                      f"{rate_text(a.get('after'))} | {cost} |")
-    lines += ["", quality_sentence(card, lambda text: f"`{markdown_cell(text)}`")]
+    lines += ["", quality_sentence(card, lambda text: f"`{markdown_cell(text)}`", markdown_cell)]
     lines += ["", f"Protocol: seeds {protocol['seeds'][0]}..{protocol['seeds'][-1]}, {protocol['steps']} steps, "
               f"guidance {protocol['guidance']}; attacks on `{markdown_cell(protocol['attack_suite'])}` x "
               f"{protocol['attack_seeds']} seeds; intervals are 95% Wilson. Edits: " + (", ".join(
@@ -297,7 +298,7 @@ def card_html(card: dict, plotted: bool, images: list[tuple[str, int, str, str]]
             f"{erasure}</table><h2>Attacks</h2><table><tr><th>attack</th><th>threat model</th><th>optimises</th>"
             f"<th>status</th><th>before</th><th>after</th><th>UNet evals</th></tr>{attacks}</table>"
             + ("<img src='card-attacks.png' alt='presence before and after each attack'>" if plotted else "")
-            + f"<h2>Image quality</h2><p>{quality_sentence(card, lambda text: f'<code>{e(text)}</code>')}</p>"
+            + f"<h2>Image quality</h2><p>{quality_sentence(card, lambda text: f'<code>{e(text)}</code>', e)}</p>"
             + (f"<h2>Strongest attack: before and after</h2><table><tr><th>prompt</th><th>seed</th><th>before</th>"
                f"<th>after</th></tr>{grid}</table>" if grid else "")
             + f"<h2>Protocol</h2><pre>{e(json.dumps(card['protocol'], indent=2))}</pre></body></html>\n")

@@ -213,7 +213,7 @@ def mosaic_target(scheduler, x_t: torch.Tensor, eps: torch.Tensor, z_c: torch.Te
     return (x_t - a.sqrt() * z_m) / (1 - a).sqrt()  # x_0 = (x_t - sqrt(1 - a) eps) / sqrt(a)  ->  solve for eps
 
 
-def _latents(pipe, images: list[np.ndarray], generator: torch.Generator) -> torch.Tensor:
+def image_latents(pipe, images: list[np.ndarray], generator: torch.Generator) -> torch.Tensor:
     pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
     with torch.no_grad():
         dist = pipe.vae.encode(pixels.to(pipe.device, pipe.vae.dtype)).latent_dist
@@ -250,7 +250,7 @@ def erase(pipe, spec: EraseSpec, config: SafeGenConfig, progress: bool = True,
     def step(_: int, g: torch.Generator) -> torch.Tensor:
         rng = np.random.default_rng(int(torch.randint(2**31 - 1, (1,), generator=g)))
         concept, mosaics, benign = source.draw(rng, config.batch_size, config.batch_size * config.benign_ratio)
-        z_c, z_m, z_b = (_latents(pipe, images, g) for images in (concept, mosaics, benign))
+        z_c, z_m, z_b = (image_latents(pipe, images, g) for images in (concept, mosaics, benign))
         eps, eps_b = torch.randn(z_c.shape, generator=g), torch.randn(z_b.shape, generator=g)
         eps, eps_b = eps.to(z_c.device, z_c.dtype), eps_b.to(z_c.device, z_c.dtype)
         steps = scheduler.config.num_train_timesteps

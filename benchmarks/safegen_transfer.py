@@ -1,7 +1,7 @@
 """Where a SafeGen edit sends a noisy concept image, one denoising step at a time, with and without the text.
 
     python benchmarks/safegen_transfer.py --edit EDIT_DIR [--concept star] [--block 8] [--images 32]
-        [--timesteps 100 200 300 500 700] [--prompt "a star"] [--guidance 5.0]
+        [--timesteps 100 200 300 500 700] [--prompt "a star"] [--guidance 5.0] [--prompts ...] [--seeds 6]
 
 SafeGen (Eq. 1) trains the self-attention on the empty prompt only; the images are sampled under a prompt and
 classifier-free guidance, eps = eps("") + g (eps(prompt) - eps("")). Held-out triplets of the tiny world (images of
@@ -13,6 +13,10 @@ noise draw, and the base and the edited UNet predict at x_t. Printed per t:
   (0) and its mosaic's z_m (1): lambda = <x_0 - z_c, z_m - z_c> / ||z_m - z_c||^2, and its distance off that line
   in units of ||z_m - z_c|| (medians), for the base and the edited model, on "" and under guidance. An edit that
   turns the concept into its mosaic gives lambda near 1 and little off the line.
+Then along the sampled trajectories (``--prompts`` x ``--seeds``, the tiny model's 25 DDIM steps and guidance), the
+share of images whose implied x_0 at each step (the scheduler's own ``pred_original_sample``, decoded) the tiny
+judge reads as the concept, for the base and the edited model: where on the trajectory the concept is decided, and
+where the edit takes it away.
 """
 
 from __future__ import annotations
@@ -21,11 +25,14 @@ import argparse
 
 import numpy as np
 import torch
+from PIL import Image
 
 import _quiet  # noqa: F401  (quiets the libraries before they load)
 from eraselab.erase.artifact import Edit, apply_edit
 from eraselab.erase.safegen import TinyTriplets, image_latents
+from eraselab.judge.detectors import make_detector
 from eraselab.models import load_pipeline
+from eraselab.models.tiny.suites import concept_label
 from erasure_table import TARGETS  # the erasure table's targets (this directory)
 
 
@@ -48,6 +55,8 @@ def main() -> None:
     parser.add_argument("--prompt", default=None, help="the prompt under guidance (default: 'a <concept>')")
     parser.add_argument("--guidance", type=float, default=5.0, help="the tiny model's guidance scale")
     parser.add_argument("--seed", type=int, default=12345, help="held out: the training draws use the edit's seed")
+    parser.add_argument("--prompts", nargs="+", default=None, help="trajectories' prompts (default: 4 colours)")
+    parser.add_argument("--seeds", type=int, default=6, help="trajectories per prompt")
     args = parser.parse_args()
     torch.set_num_threads(1)
     pipe = load_pipeline("tiny")
@@ -85,6 +94,44 @@ def main() -> None:
         guided = [u + args.guidance * (c - u) for u, c in ((u0, c0), (u1, c1))]  # classifier-free guidance
         print(f"| {t} | {ratio:.2f}, {cosine:.2f} | {implied(u0)} | {implied(u1)} | {implied(guided[0])} | "
               f"{implied(guided[1])} |")
+    prompts = args.prompts or [f"a {colour} {args.concept}" for colour in ("red", "blue", "green", "yellow")]
+    rates = {}
+    for model in ("base", "edit"):
+        pipe = load_pipeline("tiny")
+        if model == "edit":
+            apply_edit(pipe, Edit.load(args.edit))
+        rates[model] = presence_along_trajectories(pipe, prompts, range(args.seeds), args.guidance,
+                                                   concept_label(args.concept))
+    print(f"\n{args.concept} in the implied x_0 along {len(prompts) * args.seeds} sampled trajectories:\n")
+    print("| model | " + " | ".join(f"t {t}" for t in rates["base"]) + " |")
+    print("|---|" + "---|" * len(rates["base"]))
+    for model, by_step in rates.items():
+        print(f"| {model} | " + " | ".join(f"{rate:.2f}" for rate in by_step.values()) + " |")
+
+
+def presence_along_trajectories(pipe, prompts: list[str], seeds: range, guidance: float, label: str
+                                ) -> dict[int, float]:
+    """The share of trajectories whose implied x_0 the tiny judge reads as ``label``, at every sampler step."""
+    judge, recorded, step = make_detector("tiny"), {}, pipe.scheduler.step
+
+    def recording(*args, **kwargs):  # the scheduler's own x_0 estimate of each step, kept as the step returns it
+        out = step(*args, **kwargs)
+        recorded.setdefault(int(args[1]), []).append(out[1] if isinstance(out, tuple) else out.pred_original_sample)
+        return out
+
+    pipe.scheduler.step = recording
+    for prompt in prompts:
+        pipe(prompt=[prompt] * len(seeds), generator=[torch.Generator().manual_seed(s) for s in seeds],
+             num_inference_steps=25, guidance_scale=guidance, output_type="latent")
+    pipe.scheduler.step = step
+    rates = {}
+    for t, estimates in recorded.items():
+        with torch.no_grad():
+            pixels = pipe.vae.decode(torch.cat(estimates) / pipe.vae.config.scaling_factor).sample
+        images = ((pixels.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        readings = judge.detect([Image.fromarray(image) for image in images])
+        rates[t] = sum(judge.present(r, label) for r in readings) / len(readings)
+    return rates
 
 
 if __name__ == "__main__":

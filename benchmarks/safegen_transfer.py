@@ -67,15 +67,19 @@ def main() -> None:
     with torch.no_grad():
         text = {p: pipe.encode_prompt([p], pipe.device, 1, False)[0].expand(len(z_c), -1, -1) for p in ("", prompt)}
     noise = {t: torch.randn(z_c.shape, generator=torch.Generator().manual_seed(t)) for t in args.timesteps}
-    scheduler, predictions = pipe.scheduler, {}
+    prompts = args.prompts or [f"a {colour} {args.concept}" for colour in ("red", "blue", "green", "yellow")]
+    scheduler, predictions, rates = pipe.scheduler, {}, {}
     for model in ("base", "edit"):
         if model == "edit":
             apply_edit(pipe, Edit.load(args.edit))
         for t in args.timesteps:
-            x_t, steps = scheduler.add_noise(z_c, noise[t], torch.full((len(z_c),), t)), torch.full((len(z_c),), t)
+            steps = torch.full((len(z_c),), t)
+            x_t = scheduler.add_noise(z_c, noise[t], steps)
             with torch.no_grad():  # (eps(""), eps(prompt)) at the concept's own x_t
                 predictions[model, t] = x_t, *(pipe.unet(x_t, steps, encoder_hidden_states=text[p]).sample
                                                for p in ("", prompt))
+        rates[model] = presence_along_trajectories(pipe, prompts, range(args.seeds), args.guidance,
+                                                   concept_label(args.concept))
     print(f"| t | change on {prompt!r} / on '' (norm, cosine) | lambda, off: base '' | edit '' | base, guidance "
           f"{args.guidance} | edit, guidance |")
     print("|---|---|---|---|---|---|")
@@ -94,14 +98,6 @@ def main() -> None:
         guided = [u + args.guidance * (c - u) for u, c in ((u0, c0), (u1, c1))]  # classifier-free guidance
         print(f"| {t} | {ratio:.2f}, {cosine:.2f} | {implied(u0)} | {implied(u1)} | {implied(guided[0])} | "
               f"{implied(guided[1])} |")
-    prompts = args.prompts or [f"a {colour} {args.concept}" for colour in ("red", "blue", "green", "yellow")]
-    rates = {}
-    for model in ("base", "edit"):
-        pipe = load_pipeline("tiny")
-        if model == "edit":
-            apply_edit(pipe, Edit.load(args.edit))
-        rates[model] = presence_along_trajectories(pipe, prompts, range(args.seeds), args.guidance,
-                                                   concept_label(args.concept))
     print(f"\n{args.concept} in the implied x_0 along {len(prompts) * args.seeds} sampled trajectories:\n")
     print("| model | " + " | ".join(f"t {t}" for t in rates["base"]) + " |")
     print("|---|" + "---|" * len(rates["base"]))

@@ -303,18 +303,17 @@ def safegen_steps(meter: Meter, args, tokenizer, workdir: Path) -> None:
     from PIL import Image
 
     from eraselab.erase.registry import ERASERS
-    from eraselab.erase.safegen import box_region, mosaic
+    from eraselab.erase.safegen import box_region, mosaic, self_attention_parameters
     from eraselab.erase.spec import EraseSpec
     from eraselab.options import build
 
-    rng, folder = np.random.default_rng(0), workdir / "triplets"
+    rng, folder, quarter = np.random.default_rng(0), workdir / "triplets", args.size // 4
     folder.mkdir(exist_ok=True)
+    region = box_region((args.size, args.size), [(quarter, quarter, 3 * quarter, 3 * quarter)])
     for i in range(2):
         concept = rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)
-        quarter = args.size // 4
         images = {"concept": concept, "benign": rng.integers(0, 256, concept.shape, dtype=np.uint8),
-                  "mosaic": mosaic(concept, box_region(concept.shape, [(quarter, quarter, 3 * quarter, 3 * quarter)]),
-                                   args.size // 16)}
+                  "mosaic": mosaic(concept, region, args.size // 16)}
         for kind, image in images.items():
             Image.fromarray(image).save(folder / f"{kind}-{i}.png")
     (folder / "triplets.csv").write_text("concept,mosaic,benign\n" + "".join(
@@ -324,8 +323,8 @@ def safegen_steps(meter: Meter, args, tokenizer, workdir: Path) -> None:
     erase, spec = ERASERS.get("safegen").erase, EraseSpec(("nudity",))
     with meter.measure(f"sd-1.4 SafeGen: 1 step ({config.accumulation} triplets, {args.size} px)") as info:
         erase(pipe, spec, config, progress=False, stop_after=1)
-        info["trained_parameters_m"] = round(sum(p.numel() for n, p in pipe.unet.named_parameters()
-                                                 if ".attn1." in n) / 1e6, 1)
+        info["trained_parameters_m"] = round(sum(pipe.unet.get_parameter(n).numel()
+                                                 for n in self_attention_parameters(pipe.unet)) / 1e6, 1)
     with meter.measure("sd-1.4 SafeGen: 1 more step, resumed") as info:
         start = time.perf_counter()
         erase(pipe, spec, config, progress=False, stop_after=2)

@@ -120,3 +120,37 @@ def test_an_audit_runs_on_the_sd2_architecture_with_a_named_suite_judge_and_atta
     assert {a["status"] for a in card["attacks"] if a is not recovery} == {"not requested"}
     assert card["strongest_attack"] is None and card["protocol"]["steps"] == 2
     assert "No attack result" in (tmp_path / "audit" / "card.md").read_text()
+
+
+def test_trce_trains_its_second_stage_on_a_v_prediction_model_over_the_first(micro_sd2, tmp_path):
+    from eraselab.erase.spec import EraseSpec
+    from eraselab.erase.trce import TrceConfig
+    from eraselab.erase.trce import erase as trce
+
+    pipe = load_pipeline(micro_sd2)
+    corpus = tmp_path / "captions.txt"  # a real model's corpus is a caption file
+    corpus.write_text("\n".join(f"a {c} {s}" for c in ("red", "blue", "green") for s in ("circle", "square", "heart")))
+    stage_one = trce(pipe, EraseSpec(("star",), ("circle",)), TrceConfig(corpus=str(corpus), stages="1"),
+                     progress=False)
+    config = TrceConfig(corpus=str(corpus), sampler_steps=4, trajectories_per_pair=1, unconditional_trajectories=2,
+                        epochs=2, lr=1e-2, margin=10.0)  # a margin that keeps Eq. 7's hinge active on random weights
+    both = trce(pipe, EraseSpec(("star",), ("circle",)), config, progress=False)
+    stage_two = {n for n in both.tensors if n not in stage_one.tensors}
+    assert {n for n in both.tensors if n in stage_one.tensors} == set(stage_one.tensors)  # stage 1's K/V, frozen
+    assert all(torch.equal(both.tensors[n], stage_one.tensors[n]) for n in stage_one.tensors)
+    assert stage_two and all(".attn1." in n or ".attn2.to_q." in n for n in stage_two)
+    assert all(torch.isfinite(both.tensors[n]).all() for n in stage_two)
+
+
+def test_advunlearn_trains_the_text_encoder_of_a_v_prediction_model(micro_sd2):
+    from eraselab.erase.advunlearn import AdvUnlearnConfig
+    from eraselab.erase.advunlearn import erase as advunlearn
+    from eraselab.erase.spec import EraseSpec
+
+    pipe = load_pipeline(micro_sd2)
+    config = AdvUnlearnConfig(iterations=3, warmup=1, ddim_steps=4, attack_steps=2, retain_batch=2, lr=1e-3)
+    edit = advunlearn(pipe, EraseSpec(("star",), preserve=("circle",)), config, progress=False)
+    assert edit.tensors and all(n.startswith("text_encoder.") and (".layers." in n or "final_layer_norm" in n)
+                                for n in edit.tensors)
+    assert all(torch.isfinite(t).all() for t in edit.tensors.values())
+    assert torch.isfinite(torch.tensor(edit.manifest["final_loss"]))

@@ -4,6 +4,7 @@ Diffusion defaults, its ``tiny_overrides`` the tiny model's) with the API refere
 measured figures from the tiny world's committed audit cards (``examples/leaderboard/cards/``): the leaderboard
 page, and each method's, guard's and attack's rows of it on its own page."""
 
+# ruff: noqa: E402 (the libraries are quieted before the registries' imports load them)
 from __future__ import annotations
 
 import dataclasses
@@ -12,6 +13,10 @@ import sys
 from pathlib import Path
 
 import mkdocs_gen_files
+
+from eraselab.cli_support import quiet_libraries
+
+quiet_libraries()  # before the registries import diffusers and transformers: their chatter stays out of the build log
 
 from eraselab.attack import ATTACKS
 from eraselab.attack.base import SPACES, THREAT_MODELS

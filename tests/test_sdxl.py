@@ -106,16 +106,54 @@ def test_erase_generate_run_and_embedding_recovery_from_the_cli(micro_sdxl, micr
     assert recovered["details"]["changed_projections"] == 16  # k and v of 8 layers, 80 wide
 
 
+def test_the_trained_erasers_draw_x_t_as_the_pipeline_samples_with_its_pooled_conditioning(sdxl):
+    from eraselab.models.conditioning import guidance_conditions
+    from eraselab.sampling import sample_until, training_sampler
+
+    noise = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    prompts = ["a red star", "a blue heart"]
+    plain = type(sdxl)(**{**sdxl.components, "scheduler": training_sampler(sdxl, 3)})
+    expected = plain(prompts, num_inference_steps=3, guidance_scale=2.0, latents=noise, output_type="latent").images
+    cond, uncond = guidance_conditions(sdxl, prompts)
+    assert uncond.pooled.abs().max() == 0 and cond.time_ids.tolist() == [[32, 32, 0, 0, 32, 32]] * 2
+    ours = sample_until(sdxl.unet, training_sampler(sdxl, 3), noise, cond, uncond, 2.0, 3)
+    assert torch.allclose(ours, expected, atol=1e-5)
+    assert not plain.scheduler.config.clip_sample  # Euler's config names none: DDIM's default would clip x_0
+
+
+def test_esd_trains_the_cross_attention_of_sdxl_and_plain_diffusers_applies_it(sdxl, micro_sdxl, readme_apply,
+                                                                             tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+
+    from eraselab.erase.esd import EsdConfig
+    from eraselab.erase.esd import erase as esd
+
+    spec, config = EraseSpec(("star",), preserve=("circle",)), EsdConfig(iterations=3, ddim_steps=3, lr=1e-3)
+    edit = esd(sdxl, spec, config, progress=False)
+    names = set(edit.tensors)
+    assert all(".attn2." in n for n in names)  # esd-x: q, k, v and out (weight and bias) of every cross-attention
+    assert len(names) == 5 * len(cross_attention_layers(sdxl.unet))
+    saved = EsdConfig(iterations=3, ddim_steps=3, lr=1e-3, checkpoint=str(tmp_path / "ckpt"), checkpoint_every=1)
+    assert esd(sdxl, spec, saved, progress=False, stop_after=1) is None  # killed after its first step
+    resumed = esd(sdxl, spec, saved, progress=False)
+    assert all(torch.equal(edit.tensors[n], resumed.tensors[n]) for n in names)  # bit-identical
+    edit.save(tmp_path / "esd")
+    plain = StableDiffusionXLPipeline.from_pretrained(micro_sdxl)
+    readme_apply(plain, tmp_path / "esd")
+    image = plain("a red star", num_inference_steps=2, output_type="np").images[0]
+    assert np.isfinite(image).all()
+
+
 def test_what_works_through_one_text_encoder_is_refused_on_sdxl_in_one_line(sdxl, tmp_path):
     from eraselab.attack.base import AttackSpec
     from eraselab.attack.unlearndiff import UnlearnDiffConfig
     from eraselab.attack.unlearndiff import attack as unlearndiff
-    from eraselab.erase.esd import EsdConfig
-    from eraselab.erase.esd import erase as esd
+    from eraselab.erase.advunlearn import AdvUnlearnConfig
+    from eraselab.erase.advunlearn import erase as advunlearn
     from eraselab.guard import make_guard
 
-    with pytest.raises(EraselabError, match="ESD does not support SDXL yet"):
-        esd(sdxl, EraseSpec(("star",)), EsdConfig(iterations=1), progress=False)
+    with pytest.raises(EraselabError, match="AdvUnlearn does not support SDXL yet"):
+        advunlearn(sdxl, EraseSpec(("star",)), AdvUnlearnConfig(iterations=1), progress=False)
     with pytest.raises(EraselabError, match="UnlearnDiffAtk does not support SDXL yet"):
         unlearndiff(sdxl, AttackSpec("star", ("a red star",), steps=2), UnlearnDiffConfig(), reference_pipe=sdxl)
     with pytest.raises(EraselabError, match="the SLD guard does not support SDXL yet"):

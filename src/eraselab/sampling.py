@@ -11,20 +11,36 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from diffusers import DDIMScheduler
+
+from eraselab.models.conditioning import UNetCondition
+
+
+def training_sampler(pipe, steps: int) -> DDIMScheduler:
+    """The DDIM schedule the trained erasers draw their x_t with, whatever the pipeline samples with (the reference
+    ESD script draws x_t with DDIM too): it keeps no state between steps, so each draw depends only on its own
+    seeds. PNDM (SD-1.4's own scheduler) and the multistep DPM-Solver carry state from step to step, which made
+    x_t depend on earlier iterations, a resumed run differ from an uninterrupted one, and PNDM's counter run past
+    its schedule (IndexError). ``clip_sample`` is DDIM's own only where the config names it: a latent model's
+    scheduler (Euler on SDXL) may not, and DDIM's default would clip the latents' x_0 to [-1, 1]."""
+    config = pipe.scheduler.config
+    scheduler = DDIMScheduler.from_config(config, clip_sample=config.get("clip_sample", False))
+    scheduler.set_timesteps(steps)
+    return scheduler
 
 
 @torch.no_grad()
-def sample_until(unet, scheduler, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, guidance: float,
-                 stop: int, inputs: list[torch.Tensor] | None = None) -> torch.Tensor:
+def sample_until(unet, scheduler, latents: torch.Tensor, cond: UNetCondition, uncond: UNetCondition,
+                 guidance: float, stop: int, inputs: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Run the first ``stop`` steps of ``scheduler``'s timesteps (set by the caller) of classifier-free guided
     sampling from ``latents`` with a frozen UNet; ``inputs`` (when given) receives the UNet's input at each step.
     The trained erasers draw their x_t with it (ESD, AdvUnlearn; TRCE keeps the inputs as its trajectories)."""
+    both = UNetCondition.cat([uncond, cond]).unet_kwargs()
     for t in scheduler.timesteps[:stop]:
         model_input = scheduler.scale_model_input(latents, t)  # the sample itself for DDIM
         if inputs is not None:
             inputs.append(model_input.cpu())
-        both = unet(torch.cat([model_input] * 2), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
-        eps_uncond, eps_cond = both.chunk(2)
+        eps_uncond, eps_cond = unet(torch.cat([model_input] * 2), t, **both).sample.chunk(2)
         latents = scheduler.step(eps_uncond + guidance * (eps_cond - eps_uncond), t, latents).prev_sample
     return latents
 

@@ -33,7 +33,6 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler
 
 from eraselab.attack.soft_prompt import encode_with_embeddings, insert_embeddings, token_embeddings
 from eraselab.erase.artifact import Edit
@@ -43,8 +42,8 @@ from eraselab.erase.registry import MethodEntry
 from eraselab.erase.spec import EraseSpec
 from eraselab.errors import EraselabError
 from eraselab.models import pipeline_fingerprint
-from eraselab.models.conditioning import require_one_text_encoder
-from eraselab.sampling import sample_until
+from eraselab.models.conditioning import UNetCondition, require_one_text_encoder
+from eraselab.sampling import sample_until, training_sampler
 
 ATTACKS = ("pgd", "fast-at")
 INITS = ("latest", "random")
@@ -101,8 +100,7 @@ class _Setting:
 
     def __init__(self, pipe, trained, config: AdvUnlearnConfig, prompts: list[str], retain: list[str]) -> None:
         self.pipe, self.unet, self.trained, self.config = pipe, pipe.unet, trained, config
-        self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)  # stateless between steps, as ESD's
-        self.scheduler.set_timesteps(config.ddim_steps)
+        self.scheduler = training_sampler(pipe, config.ddim_steps)  # stateless between steps, as ESD's
         tokenizer, device = pipe.tokenizer, pipe.device
         self.ids = {p: tokenizer(p, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                                  return_tensors="pt").input_ids.to(device) for p in {*prompts, *retain}}
@@ -117,8 +115,8 @@ class _Setting:
         """x_t drawn by the original model under each prompt to one random DDIM step, and that step's t."""
         stop = int(torch.randint(self.config.ddim_steps, (1,), generator=g))
         noise = torch.randn((len(prompts), *self.shape[1:]), generator=g).to(self.pipe.device, self.unet.dtype)
-        x_t = sample_until(self.unet, self.scheduler, noise, self.original_of(prompts),
-                           self.original[""].expand(len(prompts), -1, -1), self.config.start_guidance, stop)
+        x_t = sample_until(self.unet, self.scheduler, noise, UNetCondition(self.original_of(prompts)),
+                           UNetCondition(self.original[""]).expand(len(prompts)), self.config.start_guidance, stop)
         return x_t, self.scheduler.timesteps[stop]
 
     def condition(self, prompts: list[str], prefix: torch.Tensor | None = None) -> torch.Tensor:

@@ -26,6 +26,11 @@ Defaults: the paper's for Stable Diffusion 1.4 (esd-x, 1,000 iterations, Adam lr
 50 DDIM steps, batch 1; retain weight 0.3 as AdvUnlearn when a preserve set is given); on the tiny model
 (``tiny_overrides``): esd-x-strict, 300 iterations, lr 1e-3, batch 4, 25 DDIM steps, retain weight 1.5, prompts
 crossed with every colour (what was measured: ``docs/tiny-measurements.md``).
+On SDXL (the authors' ``esd_sdxl.py``) the UNet also reads the pooled text embedding and the micro-conditioning
+time ids; every prediction here gets them as ``pipe(prompt)`` makes them (:func:`eraselab.models.conditioning.
+guidance_conditions`: for the unconditional prediction, the zero embeddings SDXL base samples with where its script
+encodes ""). Its script's settings differ from SD 1.4's: esd-x, 200 iterations, lr 2e-4 (1e-5 for the other
+variants, which it calls experimental), x_t drawn at guidance 2, 1024 px, bfloat16; pass them as options.
 Training is seeded per iteration (the same seed gives the same weights) and, with ``checkpoint`` set, saved every
 ``checkpoint_every`` iterations and resumed from there.
 """
@@ -38,7 +43,6 @@ from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 import torch
-from diffusers import DDIMScheduler
 
 from eraselab.erase.artifact import Edit
 from eraselab.erase.cross_attention_edit import check_spec_words
@@ -47,8 +51,8 @@ from eraselab.erase.registry import MethodEntry
 from eraselab.erase.spec import EraseSpec
 from eraselab.errors import EraselabError
 from eraselab.models import cross_attention_layers, pipeline_fingerprint
-from eraselab.models.conditioning import require_one_text_encoder
-from eraselab.sampling import sample_until
+from eraselab.models.conditioning import UNetCondition, guidance_conditions
+from eraselab.sampling import sample_until, training_sampler
 
 VARIANTS = ("esd-x", "esd-x-strict", "esd-u")
 
@@ -92,7 +96,6 @@ def erase(pipe, spec: EraseSpec, config: EsdConfig, progress: bool = True,
     """Fine-tune the ``config.variant`` parameters of a copy of ``pipe.unet`` (``pipe`` is not changed).
     ``stop_after`` ends the run after that many iterations, as a kill would (after its checkpoint), returning None."""
     start = time.perf_counter()
-    require_one_text_encoder(pipe, "ESD")
     if config.iterations < 1 or config.batch_size < 1 or config.ddim_steps < 2:
         raise EraselabError("iterations and batch_size must be at least 1 and ddim_steps at least 2")
     if any(a for a in spec.anchors):
@@ -118,36 +121,31 @@ def _train(pipe, frozen, spec: EraseSpec, config: EsdConfig, prompts: list[str],
     identity = {"esd": asdict(config) | {"checkpoint": None}, "spec": asdict(spec), "base": pipeline_fingerprint(pipe)}
     loop = FineTune(unet, trained_parameter_names(unet, config.variant), settings, identity, f"ESD {config.variant}",
                     original=frozen)
-    # DDIM whatever the pipeline samples with (the reference draws x_t with DDIM too): it keeps no state between
-    # steps, so each iteration's x_t depends only on that iteration's draws. PNDM (SD-1.4's own scheduler) and the
-    # multistep DPM-Solver carry state from step to step, which made x_t depend on earlier iterations, a resumed
-    # run differ from an uninterrupted one, and PNDM's counter run past its schedule (IndexError).
-    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    scheduler.set_timesteps(config.ddim_steps)
+    scheduler = training_sampler(pipe, config.ddim_steps)
     retain_prompts = spec.preserved() if config.preserve_weight > 0 else []
-    with torch.no_grad():
-        cond_all, uncond = pipe.encode_prompt(prompts, pipe.device, 1, True, negative_prompt=[""] * len(prompts))
-        retain_all = pipe.encode_prompt(retain_prompts, pipe.device, 1, False)[0] if retain_prompts else None
-    uncond = uncond[:1]
+    cond_all, uncond = guidance_conditions(pipe, prompts)  # on SDXL with the pooled text and time ids
+    retain_all = guidance_conditions(pipe, retain_prompts)[0] if retain_prompts else None
+    uncond = uncond.rows(slice(0, 1))
     shape = (config.batch_size, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
 
     def step(_: int, g: torch.Generator) -> torch.Tensor:
         pick = torch.randint(len(prompts), (config.batch_size,), generator=g)
         stop = int(torch.randint(config.ddim_steps, (1,), generator=g))  # t ~ U{0..ddim_steps-1}
         noise = torch.randn(shape, generator=g).to(pipe.device, unet.dtype)
-        cond = cond_all[pick]
+        cond = cond_all.rows(pick)
         n = config.batch_size
         if retain_all is not None:  # the retained prompts ride in the same batches as the erased ones
-            cond = torch.cat([cond, retain_all[torch.randint(len(retain_all), (n,), generator=g)]])
+            kept = retain_all.rows(torch.randint(len(retain_all), (n,), generator=g))
+            cond = UNetCondition.cat([cond, kept])
             noise = torch.cat([noise, torch.randn(shape, generator=g).to(pipe.device, unet.dtype)])
-        blank = uncond.expand_as(cond)
+        blank = uncond.expand(len(cond))
         x_t = sample_until(frozen, scheduler, noise, cond, blank, config.start_guidance, stop)
         t = scheduler.timesteps[stop]
         with torch.no_grad():
-            eps_blank = frozen(x_t[:n], t, encoder_hidden_states=blank[:n]).sample  # eps*(x_t, t)
-            eps_cond = frozen(x_t, t, encoder_hidden_states=cond).sample  # eps*(x_t, c, t), and eps*(x~_t, c~, t)
+            eps_blank = frozen(x_t[:n], t, **blank.rows(slice(0, n)).unet_kwargs()).sample  # eps*(x_t, t)
+            eps_cond = frozen(x_t, t, **cond.unet_kwargs()).sample  # eps*(x_t, c, t), and eps*(x~_t, c~, t)
             goal = eps_blank - config.negative_guidance * (eps_cond[:n] - eps_blank)  # Eq. 4
-        prediction = unet(x_t, t, encoder_hidden_states=cond).sample
+        prediction = unet(x_t, t, **cond.unet_kwargs()).sample
         loss = torch.nn.functional.mse_loss(prediction[:n], goal)  # Eq. 5
         if retain_all is not None:  # AdvUnlearn's retain term
             loss = loss + config.preserve_weight * torch.nn.functional.mse_loss(prediction[n:], eps_cond[n:])

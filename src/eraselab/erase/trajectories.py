@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from eraselab.models import pipeline_fingerprint
+from eraselab.models.conditioning import UNetCondition
 from eraselab.sampling import sample_until
 
 CHUNK = 8  # trajectories sampled per batched UNet call
@@ -55,7 +56,8 @@ def _sample(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: fl
             latents = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in batch_seeds])
             latents = latents.to(pipe.device, cond.dtype) * scheduler.init_noise_sigma
             inputs: list[torch.Tensor] = []
-            sample_until(pipe.unet, fresh(), latents, cond, empty.expand(len(batch), -1, -1), guidance, early, inputs)
+            sample_until(pipe.unet, fresh(), latents, UNetCondition(cond), UNetCondition(empty).expand(len(batch)),
+                         guidance, early, inputs)
             kept.append(torch.stack(inputs, 1))
     return Trajectories(torch.cat(kept), timesteps.cpu())
 

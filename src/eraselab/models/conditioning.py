@@ -12,7 +12,7 @@ a cross-attention input and is left as it is.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -29,7 +29,7 @@ def require_one_text_encoder(pipe, what: str) -> None:
     pooled conditioning) and has not been extended to SDXL's two."""
     if is_sdxl(pipe):
         raise EraselabError(f"{what} does not support SDXL yet (it works through one text encoder); on SDXL use "
-                            "erase uce/rece/trce, generate, run, the negative-prompt guard and embedding-recovery")
+                            "erase uce/rece/trce/esd, generate, run, the negative-prompt guard and embedding-recovery")
 
 
 def encode_context(pipe, prompts: Sequence[str]) -> torch.Tensor:
@@ -89,3 +89,56 @@ def encode_batch(pipe, prompts: Sequence[str], negatives: Sequence[str]) -> Cond
                 conditioning.negative[row] = 0
                 conditioning.negative_pooled[row] = 0
     return conditioning
+
+
+@dataclass(frozen=True)
+class UNetCondition:
+    """A batch's conditioning as the UNet reads it, for the code that calls the UNet itself (the trained erasers'
+    samplers and losses): the cross-attention context (B, T, C) and, on SDXL, the pooled text embedding (B, P) and
+    the six micro-conditioning ids (B, 6) that join the time embedding through ``added_cond_kwargs``."""
+
+    context: torch.Tensor
+    pooled: torch.Tensor | None = None
+    time_ids: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.context)
+
+    def _map(self, change) -> UNetCondition:
+        return UNetCondition(*(None if x is None else change(x) for x in (getattr(self, f.name) for f in fields(self))))
+
+    def rows(self, index: torch.Tensor | slice) -> UNetCondition:
+        """The rows ``index`` selects."""
+        return self._map(lambda x: x[index])
+
+    def expand(self, n: int) -> UNetCondition:
+        """A one-row conditioning repeated ``n`` times (a view, as ``Tensor.expand``)."""
+        return self._map(lambda x: x.expand(n, *x.shape[1:]))
+
+    @staticmethod
+    def cat(parts: Sequence[UNetCondition]) -> UNetCondition:
+        """The batches ``parts``, one after the other."""
+        columns = [[getattr(p, f.name) for p in parts] for f in fields(UNetCondition)]
+        return UNetCondition(*(None if column[0] is None else torch.cat(column) for column in columns))
+
+    def unet_kwargs(self) -> dict:
+        """The conditioning arguments of ``UNet2DConditionModel.forward``."""
+        kwargs = {"encoder_hidden_states": self.context}
+        if self.pooled is not None:
+            kwargs["added_cond_kwargs"] = {"text_embeds": self.pooled, "time_ids": self.time_ids}
+        return kwargs
+
+
+def guidance_conditions(pipe, prompts: Sequence[str]) -> tuple[UNetCondition, UNetCondition]:
+    """Each prompt's conditioning and its unconditional (empty negative prompt) one, as ``pipe(prompt)`` makes
+    them: on SDXL the pooled embeddings (zeros for the empty prompt where the model asks, as
+    :func:`encode_batch`) and the time ids of the pipeline's default size, uncropped (original size, crop
+    top-left, target size: SDXL's micro-conditioning, Podell et al., ICLR 2024, Sec. 2.2)."""
+    encoded = encode_batch(pipe, prompts, [""] * len(prompts))
+    if encoded.pooled is None:
+        return UNetCondition(encoded.positive), UNetCondition(encoded.negative)
+    size = pipe.default_sample_size * pipe.vae_scale_factor
+    time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=encoded.positive.dtype,
+                            device=encoded.positive.device).expand(len(prompts), -1)
+    return (UNetCondition(encoded.positive, encoded.pooled, time_ids),
+            UNetCondition(encoded.negative, encoded.negative_pooled, time_ids))

@@ -11,7 +11,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from safetensors import safe_open
 
-from eraselab.erase.finetune import CHECKPOINT, FineTune, LoopSettings
+from eraselab.erase.finetune import CHECKPOINT, FineTune, LoopSettings, copy_for_training, frozen_weights
 from eraselab.errors import EraselabError
 
 
@@ -78,6 +78,36 @@ def test_the_loop_refuses_a_change_outside_the_trained_set():
     loop = FineTune(model, _self_attention(model), LoopSettings(iterations=2, lr=1e-3), {}, "leaky")
     with pytest.raises(EraselabError, match=r"outside the trained set changed: unet\.conv_in\.bias"):
         loop.run(leaky, progress=False)
+
+
+def test_a_copy_for_training_owns_what_it_trains_and_shares_the_rest_which_the_loop_still_checks():
+    model = _unet()
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    model.get_parameter("unused.weight").requires_grad_(False)  # a flag of the user's own, restored as it was
+    flags["unused.weight"] = False
+    trained = _self_attention(model)
+    with frozen_weights(model):
+        assert not any(p.requires_grad for p in model.parameters())
+        copy = copy_for_training(model, trained)
+        for name, p in copy.named_parameters():
+            original = model.get_parameter(name)
+            assert (p is original) == (name not in trained) and torch.equal(p, original)
+        result = FineTune(copy, trained, LoopSettings(iterations=2, lr=1e-2), {}, "shared", original=model).run(
+            _denoising(copy), progress=False)
+        assert result and all(not torch.equal(model.get_parameter(n), t) for n, t in result.items())  # model kept
+
+        leaky_copy = copy_for_training(model, trained)
+        denoise = _denoising(leaky_copy)
+
+        def leaky(step: int, g: torch.Generator) -> torch.Tensor:
+            with torch.no_grad():
+                leaky_copy["unet"].conv_in.bias.add_(1e-6)  # a shared weight moves, in the original as well
+            return denoise(step, g)
+
+        loop = FineTune(leaky_copy, trained, LoopSettings(iterations=1, lr=1e-3), {}, "leaky", original=model)
+        with pytest.raises(EraselabError, match=r"outside the trained set changed: unet\.conv_in\.bias"):
+            loop.run(leaky, progress=False)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
 
 
 def test_settings_and_names_are_checked():

@@ -26,7 +26,6 @@ The adversary's delta is part of the training state: checkpoints carry it, so a 
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import asdict, dataclass
 from typing import ClassVar
@@ -37,7 +36,7 @@ import torch.nn.functional as F
 from eraselab.attack.soft_prompt import encode_with_embeddings, insert_embeddings, token_embeddings
 from eraselab.erase.artifact import Edit
 from eraselab.erase.cross_attention_edit import check_spec_words
-from eraselab.erase.finetune import FineTune, LoopSettings
+from eraselab.erase.finetune import FineTune, LoopSettings, copy_for_training, frozen_weights
 from eraselab.erase.registry import MethodEntry
 from eraselab.erase.spec import EraseSpec
 from eraselab.errors import EraselabError
@@ -154,14 +153,9 @@ def erase(pipe, spec: EraseSpec, config: AdvUnlearnConfig, progress: bool = True
         raise EraselabError("AdvUnlearn erases towards the unconditional prediction (ESD's target); it takes no anchor")
     prompts = [target for target, _ in check_spec_words(pipe, spec)]
     retain = spec.preserved() if config.preserve_weight > 0 else []
-    frozen = {name: p.requires_grad for name, p in pipe.unet.named_parameters()}
-    pipe.unet.requires_grad_(False)
-    trained = copy.deepcopy(pipe.text_encoder).train()
-    try:
+    with frozen_weights(pipe.unet), frozen_weights(pipe.text_encoder) as original:
+        trained = copy_for_training(original, text_encoder_parameters(original))  # embeddings shared
         return _train(pipe, trained, spec, config, prompts, retain, start, progress, stop_after)
-    finally:
-        for name, p in pipe.unet.named_parameters():
-            p.requires_grad_(frozen[name])
 
 
 def _train(pipe, trained, spec: EraseSpec, config: AdvUnlearnConfig, prompts: list[str], retain: list[str],

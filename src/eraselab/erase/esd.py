@@ -37,7 +37,6 @@ Training is seeded per iteration (the same seed gives the same weights) and, wit
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import asdict, dataclass
 from typing import ClassVar
@@ -46,7 +45,7 @@ import torch
 
 from eraselab.erase.artifact import Edit
 from eraselab.erase.cross_attention_edit import check_spec_words
-from eraselab.erase.finetune import FineTune, LoopSettings
+from eraselab.erase.finetune import FineTune, LoopSettings, copy_for_training, frozen_weights
 from eraselab.erase.registry import MethodEntry
 from eraselab.erase.spec import EraseSpec
 from eraselab.errors import EraselabError
@@ -103,24 +102,18 @@ def erase(pipe, spec: EraseSpec, config: EsdConfig, progress: bool = True,
     if config.preserve_weight < 0:
         raise EraselabError(f"preserve_weight must be >= 0, got {config.preserve_weight}")
     prompts = [target for target, _ in check_spec_words(pipe, spec)]  # every concept in every template
-    frozen = pipe.unet.eval()
-    flags = {name: p.requires_grad for name, p in frozen.named_parameters()}
-    frozen.requires_grad_(False)
-    try:
+    with frozen_weights(pipe.unet.eval()) as frozen:
         return _train(pipe, frozen, spec, config, prompts, start, progress, stop_after)
-    finally:
-        for name, p in frozen.named_parameters():
-            p.requires_grad_(flags[name])
 
 
 def _train(pipe, frozen, spec: EraseSpec, config: EsdConfig, prompts: list[str], start: float,
            progress: bool, stop_after: int | None) -> Edit | None:
-    unet = copy.deepcopy(frozen).train()
+    trained_names = trained_parameter_names(frozen, config.variant)
+    unet = copy_for_training(frozen, trained_names)  # shares every weight it does not train with the frozen UNet
     settings = LoopSettings(iterations=config.iterations, lr=config.lr, seed=config.seed, optimizer="adam",
                             checkpoint=config.checkpoint, checkpoint_every=config.checkpoint_every)
     identity = {"esd": asdict(config) | {"checkpoint": None}, "spec": asdict(spec), "base": pipeline_fingerprint(pipe)}
-    loop = FineTune(unet, trained_parameter_names(unet, config.variant), settings, identity, f"ESD {config.variant}",
-                    original=frozen)
+    loop = FineTune(unet, trained_names, settings, identity, f"ESD {config.variant}", original=frozen)
     scheduler = training_sampler(pipe, config.ddim_steps)
     retain_prompts = spec.preserved() if config.preserve_weight > 0 else []
     cond_all, uncond = guidance_conditions(pipe, prompts)  # on SDXL with the pooled text and time ids

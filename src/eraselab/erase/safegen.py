@@ -32,7 +32,6 @@ capacity is what limits the erasure (on tiny it is not: ``docs/tiny-measurements
 
 from __future__ import annotations
 
-import copy
 import csv
 import time
 from dataclasses import asdict, dataclass
@@ -44,7 +43,7 @@ import torch
 from PIL import Image
 
 from eraselab.erase.artifact import Edit
-from eraselab.erase.finetune import FineTune, LoopSettings
+from eraselab.erase.finetune import FineTune, LoopSettings, copy_for_training, frozen_weights
 from eraselab.erase.registry import MethodEntry
 from eraselab.erase.spec import EraseSpec
 from eraselab.errors import EraselabError
@@ -236,12 +235,17 @@ def erase(pipe, spec: EraseSpec, config: SafeGenConfig, progress: bool = True,
     else:
         raise EraselabError("safegen needs image triplets on this model: set triplets to a CSV of concept, "
                             "mosaic and benign image paths")
-    frozen = pipe.unet
-    unet = copy.deepcopy(frozen).train()
+    with frozen_weights(pipe.unet) as frozen:
+        return _train(pipe, frozen, source, spec, config, start, progress, stop_after)
+
+
+def _train(pipe, frozen, source, spec: EraseSpec, config: SafeGenConfig, start: float, progress: bool,
+           stop_after: int | None) -> Edit | None:
+    trainable = (self_attention_parameters(frozen) if config.trainable == "attn1" else
+                 [name for name, _ in frozen.named_parameters()])
+    unet = copy_for_training(frozen, trainable)  # shares every weight it does not train with the frozen UNet
     identity = {"safegen": asdict(config) | {"checkpoint": None}, "spec": asdict(spec),
                 "base": pipeline_fingerprint(pipe)}
-    trainable = (self_attention_parameters(unet) if config.trainable == "attn1" else
-                 [name for name, _ in unet.named_parameters()])
     loop = FineTune(unet, trainable, config.loop(), identity, "SafeGen", original=frozen)
     scheduler = pipe.scheduler
     with torch.no_grad():

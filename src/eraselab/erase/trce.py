@@ -44,7 +44,6 @@ behaviour. Tiny defaults: see ``tiny_overrides`` and ``docs/tiny-measurements.md
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,7 +55,7 @@ import torch.nn.functional as F
 from eraselab.erase.artifact import Edit
 from eraselab.erase.corpus import check_corpus
 from eraselab.erase.cross_attention_edit import check_spec_words, manifest, projections, solve
-from eraselab.erase.finetune import FineTune, LoopSettings
+from eraselab.erase.finetune import FineTune, LoopSettings, copy_for_training, frozen_weights
 from eraselab.erase.registry import MethodEntry
 from eraselab.erase.spec import EraseSpec
 from eraselab.erase.trajectories import early_steps, trajectories
@@ -203,17 +202,18 @@ def stage_two(pipe, spec: EraseSpec, config: TrceConfig, stage1: dict[str, torch
                          config.sampler_steps,  # Eq. 8 regularises the whole schedule, as the official code
                          store.with_name(store.stem + "-unconditional.safetensors") if store else None, progress)
     frozen, device = pipe.unet, pipe.device
-    unet = copy.deepcopy(frozen).train()
+    trained, preset = stage_two_parameters(frozen), [name[len("unet."):] for name in stage1]
+    unet = copy_for_training(frozen, trained + preset)  # the rest of the UNet is the frozen one's, shared
     with torch.no_grad():
         for name, tensor in stage1.items():
             unet.get_parameter(name[len("unet."):]).copy_(tensor)
         text = {p: pipe.encode_prompt([p], device, 1, False)[0] for p in {*malicious, *safe, ""}}
-    reference = copy.deepcopy(unet).eval().requires_grad_(False)  # Eq. 8's target: the stage-1 model, frozen
+    reference = copy_for_training(unet, trained).eval()  # Eq. 8's target: the stage-1 model, frozen
     points, steps_u = config.regularisation_points, len(plain.timesteps)
     identity = {"trce": asdict(config) | {"checkpoint": None}, "spec": asdict(spec),
                 "base": pipeline_fingerprint(pipe)}
-    loop = FineTune(unet, stage_two_parameters(unet), config.loop(config.epochs * n * per), identity, "TRCE stage 2",
-                    original=frozen, preset=tuple(name[len("unet."):] for name in stage1))
+    loop = FineTune(unet, trained, config.loop(config.epochs * n * per), identity, "TRCE stage 2",
+                    original=frozen, preset=tuple(preset))
 
     def step(s: int, g: torch.Generator) -> torch.Tensor:
         epoch, index = divmod(s, n * per)
@@ -246,7 +246,8 @@ def erase(pipe, spec: EraseSpec, config: TrceConfig, progress: bool = True,
         require_one_text_encoder(pipe, "TRCE stage 2 (stages: 1 runs stage 1 alone)")
     tensors = stage_one(pipe, spec, config) if "1" in config.stages else {}
     if "2" in config.stages:
-        trained = stage_two(pipe, spec, config, tensors, progress, stop_after)
+        with frozen_weights(pipe.unet):
+            trained = stage_two(pipe, spec, config, tensors, progress, stop_after)
         if trained is None:
             return None
         tensors = {**tensors, **trained}

@@ -1,7 +1,7 @@
 """Stable Diffusion at full size, from config with random weights (nothing is downloaded): what each operation costs.
 
     python benchmarks/sd_scale.py --bpe bpe_simple_vocab_16e6.txt.gz [--device cuda --dtype float16]
-        [--parts sd14 esd-resume trce-stage2 safegen advunlearn sdxl] [--deterministic]
+        [--parts sd14 esd-resume trce-stage2 safegen advunlearn sdxl sdxl-esd] [--deterministic]
 
 Builds SD-1.4's architecture (UNet 859.5 M, CLIP ViT-L/14 text encoder 123.1 M, VAE 83.7 M parameters; PNDM, the
 scheduler SD-1.4 ships) with the real CLIP BPE vocabulary (``bpe_simple_vocab_16e6.txt.gz``, inside the
@@ -29,7 +29,8 @@ one resumed) and projects its 1,000 steps; ``--parts advunlearn`` times one AdvU
 with its inner attack (``--advunlearn-ddim-steps``, ``--advunlearn-attack-steps``: 50 and 30 as in the paper by
 default), counting their UNet calls. ``--parts sdxl`` builds SDXL base's
 architecture (UNet 2.57 G, two text encoders 123 M + 695 M): its load, a UCE edit on the 2048-wide context,
-embedding recovery and a lone image's generation ratio. Random weights: the costs are real, the images are noise.
+embedding recovery and a lone image's generation ratio; ``--parts sdxl-esd`` one ESD iteration on it (built for
+512 px). Random weights: the costs are real, the images are noise.
 The attacks' judge is the tiny classifier pointed at a colour the unedited model draws, so there is something to
 bring back.
 """
@@ -89,12 +90,12 @@ def build_sd14(tokenizer):
                                    requires_safety_checker=False)
 
 
-def build_sdxl(tokenizer):
+def build_sdxl(tokenizer, sample_size: int = 128):
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     unet = UNet2DConditionModel(
-        sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
+        sample_size=sample_size, block_out_channels=(320, 640, 1280), layers_per_block=2,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         transformer_layers_per_block=(1, 2, 10),
@@ -467,8 +468,35 @@ def sdxl(meter: Meter, args, tokenizer, workdir: Path) -> None:
                  reference_projections=original)
 
 
+def sdxl_esd(meter: Meter, args, tokenizer, workdir: Path) -> None:
+    """One ESD iteration (esd-x, float32, x_t drawn with ``--esd-ddim-steps`` DDIM steps) on SDXL base's
+    architecture, its UNet built for 512 px (``sample_size`` 64: the same 2.57 G weights, a quarter of 1,024 px's
+    latent) so that training fits this CPU's memory: the trained copy shares every weight it does not train with
+    the frozen UNet, so the UNet is held once."""
+    from eraselab.erase.esd import EsdConfig, trained_parameter_names
+    from eraselab.erase.esd import erase as esd
+    from eraselab.erase.spec import EraseSpec
+    from eraselab.models import load_pipeline
+
+    with meter.measure("sdxl (512 px) build from config + save"):
+        torch.manual_seed(0)
+        built = build_sdxl(tokenizer, sample_size=64)
+        built.save_pretrained(workdir / "sdxl-512", safe_serialization=True)
+        del built
+    with meter.measure("sdxl (512 px) load_pipeline, float32"):
+        pipe = load_pipeline(workdir / "sdxl-512", device=args.device, dtype="float32")
+    calls = []
+    hook = pipe.unet.register_forward_hook(lambda *_: calls.append(1))  # the frozen UNet: x_t sampling + targets
+    with meter.measure("sdxl one ESD iteration (esd-x, float32, 512 px)") as info:
+        esd(pipe, EraseSpec(("van gogh",)), EsdConfig(iterations=1, ddim_steps=args.esd_ddim_steps), progress=False)
+        hook.remove()
+        info["frozen_unet_calls"] = len(calls)
+        info["trained_parameters_m"] = round(sum(pipe.unet.get_parameter(n).numel()
+                                                 for n in trained_parameter_names(pipe.unet, "esd-x")) / 1e6, 1)
+
+
 PARTS = {"sd14": sd14, "esd-resume": esd_resume, "trce-stage2": trce_stage_two, "safegen": safegen_steps,
-         "advunlearn": advunlearn_steps, "sdxl": sdxl}
+         "advunlearn": advunlearn_steps, "sdxl": sdxl, "sdxl-esd": sdxl_esd}
 
 
 def main() -> None:
@@ -485,8 +513,8 @@ def main() -> None:
                              "DPM-Solver pipelines at SD-1.4 size; trce-stage2: TRCE's second stage with the paper's "
                              "settings (GPU: its trajectories alone are about 1,000 UNet calls); safegen, "
                              "advunlearn: their training steps with the papers' settings; sdxl: SDXL base "
-                             "(about 14 GB in float32)")
-    parser.add_argument("--esd-ddim-steps", type=int, default=4, help="DDIM steps of the esd-resume part's x_t")
+                             "(about 14 GB in float32); sdxl-esd: one ESD iteration on SDXL")
+    parser.add_argument("--esd-ddim-steps", type=int, default=4, help="DDIM steps of x_t in esd-resume, sdxl-esd")
     parser.add_argument("--trce-steps", type=int, default=2, help="TRCE stage-2 steps timed after its first")
     parser.add_argument("--advunlearn-ddim-steps", type=int, default=50, help="DDIM steps of AdvUnlearn's x_t")
     parser.add_argument("--advunlearn-attack-steps", type=int, default=30, help="steps of its inner attack (K)")

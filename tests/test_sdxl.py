@@ -144,6 +144,33 @@ def test_esd_trains_the_cross_attention_of_sdxl_and_plain_diffusers_applies_it(s
     assert np.isfinite(image).all()
 
 
+def test_safegen_trains_the_self_attention_of_sdxl_from_a_triplet_csv_and_resumes_exactly(sdxl, micro_sdxl,
+                                                                                          readme_apply, tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+    from PIL import Image
+
+    from eraselab.erase.safegen import SafeGenConfig
+    from eraselab.erase.safegen import erase as safegen
+
+    rng = np.random.default_rng(0)
+    for name in ("c", "m", "b"):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / f"{name}.png")
+    (tmp_path / "triplets.csv").write_text("concept,mosaic,benign\nc.png,m.png,b.png\n")
+    spec, settings = EraseSpec(("star",)), {"iterations": 3, "accumulation": 2, "lr": 1e-3, "ema_decay": 0.9,
+                                            "triplets": str(tmp_path / "triplets.csv")}
+    edit = safegen(sdxl, spec, SafeGenConfig(**settings), progress=False)
+    assert edit.tensors and all(".attn1." in n for n in edit.tensors)
+    saved = SafeGenConfig(**settings, checkpoint=str(tmp_path / "ckpt"), checkpoint_every=1)
+    assert safegen(sdxl, spec, saved, progress=False, stop_after=2) is None
+    resumed = safegen(sdxl, spec, saved, progress=False)
+    assert set(resumed.tensors) == set(edit.tensors)
+    assert all(torch.equal(edit.tensors[n], resumed.tensors[n]) for n in edit.tensors)  # bit-identical
+    edit.save(tmp_path / "safegen")
+    plain = StableDiffusionXLPipeline.from_pretrained(micro_sdxl)
+    readme_apply(plain, tmp_path / "safegen")
+    assert np.isfinite(plain("a red star", num_inference_steps=2, output_type="np").images[0]).all()
+
+
 def test_what_works_through_one_text_encoder_is_refused_on_sdxl_in_one_line(sdxl, tmp_path):
     from eraselab.attack.base import AttackSpec
     from eraselab.attack.unlearndiff import UnlearnDiffConfig

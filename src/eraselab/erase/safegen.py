@@ -17,7 +17,8 @@ second term keeps benign images as they were. On v-prediction models the targets
 Data: on the tiny model the world draws the triplets itself (it knows each shape's region): images of the erased
 class with any other attributes, the same images with the shape's bounding box pixelated into
 ``mosaic_block``-pixel squares, and images of the other classes of the same attribute. For real models a CSV of
-triplets (``triplets``: columns ``concept``, ``mosaic``, ``benign``, image paths).
+triplets (``triplets``: columns ``concept``, ``mosaic``, ``benign``, image paths). On SDXL (not in the paper,
+which edits SD 1.4) the empty prompt's condition carries its pooled embedding and the time ids ``pipe("")`` uses.
 
 Defaults (SD 1.4, the official ``run_adjust_SD.sh``): w_m 0.1, w_p 0.9, AdamW lr 1e-5, weight decay 1e-2 (the
 script's default), 1,000 optimisation steps of batch 1 with 5-step gradient accumulation, gradient clipping at 1.0,
@@ -48,7 +49,7 @@ from eraselab.erase.registry import MethodEntry
 from eraselab.erase.spec import EraseSpec
 from eraselab.errors import EraselabError
 from eraselab.models import pipeline_fingerprint
-from eraselab.models.conditioning import require_one_text_encoder
+from eraselab.models.conditioning import guidance_conditions
 from eraselab.profile import profile_of
 from eraselab.sampling import prediction_target
 
@@ -224,7 +225,6 @@ def erase(pipe, spec: EraseSpec, config: SafeGenConfig, progress: bool = True,
           stop_after: int | None = None) -> Edit | None:
     """Fine-tune the self-attention of a copy of ``pipe.unet`` (``pipe`` is not changed); ``stop_after`` as ESD's."""
     start = time.perf_counter()
-    require_one_text_encoder(pipe, "SafeGen")
     if len(spec.concepts) != 1:
         raise EraselabError("safegen erases one concept per run (its triplets show one); got "
                             f"{len(spec.concepts)}")
@@ -248,8 +248,7 @@ def _train(pipe, frozen, source, spec: EraseSpec, config: SafeGenConfig, start: 
                 "base": pipeline_fingerprint(pipe)}
     loop = FineTune(unet, trainable, config.loop(), identity, "SafeGen", original=frozen)
     scheduler = pipe.scheduler
-    with torch.no_grad():
-        empty = pipe.encode_prompt([""], pipe.device, 1, False)[0]  # the only condition SafeGen ever sees
+    empty = guidance_conditions(pipe, [""])[0]  # the only condition SafeGen ever sees (SDXL: with its pooled text)
 
     def step(_: int, g: torch.Generator) -> torch.Tensor:
         rng = np.random.default_rng(int(torch.randint(2**31 - 1, (1,), generator=g)))
@@ -264,7 +263,7 @@ def _train(pipe, frozen, source, spec: EraseSpec, config: SafeGenConfig, start: 
         goal = mosaic_target(scheduler, x_t, eps, z_c, z_m, t, config.target)
         keep = prediction_target(scheduler, z_b, eps_b, t_b)
         noisy = torch.cat([x_t, scheduler.add_noise(z_b, eps_b, t_b)])  # one batched call for both terms
-        prediction = unet(noisy, torch.cat([t, t_b]), encoder_hidden_states=empty.expand(len(noisy), -1, -1)).sample
+        prediction = unet(noisy, torch.cat([t, t_b]), **empty.expand(len(noisy)).unet_kwargs()).sample
         mosaic_loss = torch.nn.functional.mse_loss(prediction[:len(z_c)], goal)
         preserve_loss = torch.nn.functional.mse_loss(prediction[len(z_c):], keep)
         return config.weight_mosaic * mosaic_loss + config.weight_preserve * preserve_loss  # the SafeGen loss

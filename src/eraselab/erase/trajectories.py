@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from eraselab.models import pipeline_fingerprint
-from eraselab.models.conditioning import UNetCondition
+from eraselab.models.conditioning import UNetCondition, guidance_conditions
 from eraselab.sampling import sample_until
 
 CHUNK = 8  # trajectories sampled per batched UNet call
@@ -49,15 +49,14 @@ def _sample(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: fl
     shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
     kept = []
     with torch.no_grad():
-        empty = pipe.encode_prompt([""], pipe.device, 1, False)[0]
         for start in tqdm(range(0, len(prompts), CHUNK), desc="trajectories", disable=not progress, leave=False):
             batch, batch_seeds = prompts[start:start + CHUNK], seeds[start:start + CHUNK]
-            cond = pipe.encode_prompt(batch, pipe.device, 1, False)[0]
+            cond, uncond = guidance_conditions(pipe, batch)  # "" samples unconditionally (SDXL base: zeros)
+            cond = UNetCondition.cat([(cond if p else uncond).rows(slice(i, i + 1)) for i, p in enumerate(batch)])
             latents = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in batch_seeds])
-            latents = latents.to(pipe.device, cond.dtype) * scheduler.init_noise_sigma
+            latents = latents.to(pipe.device, cond.context.dtype) * scheduler.init_noise_sigma
             inputs: list[torch.Tensor] = []
-            sample_until(pipe.unet, fresh(), latents, UNetCondition(cond), UNetCondition(empty).expand(len(batch)),
-                         guidance, early, inputs)
+            sample_until(pipe.unet, fresh(), latents, cond, uncond, guidance, early, inputs)
             kept.append(torch.stack(inputs, 1))
     return Trajectories(torch.cat(kept), timesteps.cpu())
 

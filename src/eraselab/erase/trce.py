@@ -39,7 +39,9 @@ Defaults (SD 1.4, official code): AdamW lr 1e-6, weight decay 0.01, 3 epochs ove
 steps of batch 1), 50 sampler steps, early half; 400 unconditional trajectories (the official script samples 2,000
 and its loop reads the first 400: 4 for each of the 100 steps of an epoch). The official code never zeroes its
 gradients (they add up over the whole run); eraselab does, and ``keep_gradients`` reproduces the official
-behaviour. Tiny defaults: see ``tiny_overrides`` and ``docs/tiny-measurements.md``.
+behaviour. Tiny defaults: see ``tiny_overrides`` and ``docs/tiny-measurements.md``. On SDXL (the paper edits SD
+1.4) every prediction carries the pooled text and time ids ``pipe(prompt)`` uses, and "" is the unconditional branch
+SDXL base samples with (zero embeddings), in f+, f-, the anchors, Eq. 8 and the unconditional trajectories.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ from eraselab.erase.trajectories import early_steps, trajectories
 from eraselab.erase.uce import preservation
 from eraselab.errors import EraselabError
 from eraselab.models import pipeline_fingerprint
-from eraselab.models.conditioning import encode, require_one_text_encoder
+from eraselab.models.conditioning import UNetCondition, encode, guidance_conditions
 
 
 @dataclass(frozen=True)
@@ -169,13 +171,13 @@ def contrastive_loss(anchors: torch.Tensor, positive: torch.Tensor, negative: to
                         for a in anchors]).mean()
 
 
-def guided_targets(original, x: torch.Tensor, t, safe: torch.Tensor, malicious: torch.Tensor, empty: torch.Tensor,
-                   guidance: float) -> tuple[torch.Tensor, torch.Tensor]:
+def guided_targets(original, x: torch.Tensor, t, safe: UNetCondition, malicious: UNetCondition,
+                   empty: UNetCondition, guidance: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 7's f+ and f- at the point (x, t), from the original model's predictions for the safe prompt, the
-    malicious one and "" (their encodings)."""
+    malicious one and "" (their conditionings)."""
     with torch.no_grad():
-        e_safe, e_mal, e_empty = original(x.expand(3, -1, -1, -1), t, encoder_hidden_states=torch.cat(
-            [safe, malicious, empty])).sample.chunk(3)
+        e_safe, e_mal, e_empty = original(x.expand(3, -1, -1, -1), t, **UNetCondition.cat(
+            [safe, malicious, empty]).unet_kwargs()).sample.chunk(3)
     return e_safe + guidance * (e_safe - e_empty), e_mal + guidance * (e_mal - e_empty)  # f+, f-
 
 
@@ -207,7 +209,8 @@ def stage_two(pipe, spec: EraseSpec, config: TrceConfig, stage1: dict[str, torch
     with torch.no_grad():
         for name, tensor in stage1.items():
             unet.get_parameter(name[len("unet."):]).copy_(tensor)
-        text = {p: pipe.encode_prompt([p], device, 1, False)[0] for p in {*malicious, *safe, ""}}
+    text = {p: guidance_conditions(pipe, [p])[0] for p in {*malicious, *safe}}
+    text[""] = guidance_conditions(pipe, [""])[1]  # the unconditional prediction's (SDXL base: zeros)
     reference = copy_for_training(unet, trained).eval()  # Eq. 8's target: the stage-1 model, frozen
     points, steps_u = config.regularisation_points, len(plain.timesteps)
     identity = {"trce": asdict(config) | {"checkpoint": None}, "spec": asdict(spec),
@@ -222,15 +225,15 @@ def stage_two(pipe, spec: EraseSpec, config: TrceConfig, stage1: dict[str, torch
         x, t = bad.inputs[item, k][None].to(device), bad.timesteps[k].to(device)
         mal, ok = malicious[item // per], safe[item // per]
         positive, negative = guided_targets(frozen, x, t, text[ok], text[mal], text[""], config.guidance)
-        anchors = unet(x.expand(2, -1, -1, -1), t, encoder_hidden_states=torch.cat([text[mal], text[""]])).sample
+        anchors = unet(x.expand(2, -1, -1, -1), t, **UNetCondition.cat([text[mal], text[""]]).unet_kwargs()).sample
         contrast = contrastive_loss(anchors, positive[0], negative[0], config.margin)
         rows = [(s * points + j) % len(plain.inputs) for j in range(points)]  # step s's trajectories, cycling
         at = torch.randint(steps_u, (points,), generator=g)  # a step of the whole schedule for each
         x_u = torch.stack([plain.inputs[r, int(k)] for r, k in zip(rows, at, strict=True)]).to(device)
-        t_u, empty = plain.timesteps[at].to(device), text[""].expand(points, -1, -1)
+        t_u, empty = plain.timesteps[at].to(device), text[""].expand(points).unet_kwargs()
         with torch.no_grad():
-            target = reference(x_u, t_u, encoder_hidden_states=empty).sample
-        kept = unet(x_u, t_u, encoder_hidden_states=empty).sample
+            target = reference(x_u, t_u, **empty).sample
+        kept = unet(x_u, t_u, **empty).sample
         return contrast + config.regularisation * F.mse_loss(kept, target)  # + Eq. 8, the mean over the points
 
     trained = loop.run(step, progress, stop_after)
@@ -242,8 +245,6 @@ def erase(pipe, spec: EraseSpec, config: TrceConfig, progress: bool = True,
     """TRCE's ``config.stages`` on a copy of ``pipe``'s weights (``pipe`` is not changed); ``stop_after`` as ESD's."""
     start = time.perf_counter()
     config.check()
-    if "2" in config.stages:
-        require_one_text_encoder(pipe, "TRCE stage 2 (stages: 1 runs stage 1 alone)")
     tensors = stage_one(pipe, spec, config) if "1" in config.stages else {}
     if "2" in config.stages:
         with frozen_weights(pipe.unet):

@@ -118,32 +118,38 @@ def test_the_trained_erasers_draw_x_t_as_the_pipeline_samples_with_its_pooled_co
     assert not plain.scheduler.config.clip_sample  # Euler's config names none: DDIM's default would clip x_0
 
 
-def test_esd_trains_the_cross_attention_of_sdxl_and_plain_diffusers_applies_it(sdxl, micro_sdxl, readme_apply,
-                                                                             tmp_path):
+def _resumes_exactly_and_plain_diffusers_applies_it(erase, sdxl, spec, config, edit, micro_sdxl, readme_apply,
+                                                    tmp_path, stop_after: int = 1) -> None:
+    """The same run killed after ``stop_after`` steps and resumed gives ``edit`` bit for bit, and the plain SDXL
+    pipeline applies it with the docs' snippet."""
+    from dataclasses import replace
+
     from diffusers import StableDiffusionXLPipeline
 
+    saved = replace(config, checkpoint=str(tmp_path / "ckpt"), checkpoint_every=1)
+    assert erase(sdxl, spec, saved, progress=False, stop_after=stop_after) is None
+    resumed = erase(sdxl, spec, saved, progress=False)
+    assert set(resumed.tensors) == set(edit.tensors)
+    assert all(torch.equal(edit.tensors[n], resumed.tensors[n]) for n in edit.tensors)
+    edit.save(tmp_path / "edit")
+    plain = StableDiffusionXLPipeline.from_pretrained(micro_sdxl)
+    readme_apply(plain, tmp_path / "edit")
+    assert np.isfinite(plain("a red star", num_inference_steps=2, output_type="np").images[0]).all()
+
+
+def test_esd_trains_the_cross_attention_of_sdxl_and_plain_diffusers_applies_it(sdxl, micro_sdxl, readme_apply,
+                                                                             tmp_path):
     from eraselab.erase.esd import EsdConfig
     from eraselab.erase.esd import erase as esd
 
     spec, config = EraseSpec(("star",), preserve=("circle",)), EsdConfig(iterations=3, ddim_steps=3, lr=1e-3)
     edit = esd(sdxl, spec, config, progress=False)
-    names = set(edit.tensors)
-    assert all(".attn2." in n for n in names)  # esd-x: q, k, v and out (weight and bias) of every cross-attention
-    assert len(names) == 5 * len(cross_attention_layers(sdxl.unet))
-    saved = EsdConfig(iterations=3, ddim_steps=3, lr=1e-3, checkpoint=str(tmp_path / "ckpt"), checkpoint_every=1)
-    assert esd(sdxl, spec, saved, progress=False, stop_after=1) is None  # killed after its first step
-    resumed = esd(sdxl, spec, saved, progress=False)
-    assert all(torch.equal(edit.tensors[n], resumed.tensors[n]) for n in names)  # bit-identical
-    edit.save(tmp_path / "esd")
-    plain = StableDiffusionXLPipeline.from_pretrained(micro_sdxl)
-    readme_apply(plain, tmp_path / "esd")
-    image = plain("a red star", num_inference_steps=2, output_type="np").images[0]
-    assert np.isfinite(image).all()
+    assert all(".attn2." in n for n in edit.tensors)  # esd-x: q, k, v and out (weight and bias) of every attn2
+    assert len(edit.tensors) == 5 * len(cross_attention_layers(sdxl.unet))
+    _resumes_exactly_and_plain_diffusers_applies_it(esd, sdxl, spec, config, edit, micro_sdxl, readme_apply, tmp_path)
 
 
-def test_safegen_trains_the_self_attention_of_sdxl_from_a_triplet_csv_and_resumes_exactly(sdxl, micro_sdxl,
-                                                                                          readme_apply, tmp_path):
-    from diffusers import StableDiffusionXLPipeline
+def test_safegen_trains_the_self_attention_of_sdxl_from_a_triplet_csv(sdxl, micro_sdxl, readme_apply, tmp_path):
     from PIL import Image
 
     from eraselab.erase.safegen import SafeGenConfig
@@ -153,44 +159,30 @@ def test_safegen_trains_the_self_attention_of_sdxl_from_a_triplet_csv_and_resume
     for name in ("c", "m", "b"):
         Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / f"{name}.png")
     (tmp_path / "triplets.csv").write_text("concept,mosaic,benign\nc.png,m.png,b.png\n")
-    spec, settings = EraseSpec(("star",)), {"iterations": 3, "accumulation": 2, "lr": 1e-3, "ema_decay": 0.9,
-                                            "triplets": str(tmp_path / "triplets.csv")}
-    edit = safegen(sdxl, spec, SafeGenConfig(**settings), progress=False)
+    spec = EraseSpec(("star",))
+    config = SafeGenConfig(iterations=3, accumulation=2, lr=1e-3, ema_decay=0.9,
+                           triplets=str(tmp_path / "triplets.csv"))
+    edit = safegen(sdxl, spec, config, progress=False)
     assert edit.tensors and all(".attn1." in n for n in edit.tensors)
-    saved = SafeGenConfig(**settings, checkpoint=str(tmp_path / "ckpt"), checkpoint_every=1)
-    assert safegen(sdxl, spec, saved, progress=False, stop_after=2) is None
-    resumed = safegen(sdxl, spec, saved, progress=False)
-    assert set(resumed.tensors) == set(edit.tensors)
-    assert all(torch.equal(edit.tensors[n], resumed.tensors[n]) for n in edit.tensors)  # bit-identical
-    edit.save(tmp_path / "safegen")
-    plain = StableDiffusionXLPipeline.from_pretrained(micro_sdxl)
-    readme_apply(plain, tmp_path / "safegen")
-    assert np.isfinite(plain("a red star", num_inference_steps=2, output_type="np").images[0]).all()
+    _resumes_exactly_and_plain_diffusers_applies_it(safegen, sdxl, spec, config, edit, micro_sdxl, readme_apply,
+                                                    tmp_path, stop_after=2)
 
 
 def test_trce_trains_its_second_stage_on_sdxl_over_the_first(sdxl, micro_sdxl, readme_apply, tmp_path):
-    from diffusers import StableDiffusionXLPipeline
+    from dataclasses import replace
 
     from eraselab.erase.trce import TrceConfig
     from eraselab.erase.trce import erase as trce
 
     spec = EraseSpec(("star",), ("circle",), templates=("a red {}",))
-    settings = {"corpus": "tiny", "sampler_steps": 4, "trajectories_per_pair": 2, "unconditional_trajectories": 2,
-                "epochs": 2, "lr": 1e-2, "margin": 10.0}  # a margin that keeps Eq. 7's hinge active on random weights
-    stage_one = trce(sdxl, spec, TrceConfig(**settings, stages="1"), progress=False)
-    both = trce(sdxl, spec, TrceConfig(**settings), progress=False)
+    config = TrceConfig(corpus="tiny", sampler_steps=4, trajectories_per_pair=2, unconditional_trajectories=2,
+                        epochs=2, lr=1e-2, margin=10.0)  # a margin that keeps Eq. 7's hinge active on random weights
+    stage_one = trce(sdxl, spec, replace(config, stages="1"), progress=False)
+    both = trce(sdxl, spec, config, progress=False)
     stage_two = set(both.tensors) - set(stage_one.tensors)
     assert all(torch.equal(both.tensors[n], t) for n, t in stage_one.tensors.items())  # stage 1's K/V, frozen
     assert stage_two and all(".attn1." in n or ".attn2.to_q." in n for n in stage_two)
-    saved = TrceConfig(**settings, checkpoint=str(tmp_path / "ckpt"), checkpoint_every=1)
-    assert trce(sdxl, spec, saved, progress=False, stop_after=1) is None
-    resumed = trce(sdxl, spec, saved, progress=False)  # its trajectories read back from beside the checkpoint
-    assert set(resumed.tensors) == set(both.tensors)
-    assert all(torch.equal(both.tensors[n], resumed.tensors[n]) for n in both.tensors)  # bit-identical
-    both.save(tmp_path / "trce")
-    plain = StableDiffusionXLPipeline.from_pretrained(micro_sdxl)
-    readme_apply(plain, tmp_path / "trce")
-    assert np.isfinite(plain("a red star", num_inference_steps=2, output_type="np").images[0]).all()
+    _resumes_exactly_and_plain_diffusers_applies_it(trce, sdxl, spec, config, both, micro_sdxl, readme_apply, tmp_path)
 
 
 def test_what_works_through_one_text_encoder_is_refused_on_sdxl_in_one_line(sdxl, tmp_path):

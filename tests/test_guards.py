@@ -12,6 +12,7 @@ from eraselab.generate import generate_images
 from eraselab.guard import make_guard
 from eraselab.guard.sld import PRESETS, SldRule
 from eraselab.models import load_pipeline, pipeline_fingerprint
+from eraselab.models.conditioning import UNetCondition
 from eraselab.report import write_report
 from eraselab.requests import GenerationRequest
 from eraselab.sampling import PlainGuidance
@@ -61,7 +62,7 @@ def test_sld_rule_follows_the_papers_equations():
     g = torch.Generator().manual_seed(0)
     uncond, text, safety = (torch.randn(2, 4, 3, 3, generator=g) for _ in range(3))
     preset = PRESETS["strong"]
-    rule = SldRule(torch.zeros(1, 2, 2), **preset)
+    rule = SldRule(UNetCondition(torch.zeros(1, 2, 2)), **preset)
     rule.extra_embeddings(2)
     momentum = torch.zeros_like(text)
     for step in range(10):

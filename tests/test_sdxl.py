@@ -5,6 +5,7 @@ pipeline built from config (random weights: the machinery, not quality). SD3 and
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -197,12 +198,50 @@ def test_what_works_through_one_text_encoder_is_refused_on_sdxl_in_one_line(sdxl
         advunlearn(sdxl, EraseSpec(("star",)), AdvUnlearnConfig(iterations=1), progress=False)
     with pytest.raises(EraselabError, match="UnlearnDiffAtk does not support SDXL yet"):
         unlearndiff(sdxl, AttackSpec("star", ("a red star",), steps=2), UnlearnDiffConfig(), reference_pipe=sdxl)
-    with pytest.raises(EraselabError, match="the SLD guard does not support SDXL yet"):
+    with pytest.raises(EraselabError, match="the SAFREE guard does not support SDXL yet"):
         generate_images(sdxl, [GenerationRequest("a red star", 0, steps=2)], progress=False,
-                        guard=make_guard("sld", concept="star"))
-    guarded = generate_images(sdxl, [GenerationRequest("a red star", 0, steps=2)], progress=False,
-                              guard=make_guard("negative-prompt", concept="star"))  # no guidance rule: supported
-    assert guarded[0].size == (32, 32)
+                        guard=make_guard("safree", concepts="star"))
+
+
+class _PlainGuard:
+    name, label = "plain", "plain"
+
+    def settings(self):
+        return {}
+
+    def rewrite(self, request):
+        return request
+
+    def guidance_rule(self, pipe):
+        from eraselab.sampling import PlainGuidance
+
+        return PlainGuidance()
+
+
+def test_the_guided_loop_gives_the_sdxl_pipelines_images_bit_for_bit_at_any_size(sdxl):
+    requests = [GenerationRequest("a red star", s, steps=3, guidance=5.0) for s in (0, 1)]
+    requests += [GenerationRequest("a blue heart", 2, steps=3, guidance=5.0, height=48, width=32)]  # time ids
+    plain = [np.asarray(i) for i in generate_images(sdxl, requests, progress=False)]
+    looped = [np.asarray(i) for i in generate_images(sdxl, requests, progress=False, guard=_PlainGuard())]
+    assert [a.shape for a in looped] == [(32, 32, 3)] * 2 + [(48, 32, 3)]
+    assert all(np.array_equal(a, b) for a, b in zip(plain, looped, strict=True))
+
+
+def test_guards_that_run_more_conditionings_give_each_its_pooled_text_on_sdxl(sdxl):
+    from eraselab.guard import make_guard
+    from eraselab.guard.composition import CompositionGuard
+
+    request = GenerationRequest("a red star", 0, steps=3, guidance=3.0, height=48, width=32)
+    # a composition term equal to the prompt adds its weight to the guidance: eps(0) + (3 + 2)(eps(p) - eps(0))
+    composed = generate_images(sdxl, [request], progress=False,
+                               guard=CompositionGuard((("a red star", 2.0),)))[0]
+    stronger = generate_images(sdxl, [replace(request, guidance=5.0)], progress=False)[0]
+    assert np.abs(np.asarray(composed, dtype=int) - np.asarray(stronger, dtype=int)).max() <= 1
+    unguarded = generate_images(sdxl, [request], progress=False)[0]
+    guarded = generate_images(sdxl, [request], progress=False, guard=make_guard("sld", concept="star",
+                                                                                 preset="max"))[0]
+    assert np.asarray(guarded).shape == (48, 32, 3) and not np.array_equal(np.asarray(guarded),
+                                                                           np.asarray(unguarded))
 
 
 def test_sd3_and_flux_directories_are_refused_before_loading(tmp_path):

@@ -106,8 +106,8 @@ def iter_generate(pipe: StableDiffusionPipeline, requests: Sequence[GenerationRe
                                   guidance_scale=first.guidance, height=first.height, width=first.width,
                                   output_type="np").images
             else:
-                arrays = guided_sample(pipe, conditioning.positive, conditioning.negative, latents, first.steps,
-                                       first.guidance, generators, rule, [r.prompt for r in batch])
+                arrays = guided_sample(pipe, conditioning, latents, first.steps, first.guidance, generators, rule,
+                                       [r.prompt for r in batch])
             for row, i in taken:
                 yield i, Image.fromarray(np.round(arrays[row] * 255).astype(np.uint8))
             bar.update(len(taken))

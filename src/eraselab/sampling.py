@@ -1,19 +1,22 @@
 """Classifier-free guided sampling with a pluggable guidance rule, for guards (and later attacks) that change how
 the noise predictions of one step are combined.
 
-The loop takes the same steps as ``StableDiffusionPipeline.__call__`` (timesteps, ``scale_model_input``, one
-batched UNet call per step, ``scheduler.step`` with the per-image generators, VAE decode, postprocess), so with
-the plain rule it gives the pipeline's images bit for bit (tested). diffusers offers no hook between the UNet call
+The loop takes the same steps as ``StableDiffusionPipeline.__call__`` and ``StableDiffusionXLPipeline.__call__``
+(timesteps, ``scale_model_input``, one batched UNet call per step, on SDXL with the pooled text and the time ids of
+the image's size, ``scheduler.step`` with the per-image generators, VAE decode, postprocess), so with the plain rule
+it gives the pipeline's images bit for bit (tested on both). diffusers offers no hook between the UNet call
 and the guidance combination (``callback_on_step_end`` sees only the latents after the step), hence this loop.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from diffusers import DDIMScheduler
 
-from eraselab.models.conditioning import UNetCondition
+from eraselab.models.conditioning import Conditioning, UNetCondition, is_sdxl
 
 
 def training_sampler(pipe, steps: int) -> DDIMScheduler:
@@ -67,8 +70,9 @@ class GuidanceRule:
     def start(self, pipe, prompts: list[str], positive: torch.Tensor, negative: torch.Tensor) -> None:
         """Called once per batch before the first step, with the batch's prompts and encodings."""
 
-    def extra_embeddings(self, batch_size: int) -> list[torch.Tensor]:
-        """Further conditionings (each (B, T, C)) the UNet is run on besides the negative and positive prompts."""
+    def extra_embeddings(self, batch_size: int) -> list[UNetCondition]:
+        """Further conditionings (each of ``batch_size`` rows; on SDXL with their pooled text, the sampler adds the
+        time ids) the UNet is run on besides the negative and positive prompts."""
         return []
 
     def embeddings(self, step: int, positive: torch.Tensor, negative: torch.Tensor) -> tuple[torch.Tensor,
@@ -95,30 +99,33 @@ class PlainGuidance(GuidanceRule):
 
 
 def guided_noise(pipe, rule: GuidanceRule, step: int, model_input: torch.Tensor, t: torch.Tensor,
-                 positive: torch.Tensor, negative: torch.Tensor, extras: list[torch.Tensor],
+                 positive: UNetCondition, negative: UNetCondition, extras: list[UNetCondition],
                  guidance_scale: float) -> torch.Tensor:
     """One step's guided noise: the UNet on the (scaled) latents ``model_input`` under the negative, positive and
     extra conditionings in one batched call, combined by ``rule``. The body of every sampling step, and what a
     gradient attack differentiates through (:mod:`eraselab.attack.defended_noise`)."""
-    step_positive, step_negative = rule.embeddings(step, positive, negative)
+    step_positive, step_negative = rule.embeddings(step, positive.context, negative.context)
     copies = 2 + len(extras)
     rule.before_step(step, pipe)
-    conditions = torch.cat([step_negative, step_positive, *extras])
-    eps = pipe.unet(torch.cat([model_input] * copies), t, encoder_hidden_states=conditions, return_dict=False)[0]
+    conditions = UNetCondition.cat([replace(negative, context=step_negative),
+                                    replace(positive, context=step_positive), *extras])
+    eps = pipe.unet(torch.cat([model_input] * copies), t, **conditions.unet_kwargs(), return_dict=False)[0]
     parts = eps.chunk(copies)
     return rule.combine(step, parts[0], parts[1], list(parts[2:]), guidance_scale)
 
 
 @torch.no_grad()
-def guided_sample(pipe, positive: torch.Tensor, negative: torch.Tensor, latents: torch.Tensor, steps: int,
-                  guidance_scale: float, generators: list[torch.Generator], rule: GuidanceRule,
+def guided_sample(pipe, conditioning: Conditioning, latents: torch.Tensor, steps: int, guidance_scale: float,
+                  generators: list[torch.Generator], rule: GuidanceRule,
                   prompts: list[str] | None = None) -> np.ndarray:
     """(B, H, W, 3) float images in [0, 1] from initial ``latents`` (unscaled draws, as passed to the pipeline)."""
     scheduler = pipe.scheduler
     scheduler.set_timesteps(steps, device=pipe.device)
     latents = latents.to(pipe.device) * scheduler.init_noise_sigma
-    rule.start(pipe, prompts or [""] * len(latents), positive, negative)
-    extras = rule.extra_embeddings(len(latents))
+    height, width = (side * pipe.vae_scale_factor for side in latents.shape[-2:])
+    positive, negative = conditioning.for_unet(pipe, height, width)
+    rule.start(pipe, prompts or [""] * len(latents), positive.context, negative.context)
+    extras = [replace(extra, time_ids=positive.time_ids) for extra in rule.extra_embeddings(len(latents))]
     step_kwargs = pipe.prepare_extra_step_kwargs(generators, 0.0)
     try:
         for i, t in enumerate(scheduler.timesteps):
@@ -127,5 +134,33 @@ def guided_sample(pipe, positive: torch.Tensor, negative: torch.Tensor, latents:
             latents = scheduler.step(guided, t, latents, **step_kwargs, return_dict=False)[0]
     finally:
         rule.finish(pipe)
-    image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False, generator=generators)[0]
-    return pipe.image_processor.postprocess(image, output_type="np", do_denormalize=[True] * image.shape[0])
+    return decode(pipe, latents, generators)
+
+
+def decode(pipe, latents: torch.Tensor, generators: list[torch.Generator]) -> np.ndarray:
+    """The pipeline's own last stage, (B, H, W, 3) in [0, 1]. SDXL's adds three things, done here as its
+    ``__call__`` does them: a float16 VAE whose config says ``force_upcast`` (SDXL base's overflows in float16)
+    decodes in float32, latents are un-normalised with ``latents_mean``/``latents_std`` where the VAE has them,
+    and the pipeline's watermarker, when it has one, marks the image."""
+    vae = pipe.vae
+    if not is_sdxl(pipe):
+        image = vae.decode(latents / vae.config.scaling_factor, return_dict=False, generator=generators)[0]
+        return pipe.image_processor.postprocess(image, output_type="np", do_denormalize=[True] * image.shape[0])
+    upcast = vae.dtype == torch.float16 and vae.config.force_upcast
+    if upcast:
+        vae.to(dtype=torch.float32)
+        latents = latents.to(torch.float32)
+    try:
+        mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+        if mean is not None and std is not None:
+            mean, std = (torch.tensor(v).view(1, -1, 1, 1).to(latents.device, latents.dtype) for v in (mean, std))
+            latents = latents * std / vae.config.scaling_factor + mean
+        else:
+            latents = latents / vae.config.scaling_factor
+        image = vae.decode(latents, return_dict=False)[0]
+    finally:
+        if upcast:
+            vae.to(dtype=torch.float16)
+    if getattr(pipe, "watermark", None) is not None:
+        image = pipe.watermark.apply_watermark(image)
+    return pipe.image_processor.postprocess(image, output_type="np")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from eraselab.errors import EraselabError
+from eraselab.models.conditioning import UNetCondition
 from eraselab.requests import GenerationRequest
 from eraselab.sampling import PlainGuidance, guided_noise
 
@@ -36,17 +37,18 @@ class DefendedNoise:
         self.rule = (guard.guidance_rule(pipe) if guard is not None else None) or PlainGuidance()
         negative = guard.rewrite(GenerationRequest("", 0)).negative_prompt if guard is not None else ""
         with torch.no_grad():
-            self.negative = pipe.encode_prompt(negative, pipe.device, 1, False)[0]  # (1, T, C)
+            self.negative = UNetCondition(pipe.encode_prompt(negative, pipe.device, 1, False)[0])  # (1, T, C)
         self.calls = 2 + len(self.rule.extra_embeddings(1))  # UNet evaluations per latent
 
     def __call__(self, latents: torch.Tensor, t: torch.Tensor, condition: torch.Tensor, step: int) -> torch.Tensor:
         if self.guidance is None:
             return self.pipe.unet(latents, t, encoder_hidden_states=condition).sample
         batch = len(latents)
-        negative = self.negative.expand(batch, -1, -1)
-        self.rule.start(self.pipe, [""] * batch, condition, negative)
+        negative = self.negative.expand(batch)
+        self.rule.start(self.pipe, [""] * batch, condition, negative.context)
         extras = self.rule.extra_embeddings(batch)  # a new batch: SLD's momentum starts at zero at the visited step
         try:
-            return guided_noise(self.pipe, self.rule, step, latents, t, condition, negative, extras, self.guidance)
+            return guided_noise(self.pipe, self.rule, step, latents, t, UNetCondition(condition), negative, extras,
+                                self.guidance)
         finally:
             self.rule.finish(self.pipe)

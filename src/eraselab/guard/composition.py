@@ -7,12 +7,10 @@ concept. It is replayed like a guard (:mod:`eraselab.guard`), so any edited mode
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import torch
+from dataclasses import dataclass, replace
 
 from eraselab.errors import EraselabError
-from eraselab.models.conditioning import require_one_text_encoder
+from eraselab.models.conditioning import UNetCondition, guidance_conditions
 from eraselab.models.vocabulary import require_known_words
 from eraselab.requests import GenerationRequest
 from eraselab.sampling import GuidanceRule
@@ -38,20 +36,18 @@ class CompositionGuard:
         return request
 
     def guidance_rule(self, pipe) -> CompositionRule:
-        require_one_text_encoder(pipe, "a composition recipe")
         require_known_words(pipe, [p for p, _ in self.terms],
                             "composition terms have words outside the model's vocabulary")
-        with torch.no_grad():
-            embeddings, _ = pipe.encode_prompt([p for p, _ in self.terms], pipe.device, 1, False)
-        return CompositionRule(embeddings, [w for _, w in self.terms])
+        terms = guidance_conditions(pipe, [p for p, _ in self.terms])[0]  # on SDXL with their pooled text
+        return CompositionRule(replace(terms, time_ids=None), [w for _, w in self.terms])  # the sampler's time ids
 
 
 class CompositionRule(GuidanceRule):
-    def __init__(self, embeddings: torch.Tensor, weights: list[float]) -> None:
-        self.term_embeddings, self.weights = embeddings, weights
+    def __init__(self, terms: UNetCondition, weights: list[float]) -> None:
+        self.terms, self.weights = terms, weights
 
-    def extra_embeddings(self, batch_size: int) -> list[torch.Tensor]:
-        return [e[None].expand(batch_size, -1, -1) for e in self.term_embeddings]
+    def extra_embeddings(self, batch_size: int) -> list[UNetCondition]:
+        return [self.terms.rows(slice(i, i + 1)).expand(batch_size) for i in range(len(self.terms))]
 
     def combine(self, step, eps_uncond, eps_text, extras, guidance_scale):
         eps = eps_uncond + guidance_scale * (eps_text - eps_uncond)

@@ -14,18 +14,19 @@ it could not replay an attack's prompt embeddings or share eraselab's per-reques
 
 Presets are the paper's for 50 steps of Stable Diffusion; the warm-up counts steps, so on the tiny model's 25
 steps a preset starts (in relative terms) twice as late. The default safety concept for real models is the
-paper's I2P concept list (:data:`I2P_CONCEPT`); on the tiny model it is the erased concept ("star").
+paper's I2P concept list (:data:`I2P_CONCEPT`); on the tiny model it is the erased concept ("star"). On SDXL the
+safety concept's prediction is conditioned as the prompt's is (its pooled text, the image's time ids).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import ClassVar
 
 import torch
 
 from eraselab.errors import EraselabError
-from eraselab.models.conditioning import require_one_text_encoder
+from eraselab.models.conditioning import UNetCondition, guidance_conditions
 from eraselab.models.vocabulary import require_known_words
 from eraselab.requests import GenerationRequest
 from eraselab.sampling import GuidanceRule
@@ -67,27 +68,25 @@ class SldGuard:
         return request
 
     def guidance_rule(self, pipe) -> SldRule:
-        require_one_text_encoder(pipe, "the SLD guard")
         require_known_words(pipe, [self.concept],
                             "SLD safety concept has words outside the model's vocabulary")
-        with torch.no_grad():
-            embedding, _ = pipe.encode_prompt(self.concept, pipe.device, 1, False)
-        return SldRule(embedding, **PRESETS[self.preset])
+        concept = guidance_conditions(pipe, [self.concept])[0]  # on SDXL with its pooled text
+        return SldRule(replace(concept, time_ids=None), **PRESETS[self.preset])  # the sampler sets the time ids
 
 
 class SldRule(GuidanceRule):
     """The per-step SLD combination; holds the momentum nu of the batch being sampled."""
 
-    def __init__(self, concept_embedding: torch.Tensor, warmup_steps: int, guidance_scale: float, threshold: float,
+    def __init__(self, concept: UNetCondition, warmup_steps: int, guidance_scale: float, threshold: float,
                  momentum_scale: float, mom_beta: float) -> None:
-        self.concept_embedding = concept_embedding
+        self.concept = concept
         self.warmup, self.s_s, self.threshold = warmup_steps, guidance_scale, threshold
         self.s_m, self.beta_m = momentum_scale, mom_beta
         self.momentum: torch.Tensor | None = None
 
-    def extra_embeddings(self, batch_size: int) -> list[torch.Tensor]:
+    def extra_embeddings(self, batch_size: int) -> list[UNetCondition]:
         self.momentum = None  # a new batch starts a new trajectory
-        return [self.concept_embedding.expand(batch_size, -1, -1)]
+        return [self.concept.expand(batch_size)]
 
     def combine(self, step, eps_uncond, eps_text, extras, guidance_scale):
         eps_safety = extras[0]

@@ -29,8 +29,8 @@ def require_one_text_encoder(pipe, what: str) -> None:
     pooled conditioning) and has not been extended to SDXL's two."""
     if is_sdxl(pipe):
         raise EraselabError(f"{what} does not support SDXL yet (it works through one text encoder); on SDXL use "
-                            "erase uce/rece/trce/esd/safegen, generate, run, the negative-prompt guard and "
-                            "embedding-recovery")
+                            "erase uce/rece/trce/esd/safegen, generate, run, the negative-prompt and SLD guards "
+                            "and embedding-recovery")
 
 
 def encode_context(pipe, prompts: Sequence[str]) -> torch.Tensor:
@@ -67,6 +67,12 @@ class Conditioning:
     negative: torch.Tensor
     pooled: torch.Tensor | None = None
     negative_pooled: torch.Tensor | None = None
+
+    def for_unet(self, pipe, height: int, width: int) -> tuple[UNetCondition, UNetCondition]:
+        """The positive and negative conditionings as the UNet reads them for ``height`` x ``width`` images."""
+        ids = micro_conditioning(pipe, height, width, len(self.positive), self.positive)
+        return (UNetCondition(self.positive, self.pooled, ids),
+                UNetCondition(self.negative, self.negative_pooled, ids))
 
     def pipeline_kwargs(self) -> dict:
         """The embedding arguments of the pipeline's ``__call__``."""
@@ -133,13 +139,17 @@ class UNetCondition:
 def guidance_conditions(pipe, prompts: Sequence[str]) -> tuple[UNetCondition, UNetCondition]:
     """Each prompt's conditioning and its unconditional (empty negative prompt) one, as ``pipe(prompt)`` makes
     them: on SDXL the pooled embeddings (zeros for the empty prompt where the model asks, as
-    :func:`encode_batch`) and the time ids of the pipeline's default size, uncropped (original size, crop
-    top-left, target size: SDXL's micro-conditioning, Podell et al., ICLR 2024, Sec. 2.2)."""
+    :func:`encode_batch`) and the :func:`micro_conditioning` of the pipeline's default size."""
     encoded = encode_batch(pipe, prompts, [""] * len(prompts))
-    if encoded.pooled is None:
-        return UNetCondition(encoded.positive), UNetCondition(encoded.negative)
-    size = pipe.default_sample_size * pipe.vae_scale_factor
-    time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=encoded.positive.dtype,
-                            device=encoded.positive.device).expand(len(prompts), -1)
-    return (UNetCondition(encoded.positive, encoded.pooled, time_ids),
-            UNetCondition(encoded.negative, encoded.negative_pooled, time_ids))
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    return encoded.for_unet(pipe, size, size)
+
+
+def micro_conditioning(pipe, height: int, width: int, rows: int, like: torch.Tensor) -> torch.Tensor | None:
+    """SDXL's micro-conditioning (Podell et al., ICLR 2024, Sec. 2.2) for images of ``height`` x ``width`` pixels,
+    as ``pipe(prompt, height=, width=)`` makes it: original size, crop top-left (0, 0), target size; (rows, 6), or
+    None off SDXL."""
+    if not is_sdxl(pipe):
+        return None
+    ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=like.dtype, device=like.device)
+    return ids.expand(rows, -1)

@@ -186,6 +186,18 @@ def test_trce_trains_its_second_stage_on_sdxl_over_the_first(sdxl, micro_sdxl, r
     _resumes_exactly_and_plain_diffusers_applies_it(trce, sdxl, spec, config, both, micro_sdxl, readme_apply, tmp_path)
 
 
+def test_concept_arithmetic_searches_compositions_on_sdxl_and_counts_each_term(sdxl):
+    from eraselab.attack.base import AttackSpec
+    from eraselab.attack.concept_arithmetic import ConceptArithmeticConfig
+    from eraselab.attack.concept_arithmetic import attack as arithmetic
+
+    result = arithmetic(sdxl, AttackSpec("star", ("a red star",), steps=2), ConceptArithmeticConfig(
+        budget=3, oracle_seeds=(1000,)))
+    tried = result.details["search"][0]["tried"]
+    assert 1 <= len(tried) <= 3 and result.oracle["label"] == "shape=star"
+    assert result.cost.unet_evals == sum(2 * (2 + len(t["recipe"])) for t in tried)  # 1 seed x 2 steps x rows
+
+
 def test_what_works_through_one_text_encoder_is_refused_on_sdxl_in_one_line(sdxl, tmp_path):
     from eraselab.attack.base import AttackSpec
     from eraselab.attack.unlearndiff import UnlearnDiffConfig

@@ -57,7 +57,6 @@ from eraselab.attack.base import (
     each_prompt,
 )
 from eraselab.errors import EraselabError
-from eraselab.models.conditioning import require_one_text_encoder
 from eraselab.profile import profile_of
 from eraselab.text import with_article
 
@@ -187,7 +186,6 @@ def search_recipes(score, prompts: tuple[str, ...], concept: str, vocabulary: tu
 
 def attack(target_pipe, spec: AttackSpec, config: ConceptArithmeticConfig, reference_pipe=None) -> AttackResult:
     start = time.perf_counter()
-    require_one_text_encoder(target_pipe, "Concept Arithmetics")
     check_budget(config.budget)
     check_budget(config.max_terms, "max_terms")
     check_budget(config.beam, "beam")

@@ -198,6 +198,27 @@ def test_concept_arithmetic_searches_compositions_on_sdxl_and_counts_each_term(s
     assert result.cost.unet_evals == sum(2 * (2 + len(t["recipe"])) for t in tried)  # 1 seed x 2 steps x rows
 
 
+def test_the_concept_vector_and_its_typeable_search_read_both_encoders_on_sdxl(sdxl):
+    from eraselab.attack.base import AttackSpec
+    from eraselab.attack.concept_vector import ConceptVectorConfig
+    from eraselab.attack.concept_vector import attack as concept_vector
+    from eraselab.attack.concept_vector import concept_vector as concept_vector_of
+    from eraselab.models.conditioning import encode
+
+    spec = AttackSpec("star", ("a red star",), steps=2)
+    plain = concept_vector(sdxl, spec, ConceptVectorConfig())
+    assert plain.replays[0].embeddings.shape == (1, sdxl.tokenizer.model_max_length, 80)  # 32 + 48 wide
+    images = generate_images(sdxl, plain.replays[0].requests([0], 2, 5.0), progress=False)
+    assert images[0].size == (32, 32)
+    found = concept_vector(sdxl, spec, ConceptVectorConfig(search=True, tokens=3, population=8, generations=2))
+    search = found.details["search"][0]
+    assert len(search["text"].split()) == 3 and found.replays[0].text == search["text"]
+    vector, _ = concept_vector_of(sdxl, "star", found.config["anchor"], tuple(found.config["templates"]))
+    target = encode(sdxl, ["a red star"]).hidden[0] + 3.0 * vector  # Eq. 4, 80 wide
+    typed = encode_context(sdxl, [search["text"]]).double()[0]  # what the found text conditions the UNet on
+    assert search["distance"] == pytest.approx(float(((typed - target) ** 2).sum()), rel=1e-6)
+
+
 def test_what_works_through_one_text_encoder_is_refused_on_sdxl_in_one_line(sdxl, tmp_path):
     from eraselab.attack.base import AttackSpec
     from eraselab.attack.unlearndiff import UnlearnDiffConfig

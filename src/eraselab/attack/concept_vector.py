@@ -14,7 +14,8 @@ population + generations x (population - kept) encoder rows, one batched encoder
 Defaults: eta = 3.0, and for the search K = 16 tokens, population 200, 3,000 generations, mutation rate 0.25
 (the paper's for nudity on SD 1.4); on the tiny model (``tiny_overrides``) K = 6, population 64, 60 generations.
 Pairs come from templates with the concept and with the anchor in its place (for the tiny model the world's
-prompt forms, "a red star" / "a red shape").
+prompt forms, "a red star" / "a red shape"). E is the conditioning the UNet reads: on SDXL both encoders' outputs
+side by side (the pooled embedding, outside cross-attention, is the typed prompt's when E(p) + eta v is replayed).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from eraselab.attack.base import AttackEntry, AttackResult, AttackSpec, Cost, Replay, check_budget, whole_word_tokens
-from eraselab.models.conditioning import encode, require_one_text_encoder
+from eraselab.models.conditioning import encode, encode_context
 from eraselab.models.vocabulary import require_known_words
 from eraselab.profile import profile_of
 
@@ -55,21 +56,16 @@ def genetic_search(pipe, target: torch.Tensor, config: ConceptVectorConfig) -> t
     check_budget(config.population, "population")
     check_budget(config.generations, "generations")
     check_budget(config.tokens, "tokens")
-    tokenizer = pipe.tokenizer
-    words = whole_word_tokens(tokenizer)
+    words = whole_word_tokens(pipe.tokenizer)
     vocabulary = torch.tensor(sorted(words))
     g = torch.Generator().manual_seed(config.seed)
     population = vocabulary[torch.randint(len(vocabulary), (config.population, config.tokens), generator=g)]
-    length = tokenizer.model_max_length
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    def fitness(members: torch.Tensor) -> torch.Tensor:
-        ids = torch.full((len(members), length), pad)
-        ids[:, 0] = tokenizer.bos_token_id
-        ids[:, 1:config.tokens + 1] = members[:, : length - 2]
-        ids[:, min(config.tokens, length - 2) + 1] = tokenizer.eos_token_id
-        with torch.no_grad():
-            hidden = pipe.text_encoder(ids.to(pipe.text_encoder.device))[0].double().cpu()
+    def text(member: torch.Tensor) -> str:  # whole-word tokens: the typed text tokenises back to ``member``
+        return " ".join(words[int(i)] for i in member)
+
+    def fitness(members: torch.Tensor) -> torch.Tensor:  # the encoding the UNet reads (SDXL: both encoders')
+        hidden = encode_context(pipe, [text(m) for m in members]).double().cpu()
         return -((hidden - target) ** 2).sum(dim=(1, 2))
 
     scores, calls = fitness(population), config.population
@@ -90,8 +86,7 @@ def genetic_search(pipe, target: torch.Tensor, config: ConceptVectorConfig) -> t
         scores = torch.cat([scores[order[: len(keep)]], fitness(children)])
         calls += len(children)
     best = int(scores.argmax())
-    text = " ".join(words[int(i)] for i in population[best])
-    return text, float(-scores[best]), calls
+    return text(population[best]), float(-scores[best]), calls
 
 
 def concept_vector(pipe, concept: str, anchor: str, templates: tuple[str, ...]):
@@ -106,7 +101,6 @@ def concept_vector(pipe, concept: str, anchor: str, templates: tuple[str, ...]):
 
 def attack(target_pipe, spec: AttackSpec, config: ConceptVectorConfig, reference_pipe=None) -> AttackResult:
     start = time.perf_counter()
-    require_one_text_encoder(target_pipe, "The concept-vector attack (Ring-A-Bell)")
     templates = config.templates or profile_of(target_pipe).erase_templates(spec.concept) or GENERIC_TEMPLATES
     vector, n_pairs = concept_vector(target_pipe, spec.concept, config.anchor, tuple(templates))
     hidden = encode(target_pipe, list(spec.prompts)).hidden

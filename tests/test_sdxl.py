@@ -219,6 +219,26 @@ def test_the_concept_vector_and_its_typeable_search_read_both_encoders_on_sdxl(s
     assert search["distance"] == pytest.approx(float(((typed - target) ** 2).sum()), rel=1e-6)
 
 
+def test_textual_inversion_learns_a_token_for_each_encoder_and_replays_its_pooled_text(sdxl, tmp_path):
+    from eraselab.attack.base import AttackResult, AttackSpec
+    from eraselab.attack.textual_inversion import TextualInversionConfig
+    from eraselab.attack.textual_inversion import attack as inversion
+
+    spec = AttackSpec("star", ("a red star",), steps=2)
+    result = inversion(sdxl, spec, TextualInversionConfig(steps=3, image_seeds=(1000,)), reference_pipe=sdxl)
+    assert len(result.details["token"]) == 32 and len(result.details["token_2"]) == 48  # one v* per encoder
+    replay = result.replays[0]
+    typed = sdxl.encode_prompt(prompt="a red star", device="cpu", do_classifier_free_guidance=False)
+    assert replay.embeddings.shape == typed[0].shape and replay.pooled.shape == typed[2].shape
+    assert not torch.allclose(replay.pooled, typed[2])  # the learnt token, not the typed word, is pooled
+    loaded = AttackResult.load(result.save(tmp_path / "ti")).replays[0]
+    assert torch.equal(loaded.pooled, replay.pooled) and torch.equal(loaded.embeddings, replay.embeddings)
+    images = generate_images(sdxl, loaded.requests([0], 2, 5.0), progress=False)
+    assert images[0].size == (32, 32)
+    with pytest.raises(EraselabError, match="pooled text embeddings condition SDXL only"):
+        generate_images(load_pipeline("tiny"), loaded.requests([0], 2, 5.0), progress=False)
+
+
 def test_what_works_through_one_text_encoder_is_refused_on_sdxl_in_one_line(sdxl, tmp_path):
     from eraselab.attack.base import AttackSpec
     from eraselab.attack.unlearndiff import UnlearnDiffConfig

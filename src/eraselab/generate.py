@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from eraselab.batching import DEFAULT_BATCHING, Batching
 from eraselab.errors import EraselabError
 from eraselab.guard import Guard
-from eraselab.models.conditioning import Conditioning, encode_batch
+from eraselab.models.conditioning import Conditioning, encode_batch, is_sdxl
 from eraselab.models.vocabulary import require_known_words
 from eraselab.requests import GenerationRequest
 from eraselab.sampling import guided_sample
@@ -50,6 +50,8 @@ def check_requests(pipe: StableDiffusionPipeline, requests: Sequence[GenerationR
     for request in requests:
         if request.steps < 1:
             raise EraselabError(f"steps must be at least 1, got {request.steps}")
+        if request.pooled_embeds is not None and not is_sdxl(pipe):
+            raise EraselabError("pooled text embeddings condition SDXL only; this model has one text encoder")
     for size in {(r.height, r.width) for r in requests}:
         check_size(pipe, *size)
 
@@ -71,6 +73,9 @@ def _encode(pipe, batch: Sequence[GenerationRequest]) -> Conditioning:
         if request.prompt_embeds is not None:  # e.g. an attack's optimised embeddings (SDXL keeps the pooled text's)
             conditioning.positive[i] = request.prompt_embeds.detach().to(conditioning.positive.device,
                                                                          conditioning.positive.dtype)[0]
+        if request.pooled_embeds is not None:  # ... unless the attack made that too
+            conditioning.pooled[i] = request.pooled_embeds.detach().to(conditioning.pooled.device,
+                                                                       conditioning.pooled.dtype)[0]
     return conditioning
 
 

@@ -13,7 +13,8 @@ from eraselab.profile import TINY
 @dataclass(frozen=True)
 class GenerationRequest:
     """What to generate. ``prompt_embeds`` (1, T, C), when given, replaces the prompt's text encoding
-    (attacks that optimise embeddings replay them this way); ``prompt`` then only labels the request."""
+    (attacks that optimise embeddings replay them this way); ``prompt`` then only labels the request (on SDXL its
+    pooled text stays, unless ``pooled_embeds`` (1, P) replaces it too)."""
 
     prompt: str
     seed: int
@@ -23,6 +24,7 @@ class GenerationRequest:
     width: int | None = None
     negative_prompt: str = ""
     prompt_embeds: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    pooled_embeds: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     def settings(self) -> tuple:
         """The sampler settings a batch must share."""
@@ -31,5 +33,6 @@ class GenerationRequest:
     def to_record(self) -> dict:
         record = asdict(self)
         record.pop("prompt_embeds")
+        record.pop("pooled_embeds")
         record["has_prompt_embeds"] = self.prompt_embeds is not None
         return record

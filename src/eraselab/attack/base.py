@@ -101,17 +101,19 @@ class Cost:
 
 @dataclass
 class Replay:
-    """How to regenerate one attacked prompt: a typed prompt, prompt embeddings (1, T, C), and/or extra guidance
-    terms (prompt, weight) added to classifier-free guidance (a composition recipe)."""
+    """How to regenerate one attacked prompt: a typed prompt, prompt embeddings (1, T, C) (on SDXL with their
+    pooled text (1, P) when the attack made it; else the typed prompt's), and/or extra guidance terms (prompt,
+    weight) added to classifier-free guidance (a composition recipe)."""
 
     prompt: str
     text: str | None = None
     embeddings: torch.Tensor | None = field(default=None, repr=False)
     recipe: tuple[tuple[str, float], ...] = ()
+    pooled: torch.Tensor | None = field(default=None, repr=False)
 
     def requests(self, seeds, steps: int, guidance: float) -> list[GenerationRequest]:
         return [GenerationRequest(self.text if self.text is not None else self.prompt, seed, steps, guidance,
-                                  prompt_embeds=self.embeddings) for seed in seeds]
+                                  prompt_embeds=self.embeddings, pooled_embeds=self.pooled) for seed in seeds]
 
     def guard(self, defence=None):
         """What to generate this replay under: its composition recipe (if any) after the ``defence`` guard."""
@@ -134,8 +136,8 @@ class AttackResult:
     def save(self, directory: str | Path) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {f"replay.{i}": r.embeddings.detach().cpu().contiguous() for i, r in enumerate(self.replays)
-                   if r.embeddings is not None}
+        tensors = {f"{kind}.{i}": tensor.detach().cpu().contiguous() for i, r in enumerate(self.replays)
+                   for kind, tensor in (("replay", r.embeddings), ("pooled", r.pooled)) if tensor is not None}
         if tensors:
             save_file(tensors, directory / "embeddings.safetensors")
         record = {"attack": self.attack, "threat_model": self.threat_model, "config": self.config,
@@ -156,7 +158,8 @@ class AttackResult:
         weights = directory / "embeddings.safetensors"
         tensors = load_file(weights) if weights.is_file() else {}
         replays = [Replay(r["prompt"], r["text"], tensors.get(f"replay.{i}"),
-                          tuple((p, float(w)) for p, w in r["recipe"])) for i, r in enumerate(record["replays"])]
+                          tuple((p, float(w)) for p, w in r["recipe"]), tensors.get(f"pooled.{i}"))
+                   for i, r in enumerate(record["replays"])]
         return cls(record["attack"], record["threat_model"], record["config"], replays, Cost(**record["cost"]),
                    record["oracle"], record["details"])
 

@@ -14,6 +14,8 @@ import inspect
 import torch
 from transformers.masking_utils import create_causal_mask
 
+from eraselab.models.conditioning import is_sdxl
+
 # transformers 5.x renamed create_causal_mask's past_key_values to cache (the old name warns, and goes in 5.40)
 _NO_CACHE = {"cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values": None}
 
@@ -29,6 +31,44 @@ def encode_with_embeddings(text_encoder, input_embeddings: torch.Tensor) -> torc
     mask = create_causal_mask(config=text_encoder.config, inputs_embeds=hidden, attention_mask=None, **_NO_CACHE)
     hidden = text_encoder.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True).last_hidden_state
     return text_encoder.final_layer_norm(hidden)
+
+
+def _penultimate_and_last(text_encoder, input_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hidden states before the last layer (``hidden_states[-2]``, what SDXL conditions on) and the final-norm
+    last hidden states, for input token embeddings (B, T, C). The layers run one by one: transformers 5 collects
+    hidden states only around the model's own forward, which takes token ids."""
+    model = getattr(text_encoder, "text_model", text_encoder)  # CLIPTextModelWithProjection wraps one
+    hidden = model.embeddings(inputs_embeds=input_embeddings)
+    mask = create_causal_mask(config=model.config, inputs_embeds=hidden, attention_mask=None, **_NO_CACHE)
+    layers = model.encoder.layers
+    for layer in layers[:-1]:
+        hidden = layer(hidden, mask, is_causal=True)
+    return hidden, model.final_layer_norm(layers[-1](hidden, mask, is_causal=True))
+
+
+def first_eos(text_encoder, input_ids: torch.Tensor) -> torch.Tensor:
+    """Each row's pooled position, as CLIP's own forward picks it (the first end token; the highest id for the
+    checkpoints whose config still says eos 2)."""
+    eos = getattr(text_encoder, "text_model", text_encoder).config.eos_token_id
+    ids = input_ids.to(torch.int)
+    return ids.argmax(-1) if eos == 2 else (ids == eos).int().argmax(-1)
+
+
+def condition_with_embeddings(pipe, input_ids: list[torch.Tensor], input_embeddings: list[torch.Tensor]
+                              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What the UNet is conditioned on, (B, T, C) and on SDXL the pooled text (B, P), for input token embeddings of
+    each of the pipeline's text encoders (one on SD, two on SDXL, each with the token ids of its own tokenizer:
+    SDXL's pad differently, and the pooled text is read at the first end token), as ``encode_prompt`` makes them
+    from token ids: SD the last hidden states; SDXL both encoders' penultimate states side by side, and the second
+    encoder's projected end-token state."""
+    if not is_sdxl(pipe):
+        return encode_with_embeddings(pipe.text_encoder, input_embeddings[0]), None
+    (first, _), (second, last) = (_penultimate_and_last(encoder, embeddings) for encoder, embeddings in
+                                  zip((pipe.text_encoder, pipe.text_encoder_2), input_embeddings, strict=True))
+    rows = torch.arange(len(last), device=last.device)
+    pooled = pipe.text_encoder_2.text_projection(last[rows, first_eos(pipe.text_encoder_2, input_ids[1]).to(
+        last.device)])
+    return torch.cat([first, second], dim=-1), pooled
 
 
 def insert_embeddings(text_encoder, input_ids: torch.Tensor, embeddings: torch.Tensor,

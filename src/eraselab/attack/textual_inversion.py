@@ -9,6 +9,9 @@ where x runs over latents of images of the concept (drawn by the unedited model 
 remap the concept's words leave other inputs that draw it; v* finds one. The token is reusable: the replay of
 every prompt puts v* in the concept's place (prompt embeddings, since no tokenizer can type it).
 
+On SDXL (two text encoders, as diffusers' SDXL textual-inversion script trains) one v* per encoder, in the same
+slot; the replay carries the pooled text they give, not the typed prompt's.
+
 Defaults (SD 1.4, Gal et al.): Adam lr 5e-3, batch 4, 5000 steps, v initialised from the concept's own word.
 Tiny model: 300 steps, 4 image seeds per prompt.
 """
@@ -24,10 +27,10 @@ import torch
 import torch.nn.functional as F
 
 from eraselab.attack.base import AttackEntry, AttackResult, AttackSpec, Cost, Replay, check_budget
-from eraselab.attack.soft_prompt import encode_with_embeddings, token_embeddings
+from eraselab.attack.soft_prompt import condition_with_embeddings, token_embeddings
 from eraselab.attack.unlearndiff import target_latents
 from eraselab.errors import EraselabError
-from eraselab.models.conditioning import require_one_text_encoder
+from eraselab.models.conditioning import UNetCondition, is_sdxl, micro_conditioning
 from eraselab.sampling import prediction_target
 
 THREAT_MODEL = "white-box-gradients"
@@ -68,27 +71,42 @@ def with_token(text_encoder, ids: torch.Tensor, slot: int, vector: torch.Tensor)
 
 def attack(target_pipe, spec: AttackSpec, config: TextualInversionConfig, reference_pipe=None) -> AttackResult:
     start = time.perf_counter()
-    require_one_text_encoder(target_pipe, "Textual inversion")
     check_budget(config.steps, "steps")
     check_budget(config.batch, "batch")
     if reference_pipe is None:
         raise EraselabError("textual-inversion needs the unedited model to draw the concept's images")
-    tokenizer, device, encoder = target_pipe.tokenizer, target_pipe.device, target_pipe.text_encoder
-    slots = [concept_slot(tokenizer, prompt, spec.concept) for prompt in spec.prompts]
+    device = target_pipe.device
+    encoders = [target_pipe.text_encoder] + ([target_pipe.text_encoder_2] if is_sdxl(target_pipe) else [])
+    tokenizers = [target_pipe.tokenizer] + ([target_pipe.tokenizer_2] if is_sdxl(target_pipe) else [])
+    slots = [[concept_slot(tokenizer, prompt, spec.concept) for tokenizer in tokenizers] for prompt in spec.prompts]
     cost = Cost()
     # 1. The concept's images, drawn by the unedited model, as latents x_0.
     pairs = [(index, prompt, seed) for index, prompt in enumerate(spec.prompts) for seed in config.image_seeds]
     latents = target_latents(reference_pipe, [(prompt, seed) for _, prompt, seed in pairs], spec)
     examples = [(latent, index) for latent, (index, _, _) in zip(latents, pairs, strict=True)]
     cost.unet_evals += len(examples) * spec.steps * 2
-    # 2. v* starts at the embedding of the concept's (last) word token.
-    concept_ids = tokenizer(spec.concept, add_special_tokens=False).input_ids
-    vector = token_embeddings(encoder)[concept_ids[-1]].detach().clone().requires_grad_(True)
-    for module in (target_pipe.unet, encoder):
+    # 2. v* starts at the embedding of the concept's (last) word token (on SDXL one v* per text encoder).
+    concept_ids = target_pipe.tokenizer(spec.concept, add_special_tokens=False).input_ids
+    vectors = [token_embeddings(encoder)[concept_ids[-1]].detach().clone().requires_grad_(True) for encoder in encoders]
+    for module in (target_pipe.unet, *encoders):
         module.requires_grad_(False)
-    optimizer = torch.optim.Adam([vector], lr=config.lr)
+    optimizer = torch.optim.Adam(vectors, lr=config.lr)
     scheduler = target_pipe.scheduler
     generator = torch.Generator().manual_seed(config.seed)
+    height, width = (side * target_pipe.vae_scale_factor for side in latents[0].shape[-2:])
+
+    def condition(prompts: list[int], v: list[torch.Tensor]) -> UNetCondition:
+        """The prompts (indices) with the token(s) v in the concept's place, as the UNet reads them (each prompt
+        encoded on its own, as it always was: a batched encoding may round differently)."""
+        rows = []
+        for i in prompts:
+            ids = [slots[i][k][0].to(device) for k in range(len(encoders))]
+            typed = [with_token(encoder, ids[k], slots[i][k][1], v[k]) for k, encoder in enumerate(encoders)]
+            context, pooled = condition_with_embeddings(target_pipe, ids, typed)
+            rows.append(UNetCondition(context, pooled,
+                                      micro_conditioning(target_pipe, height, width, 1, context)))
+        return UNetCondition.cat(rows)
+
     history = []
     for _ in range(config.steps):
         # 3. Eq. 2 of Gal et al. on a batch of (image, prompt) pairs at random timesteps.
@@ -96,10 +114,8 @@ def attack(target_pipe, spec: AttackSpec, config: TextualInversionConfig, refere
         latents = torch.cat([examples[i][0] for i in picks])
         noise = torch.randn(latents.shape, generator=generator).to(device, latents.dtype)
         t = torch.randint(scheduler.config.num_train_timesteps, (config.batch,), generator=generator).to(device)
-        conditions = torch.cat([encode_with_embeddings(encoder, with_token(encoder, slots[examples[i][1]][0].to(device),
-                                                                           slots[examples[i][1]][1], vector))
-                                for i in picks])
-        predicted = target_pipe.unet(scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=conditions).sample
+        conditions = condition([examples[i][1] for i in picks], vectors)
+        predicted = target_pipe.unet(scheduler.add_noise(latents, noise, t), t, **conditions.unet_kwargs()).sample
         loss = F.mse_loss(predicted, prediction_target(scheduler, latents, noise, t))  # eps (v on v-prediction)
         optimizer.zero_grad()
         loss.backward()
@@ -107,18 +123,20 @@ def attack(target_pipe, spec: AttackSpec, config: TextualInversionConfig, refere
         cost.unet_evals += config.batch
         cost.text_encoder_evals += config.batch
         history.append(round(loss.item(), 5))
-    # 4. Replays: every prompt with v* in the concept's place.
+    # 4. Replays: every prompt with v* in the concept's place (on SDXL its pooled text too).
     replays = []
     with torch.no_grad():
-        for prompt, (ids, slot) in zip(spec.prompts, slots, strict=True):
-            embeddings = encode_with_embeddings(encoder, with_token(encoder, ids.to(device), slot, vector.detach()))
-            replays.append(Replay(prompt, embeddings=embeddings.float()))
+        for index, prompt in enumerate(spec.prompts):
+            found = condition([index], [v.detach() for v in vectors])
+            replays.append(Replay(prompt, embeddings=found.context.float(),
+                                  pooled=None if found.pooled is None else found.pooled.float()))
     cost.text_encoder_evals += len(spec.prompts)
     cost.seconds = round(time.perf_counter() - start, 3)
     window = max(1, len(history) // 10)
+    tokens = {"token": vectors[0].detach().cpu().tolist()} | (
+        {"token_2": vectors[1].detach().cpu().tolist()} if len(vectors) > 1 else {})
     return AttackResult("textual-inversion", THREAT_MODEL, asdict(config), replays, cost,
-                        details={"token": vector.detach().cpu().tolist(),
-                                 "loss_first": sum(history[:window]) / window,
+                        details={**tokens, "loss_first": sum(history[:window]) / window,
                                  "loss_last": sum(history[-window:]) / window})
 
 

@@ -80,7 +80,7 @@ def unlearndiff_steps(reference, target, count: int = 8) -> None:
     def step(batched: bool) -> None:
         relaxed.grad = None
         embeddings = insert_relaxed_tokens(target.text_encoder, ids, relaxed)
-        loss = denoising_loss(target, embeddings, latent, timesteps, noises, batched=batched)
+        loss = denoising_loss(target, [embeddings], latent, timesteps, noises, batched=batched)
         loss.backward()
         results[batched] = (loss.item(), relaxed.grad.clone())
 

@@ -415,7 +415,7 @@ def unlearndiff_step(meter: Meter, pipe, args) -> None:
         module.requires_grad_(False)
     with meter.measure(f"sd-1.4 one UnlearnDiffAtk step ({args.size} px)"):
         full = torch.zeros(1, 5, len(tokenizer), device=device).index_copy(2, candidates, relaxed)
-        loss = denoising_loss(pipe, insert_relaxed_tokens(pipe.text_encoder, ids, full), latent, [500], noise)
+        loss = denoising_loss(pipe, [insert_relaxed_tokens(pipe.text_encoder, ids, full)], latent, [500], noise)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -373,7 +373,7 @@ def test_unlearndiff_batched_and_sequential_timesteps_give_the_same_loss_and_gra
     results = []
     for batched in (True, False):
         embeddings = insert_relaxed_tokens(target.text_encoder, ids, relaxed)
-        loss = denoising_loss(target, embeddings, latent, [801, 501, 201], noises, batched=batched)
+        loss = denoising_loss(target, [embeddings], latent, [801, 501, 201], noises, batched=batched)
         (gradient,) = torch.autograd.grad(loss, relaxed)
         results.append((loss.detach(), gradient))
     assert torch.allclose(results[0][0], results[1][0], rtol=1e-5)

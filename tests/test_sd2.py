@@ -66,7 +66,7 @@ def test_denoising_losses_compare_the_unet_with_the_velocity_on_a_v_prediction_m
     noise = torch.randn(2, 4, 16, 16, generator=generator)
     timesteps = [100, 700]
     with torch.no_grad():
-        loss = denoising_loss(pipe, embeddings, latent, timesteps, noise)
+        loss = denoising_loss(pipe, [embeddings], latent, timesteps, noise)
         t = torch.tensor(timesteps)
         x_t = pipe.scheduler.add_noise(latent.expand(2, -1, -1, -1), noise, t)
         condition = encode_with_embeddings(pipe.text_encoder, embeddings).expand(2, -1, -1)

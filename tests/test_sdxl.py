@@ -239,18 +239,56 @@ def test_textual_inversion_learns_a_token_for_each_encoder_and_replays_its_poole
         generate_images(load_pipeline("tiny"), loaded.requests([0], 2, 5.0), progress=False)
 
 
+def test_unlearndiff_relaxes_one_token_distribution_through_both_encoders_on_sdxl(sdxl):
+    import torch.nn.functional as F
+
+    from eraselab.attack.base import AttackSpec
+    from eraselab.attack.soft_prompt import insert_relaxed_tokens, inserted_ids
+    from eraselab.attack.unlearndiff import UnlearnDiffConfig, denoising_loss
+    from eraselab.attack.unlearndiff import attack as unlearndiff
+    from eraselab.sampling import prediction_target
+
+    # One-hot relaxed tokens are typed words: the loss equals the plain one under the typed prompt's conditioning,
+    # its pooled text read at the end token the inserted words moved.
+    words = sdxl.tokenizer(["blue", "heart"], add_special_tokens=False).input_ids
+    full = F.one_hot(torch.tensor([words[0][0], words[1][0]]), len(sdxl.tokenizer)).float()[None]
+    ids = [t("a red star", padding="max_length", max_length=t.model_max_length, truncation=True,
+             return_tensors="pt").input_ids for t in (sdxl.tokenizer, sdxl.tokenizer_2)]
+    encoders = (sdxl.text_encoder, sdxl.text_encoder_2)
+    embeddings = [insert_relaxed_tokens(e, i, full) for e, i in zip(encoders, ids, strict=True)]
+    latent = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        loss = denoising_loss(sdxl, embeddings, latent, [700, 100], noise,
+                              input_ids=[inserted_ids(i, 2) for i in ids])
+        context, _, pooled, _ = sdxl.encode_prompt(prompt="blue heart a red star", device="cpu",
+                                                   do_classifier_free_guidance=False)
+        t = torch.tensor([700, 100])
+        time_ids = torch.tensor([[32.0, 32, 0, 0, 32, 32]] * 2)
+        predicted = sdxl.unet(sdxl.scheduler.add_noise(latent.expand(2, -1, -1, -1), noise, t), t,
+                              encoder_hidden_states=context.expand(2, -1, -1),
+                              added_cond_kwargs={"text_embeds": pooled.expand(2, -1), "time_ids": time_ids}).sample
+        plain = F.mse_loss(predicted, prediction_target(sdxl.scheduler, latent.expand(2, -1, -1, -1), noise, t))
+    assert torch.allclose(loss, plain, rtol=1e-5)
+    result = unlearndiff(sdxl, AttackSpec("star", ("a red star",), steps=2), UnlearnDiffConfig(
+        iterations=2, check_every=2, oracle_seeds=(1000,), oracle="tiny", oracle_label="shape=star"),
+        reference_pipe=sdxl)
+    search = result.details["search"][0]
+    assert search["text"].endswith("a red star") and len(search["loss"]) == 2
+
+
 def test_what_works_through_one_text_encoder_is_refused_on_sdxl_in_one_line(sdxl, tmp_path):
     from eraselab.attack.base import AttackSpec
-    from eraselab.attack.unlearndiff import UnlearnDiffConfig
-    from eraselab.attack.unlearndiff import attack as unlearndiff
+    from eraselab.attack.p4d import P4dConfig
+    from eraselab.attack.p4d import attack as p4d
     from eraselab.erase.advunlearn import AdvUnlearnConfig
     from eraselab.erase.advunlearn import erase as advunlearn
     from eraselab.guard import make_guard
 
     with pytest.raises(EraselabError, match="AdvUnlearn does not support SDXL yet"):
         advunlearn(sdxl, EraseSpec(("star",)), AdvUnlearnConfig(iterations=1), progress=False)
-    with pytest.raises(EraselabError, match="UnlearnDiffAtk does not support SDXL yet"):
-        unlearndiff(sdxl, AttackSpec("star", ("a red star",), steps=2), UnlearnDiffConfig(), reference_pipe=sdxl)
+    with pytest.raises(EraselabError, match="P4D does not support SDXL yet"):
+        p4d(sdxl, AttackSpec("star", ("a red star",), steps=2), P4dConfig(), reference_pipe=sdxl)
     with pytest.raises(EraselabError, match="the SAFREE guard does not support SDXL yet"):
         generate_images(sdxl, [GenerationRequest("a red star", 0, steps=2)], progress=False,
                         guard=make_guard("safree", concepts="star"))

@@ -80,6 +80,14 @@ def insert_embeddings(text_encoder, input_ids: torch.Tensor, embeddings: torch.T
     return merged[:, :input_ids.shape[1]]
 
 
+def inserted_ids(input_ids: torch.Tensor, count: int, position: int = 1) -> torch.Tensor:
+    """The token ids that match :func:`insert_embeddings`' sequence: ``count`` placeholders (id 0, never an end
+    token) at ``position``, the rest shifted right and cut back, so the end token sits where the pooled text is
+    read."""
+    filler = torch.zeros((len(input_ids), count), dtype=input_ids.dtype, device=input_ids.device)
+    return torch.cat([input_ids[:, :position], filler, input_ids[:, position:]], dim=1)[:, :input_ids.shape[1]]
+
+
 def insert_relaxed_tokens(text_encoder, input_ids: torch.Tensor, relaxed: torch.Tensor,
                           position: int = 1) -> torch.Tensor:
     """Input embeddings (B, T, C) of ``input_ids`` (B, T) with k relaxed tokens (B, k, V) placed at ``position``,

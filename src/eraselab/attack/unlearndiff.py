@@ -19,6 +19,8 @@ every step. Tiny model: k = 5 as well, lr 0.1, 100 steps, checked every 5 steps 
 50 UNet calls, against 1 for a gradient step). k and the steps were set on the oracle, never the final judge:
 against UCE "star" (6 prompts), with k = 3 and 40 steps no typed prompt met the oracle's all-seeds rule (the best
 of each: 1 of 2 seeds, or none); with k = 5 and 100 steps two of six did.
+On SDXL a relaxed token is one distribution over the vocabulary the two tokenizers share, embedded through each
+encoder's own table (z E_1, z E_2), and the pooled text is read where the end token moved.
 Against an inference-time guard the loss stays the paper's (the conditional denoiser scores the target image; a
 guided prediction is no estimate of the added noise), and the oracle queries the guarded sampler, as deployed.
 """
@@ -43,10 +45,16 @@ from eraselab.attack.base import (
     whole_word_tokens,
 )
 from eraselab.attack.search import search_evaluations, search_prompts
-from eraselab.attack.soft_prompt import encode_with_embeddings, insert_relaxed_tokens, project_to_simplex
+from eraselab.attack.soft_prompt import (
+    condition_with_embeddings,
+    insert_relaxed_tokens,
+    inserted_ids,
+    project_to_simplex,
+    token_embeddings,
+)
 from eraselab.errors import EraselabError
 from eraselab.generate import generate_images
-from eraselab.models.conditioning import require_one_text_encoder
+from eraselab.models.conditioning import UNetCondition, is_sdxl, micro_conditioning
 from eraselab.sampling import prediction_target
 
 THREAT_MODEL = "white-box-gradients"
@@ -81,17 +89,22 @@ def target_latents(reference_pipe, pairs: list[tuple[str, int]], spec: AttackSpe
     return latents
 
 
-def denoising_loss(pipe, input_embeddings: torch.Tensor, latent: torch.Tensor, timesteps: list[int],
-                   noises: torch.Tensor, batched: bool = True) -> torch.Tensor:
+def denoising_loss(pipe, input_embeddings: list[torch.Tensor], latent: torch.Tensor, timesteps: list[int],
+                   noises: torch.Tensor, batched: bool = True,
+                   input_ids: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Mean over ``timesteps`` of || eps_theta(x_t | P) - eps ||^2 (Eq. 3): one batched UNet call, or one call
-    per timestep with the same mean (the reference schedule). On a v-prediction model the target is the velocity
-    (:func:`eraselab.sampling.prediction_target`), the quantity its UNet predicts."""
+    per timestep with the same mean (the reference schedule). P is given as input embeddings (1, T, C) for each
+    text encoder (SDXL: two, with ``input_ids`` for where its pooled text is read). On a v-prediction model the
+    target is the velocity (:func:`eraselab.sampling.prediction_target`), the quantity its UNet predicts."""
+    height, width = (side * pipe.vae_scale_factor for side in latent.shape[-2:])
+
     def one(ts: list[int], eps: torch.Tensor) -> torch.Tensor:
         t = torch.tensor(ts, device=latent.device)
         clean = latent.expand(len(ts), -1, -1, -1)
         noisy = pipe.scheduler.add_noise(clean, eps, t)  # x_t
-        condition = encode_with_embeddings(pipe.text_encoder, input_embeddings).expand(len(ts), -1, -1)
-        predicted = pipe.unet(noisy, t, encoder_hidden_states=condition).sample
+        context, pooled = condition_with_embeddings(pipe, input_ids or [], input_embeddings)
+        condition = UNetCondition(context, pooled, micro_conditioning(pipe, height, width, 1, context))
+        predicted = pipe.unet(noisy, t, **condition.expand(len(ts)).unet_kwargs()).sample
         target = prediction_target(pipe.scheduler, clean, eps, t)  # Eq. 3's eps (v on v-prediction models)
         return F.mse_loss(predicted, target, reduction="none").mean(dim=(1, 2, 3)).sum()
 
@@ -110,11 +123,12 @@ class _RelaxedTokens:
 
     def __init__(self, pipe, config: UnlearnDiffConfig, words: dict[int, str], candidates: torch.Tensor,
                  timesteps: list[int], prompt: str, latent: torch.Tensor, index: int) -> None:
-        tokenizer = pipe.tokenizer
         self.pipe, self.config, self.words, self.candidates = pipe, config, words, candidates
         self.timesteps, self.prompt, self.latent = timesteps, prompt, latent
-        self.input_ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length,
-                                   truncation=True, return_tensors="pt").input_ids.to(pipe.device)
+        self.encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if is_sdxl(pipe) else [])
+        self.input_ids = [tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length,
+                                    truncation=True, return_tensors="pt").input_ids.to(pipe.device)
+                          for tokenizer in [pipe.tokenizer] + ([pipe.tokenizer_2] if is_sdxl(pipe) else [])]
         # k relaxed tokens, started at random one-hot rows.
         self.generator = torch.Generator().manual_seed(config.seed * 7919 + index)
         start_ids = torch.randint(len(candidates), (config.tokens,), generator=self.generator)
@@ -129,8 +143,10 @@ class _RelaxedTokens:
         noises = noises.to(self.pipe.device, self.latent.dtype)
         full = torch.zeros(1, self.config.tokens, len(self.pipe.tokenizer), device=self.pipe.device)
         full = full.index_copy(2, self.candidates, self.relaxed)
-        embeddings = insert_relaxed_tokens(self.pipe.text_encoder, self.input_ids, full)
-        loss = denoising_loss(self.pipe, embeddings, self.latent, ts, noises)  # Eq. 3
+        embeddings = [insert_relaxed_tokens(encoder, ids, full)  # one z, each encoder's own table (SDXL: two)
+                      for encoder, ids in zip(self.encoders, self.input_ids, strict=True)]
+        ids = [inserted_ids(ids, self.config.tokens) for ids in self.input_ids]
+        loss = denoising_loss(self.pipe, embeddings, self.latent, ts, noises, input_ids=ids)  # Eq. 3
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
@@ -146,7 +162,8 @@ class _RelaxedTokens:
 
 def attack(target_pipe, spec: AttackSpec, config: UnlearnDiffConfig, reference_pipe=None) -> AttackResult:
     start = time.perf_counter()
-    require_one_text_encoder(target_pipe, "UnlearnDiffAtk")
+    if is_sdxl(target_pipe) and len(token_embeddings(target_pipe.text_encoder_2)) != len(target_pipe.tokenizer):
+        raise EraselabError("unlearndiff relaxes tokens over one vocabulary: this SDXL's two text encoders' differ")
     check_budget(config.iterations, "iterations")
     check_budget(config.tokens, "tokens")
     if reference_pipe is None:
@@ -157,8 +174,9 @@ def attack(target_pipe, spec: AttackSpec, config: UnlearnDiffConfig, reference_p
     candidates = torch.tensor(sorted(words), device=target_pipe.device)
     target_pipe.scheduler.set_timesteps(spec.steps, device=target_pipe.device)
     timesteps = target_pipe.scheduler.timesteps.tolist()
-    for module in (target_pipe.unet, target_pipe.text_encoder):
-        module.requires_grad_(False)
+    for module in (target_pipe.unet, target_pipe.text_encoder, getattr(target_pipe, "text_encoder_2", None)):
+        if module is not None:
+            module.requires_grad_(False)
     cost = Cost()
     # The targets: the unedited model's image of each prompt.
     targets = target_latents(reference_pipe, [(prompt, config.target_seed) for prompt in spec.prompts], spec)

@@ -29,8 +29,8 @@ def require_one_text_encoder(pipe, what: str) -> None:
     pooled conditioning) and has not been extended to SDXL's two."""
     if is_sdxl(pipe):
         raise EraselabError(f"{what} does not support SDXL yet (it works through one text encoder); on SDXL use "
-                            "erase uce/rece/trce/esd/safegen, generate, run, the negative-prompt and SLD guards, "
-                            "embedding-recovery, concept-arithmetic, concept-vector and textual-inversion")
+                            "erase uce/rece/trce/esd/safegen, generate, run, the negative-prompt and SLD guards "
+                            "and every attack but p4d")
 
 
 def encode_context(pipe, prompts: Sequence[str]) -> torch.Tensor:

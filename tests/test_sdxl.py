@@ -277,6 +277,32 @@ def test_unlearndiff_relaxes_one_token_distribution_through_both_encoders_on_sdx
     assert search["text"].endswith("a red star") and len(search["loss"]) == 2
 
 
+def test_an_audit_card_is_made_on_sdxl(micro_sdxl, tmp_path):
+    import jsonschema
+
+    from eraselab.audit.card import SCHEMA_PATH
+
+    edit = tmp_path / "uce"
+    made = runner.invoke(app, ["erase", "--model", str(micro_sdxl), "--method", "uce", "--concept", "star",
+                               "--anchor", "shape", "--template", "a red {}", "--out", str(edit)])
+    assert made.exit_code == 0, made.output
+    suite = tmp_path / "stars.csv"
+    suite.write_text("prompt\na red star\na blue star\n")
+    attacks = [flag for name in ("textual-inversion", "concept-vector") for flag in ("--attack", name)]
+    audited = runner.invoke(app, ["audit", "--model", str(micro_sdxl), "--edit", str(edit), "--concept", "star",
+                                  "--suite", str(suite), "--preserve-suite", "tiny:target:circle", "--judge", "tiny",
+                                  *attacks, "--seeds", "1", "--attack-seeds", "1", "--steps", "2",
+                                  "--out", str(tmp_path / "audit")])
+    assert audited.exit_code == 0, audited.output
+    card = json.loads((tmp_path / "audit" / "card.json").read_text())
+    jsonschema.validate(card, json.loads(SCHEMA_PATH.read_text()))
+    status = {a["label"]: (a["status"], a.get("reason") or "") for a in card["attacks"]}
+    # random weights never draw a star: the attacks ran their pre-attack check and found nothing to bring back
+    assert all(status[a][0] == "refused" and "nothing to bring back" in status[a][1]
+               for a in ("textual-inversion", "concept-vector"))
+    assert [g["metric"] for g in card["erasure"]] == ["efficacy", "specificity"]
+
+
 def test_what_works_through_one_text_encoder_is_refused_on_sdxl_in_one_line(sdxl, tmp_path):
     from eraselab.attack.base import AttackSpec
     from eraselab.attack.p4d import P4dConfig

@@ -462,6 +462,7 @@ def test_textual_inversion_learns_one_reusable_token_in_the_concepts_place(uce_s
 def test_defended_noise_is_the_noise_the_guarded_sampler_steps_with():
     from eraselab.attack.defended_noise import DefendedNoise
     from eraselab.guard import make_guard
+    from eraselab.models.conditioning import UNetCondition
 
     pipe = load_pipeline("tiny")
     size, channels = pipe.unet.config.sample_size, pipe.unet.config.in_channels
@@ -473,9 +474,10 @@ def test_defended_noise_is_the_noise_the_guarded_sampler_steps_with():
     condition = encoded["a red star"].clone().requires_grad_(True)
     plain = DefendedNoise(pipe, None, 5.0)
     assert plain.calls == 2
-    assert torch.allclose(plain(latents, t, condition, 3), eps[""] + 5 * (eps["a red star"] - eps[""]), atol=1e-5)
+    assert torch.allclose(plain(latents, t, UNetCondition(condition), 3), eps[""] + 5 * (eps["a red star"] - eps[""]),
+                          atol=1e-5)
     negative = DefendedNoise(pipe, make_guard("negative-prompt", concept="star"), 5.0)
-    guided = negative(latents, t, condition, 3)
+    guided = negative(latents, t, UNetCondition(condition), 3)
     assert torch.allclose(guided, eps["star"] + 5 * (eps["a red star"] - eps["star"]), atol=1e-5)
     guided.pow(2).mean().backward()
     assert condition.grad is not None and condition.grad.abs().sum() > 0  # the attack can follow it
@@ -485,7 +487,7 @@ def test_defended_noise_is_the_noise_the_guarded_sampler_steps_with():
     mu = torch.where(difference >= 1.0, 0.0, torch.clamp(difference.abs() * 5000.0, max=1.0))
     expected = eps[""] + 5 * ((eps["a red star"] - eps[""]) - mu * (eps["star"] - eps[""]))
     with torch.no_grad():
-        assert torch.allclose(sld(latents, t, encoded["a red star"], 0), expected, atol=1e-4)
+        assert torch.allclose(sld(latents, t, UNetCondition(encoded["a red star"]), 0), expected, atol=1e-4)
     with pytest.raises(EraselabError, match="cannot be put into a gradient attack's loss"):
         DefendedNoise(pipe, make_guard("safree", concepts="star"), 5.0)
 

@@ -303,6 +303,29 @@ def test_an_audit_card_is_made_on_sdxl(micro_sdxl, tmp_path):
     assert [g["metric"] for g in card["erasure"]] == ["efficacy", "specificity"]
 
 
+def test_p4d_projects_onto_tokens_of_both_encoders_and_conditions_as_the_typed_prompt_on_sdxl(sdxl):
+    from eraselab.attack.base import AttackSpec
+    from eraselab.attack.p4d import P4dConfig, _ProjectedPrompt, search_setting
+    from eraselab.attack.p4d import attack as p4d
+    from eraselab.guard import make_guard
+    from eraselab.models.conditioning import guidance_conditions
+
+    spec = AttackSpec("star", ("a red star",), steps=2, guidance=5.0)
+    for config in (P4dConfig(free_tokens=3), P4dConfig(variant="p4d-k", every=2)):
+        search = _ProjectedPrompt(search_setting(sdxl, sdxl, spec, config), "a red star", 0)
+        with torch.no_grad():
+            projected, typed = search.condition(), guidance_conditions(sdxl, [search.typed()])[0]
+        # the projected tokens' embeddings through both encoders are the typed prompt's conditioning
+        assert torch.allclose(projected.context, typed.context, atol=1e-5)
+        assert torch.allclose(projected.pooled, typed.pooled, atol=1e-5)
+        assert torch.equal(projected.time_ids, typed.time_ids)
+    guarded = AttackSpec("star", ("a red star",), steps=2, guidance=5.0, guard=make_guard("sld", concept="star"))
+    result = p4d(sdxl, guarded, P4dConfig(free_tokens=3, iterations=2, check_every=2, oracle_seeds=(1000,),
+                                          oracle_label="shape=star"), reference_pipe=sdxl)
+    search = result.details["search"][0]
+    assert result.details["guard_in_loss"] and len(search["loss"]) == 2 and search["text"]
+
+
 def test_what_works_through_one_text_encoder_is_refused_on_sdxl_in_one_line(sdxl, tmp_path):
     from eraselab.attack.base import AttackSpec
     from eraselab.attack.p4d import P4dConfig
@@ -313,8 +336,9 @@ def test_what_works_through_one_text_encoder_is_refused_on_sdxl_in_one_line(sdxl
 
     with pytest.raises(EraselabError, match="AdvUnlearn does not support SDXL yet"):
         advunlearn(sdxl, EraseSpec(("star",)), AdvUnlearnConfig(iterations=1), progress=False)
-    with pytest.raises(EraselabError, match="P4D does not support SDXL yet"):
-        p4d(sdxl, AttackSpec("star", ("a red star",), steps=2), P4dConfig(), reference_pipe=sdxl)
+    with pytest.raises(EraselabError, match="the SAFREE guard does not support SDXL yet"):
+        p4d(sdxl, AttackSpec("star", ("a red star",), steps=2, guard=make_guard("safree", concepts="star")),
+            P4dConfig(iterations=1), reference_pipe=sdxl)
     with pytest.raises(EraselabError, match="the SAFREE guard does not support SDXL yet"):
         generate_images(sdxl, [GenerationRequest("a red star", 0, steps=2)], progress=False,
                         guard=make_guard("safree", concepts="star"))

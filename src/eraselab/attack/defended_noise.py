@@ -12,18 +12,21 @@ queries the guard.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from eraselab.errors import EraselabError
-from eraselab.models.conditioning import UNetCondition
+from eraselab.models.conditioning import UNetCondition, encode_batch
 from eraselab.requests import GenerationRequest
 from eraselab.sampling import PlainGuidance, guided_noise
 
 
 class DefendedNoise:
     """``noise(latents, t, condition, step)``: the guided noise prediction of ``pipe`` under ``guard`` (or plain
-    classifier-free guidance without one) for the prompt encoding ``condition`` (B, T, C), with gradients; with
-    ``guidance=None`` (and no guard), the conditional prediction alone, as P4D's loss compares without a guard."""
+    classifier-free guidance without one) for the prompt's conditioning ``condition`` (its context (B, T, C) with
+    gradients; on SDXL its pooled text and time ids), with ``guidance=None`` (and no guard), the conditional
+    prediction alone, as P4D's loss compares without a guard."""
 
     def __init__(self, pipe, guard, guidance: float | None) -> None:
         if guard is not None and not getattr(guard, "differentiable", False):
@@ -36,19 +39,19 @@ class DefendedNoise:
             return
         self.rule = (guard.guidance_rule(pipe) if guard is not None else None) or PlainGuidance()
         negative = guard.rewrite(GenerationRequest("", 0)).negative_prompt if guard is not None else ""
-        with torch.no_grad():
-            self.negative = UNetCondition(pipe.encode_prompt(negative, pipe.device, 1, False)[0])  # (1, T, C)
+        self.negative = encode_batch(pipe, [""], [negative])  # as the sampler encodes it (SDXL: zeros for "")
         self.calls = 2 + len(self.rule.extra_embeddings(1))  # UNet evaluations per latent
 
-    def __call__(self, latents: torch.Tensor, t: torch.Tensor, condition: torch.Tensor, step: int) -> torch.Tensor:
+    def __call__(self, latents: torch.Tensor, t: torch.Tensor, condition: UNetCondition, step: int) -> torch.Tensor:
         if self.guidance is None:
-            return self.pipe.unet(latents, t, encoder_hidden_states=condition).sample
+            return self.pipe.unet(latents, t, **condition.unet_kwargs()).sample
         batch = len(latents)
-        negative = self.negative.expand(batch)
-        self.rule.start(self.pipe, [""] * batch, condition, negative.context)
-        extras = self.rule.extra_embeddings(batch)  # a new batch: SLD's momentum starts at zero at the visited step
+        height, width = (side * self.pipe.vae_scale_factor for side in latents.shape[-2:])
+        negative = self.negative.for_unet(self.pipe, height, width)[1].expand(batch)
+        self.rule.start(self.pipe, [""] * batch, condition.context, negative.context)
+        extras = [replace(extra, time_ids=negative.time_ids)  # a new batch: SLD's momentum starts at zero here
+                  for extra in self.rule.extra_embeddings(batch)]
         try:
-            return guided_noise(self.pipe, self.rule, step, latents, t, UNetCondition(condition), negative, extras,
-                                self.guidance)
+            return guided_noise(self.pipe, self.rule, step, latents, t, condition, negative, extras, self.guidance)
         finally:
             self.rule.finish(self.pipe)

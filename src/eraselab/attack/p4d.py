@@ -14,6 +14,9 @@ target is then the unedited model's classifier-free guided noise for P at the sa
 the noise a sampler steps with (the reference code compares the guided prediction with the unguided conditional
 one, a factor of the guidance scale apart). A guard with no gradient to follow (SAFREE) stays out of the loss and
 the oracle alone queries it.
+On SDXL a token's input embedding is the pair of its two encoders' rows side by side: the continuous embeddings
+live in that joint space and project to the token nearest (cosine) over the pair, so the typed prompt goes through
+both encoders as optimised, its pooled text included.
 Variants (data, not code): ``p4d-n`` optimises N free tokens that replace the prompt; ``p4d-k`` keeps the prompt and
 inserts one learnable token after every K of its words.
 
@@ -43,9 +46,9 @@ from eraselab.attack.base import (
 )
 from eraselab.attack.defended_noise import DefendedNoise
 from eraselab.attack.search import search_evaluations, search_prompts
-from eraselab.attack.soft_prompt import encode_with_embeddings, token_embeddings
+from eraselab.attack.soft_prompt import condition_with_embeddings, token_embeddings
 from eraselab.errors import EraselabError
-from eraselab.models.conditioning import require_one_text_encoder
+from eraselab.models.conditioning import UNetCondition, guidance_conditions, is_sdxl, micro_conditioning
 
 THREAT_MODEL = "white-box-gradients"
 VARIANTS = ("p4d-n", "p4d-k")
@@ -132,25 +135,36 @@ class _ProjectedPrompt:
         device, length = pipe.device, pipe.tokenizer.model_max_length
         # The unedited model's trajectory and its noise predictions for the original prompt (the target).
         self.latents, self.timesteps = trajectory(reference, prompt, attack.spec, attack.config.trajectory_seed)
-        with torch.no_grad():
-            self.original, _ = reference.encode_prompt(prompt, device, 1, False)
+        self.original = guidance_conditions(reference, [prompt])[0]
         self.generator = torch.Generator().manual_seed(attack.config.seed * 7919 + index)
         ids, learnable = _initial_ids(prompt, pipe, attack.config, attack.words, self.generator)
         self.ids = torch.tensor(ids[: length - 2], device=device)
         self.learnable = torch.tensor(learnable[: length - 2], device=device)
         self.soft = attack.table[self.ids].clone().requires_grad_(True)  # (L, C) continuous
         self.optimizer = torch.optim.AdamW([self.soft], lr=attack.config.lr, weight_decay=attack.config.weight_decay)
-        frame = pipe.tokenizer("", padding="max_length", max_length=length, return_tensors="pt").input_ids[0]
-        self.fixed = attack.table[frame.to(device)]  # [BOS, EOS, ...]: the prompt goes between BOS and the first EOS
+        # [BOS, EOS, pad ...] of each tokenizer (SDXL's pad differently): the prompt goes between BOS and the first
+        # EOS; their embeddings side by side, as the table's rows are
+        self.frames = [tokenizer("", padding="max_length", max_length=length, return_tensors="pt").input_ids[0]
+                       .to(device) for tokenizer in attack.tokenizers]
+        self.fixed = torch.cat([token_embeddings(encoder)[frame] for encoder, frame in
+                                zip(attack.encoders, self.frames, strict=True)], dim=-1).detach()
 
-    def step(self, step: int, cost: Cost) -> float:
+    def condition(self) -> UNetCondition:
+        """The projected prompt's conditioning, with the gradient straight through to the continuous embeddings."""
         attack, table = self.attack, self.attack.table
         # Project to tokens, straight-through to the continuous embeddings (PEZ).
         projected = table[nearest_tokens(self.soft, attack.table_unit, attack.candidates)]
         hard = self.soft + (projected - self.soft).detach()
         current = torch.where(self.learnable[:, None], hard, table[self.ids])
         inputs = torch.cat([self.fixed[:1], current, self.fixed[1 + len(self.ids):]])[None]  # (1, T, C)
-        condition = encode_with_embeddings(attack.target.text_encoder, inputs)
+        ids = [torch.cat([frame[:1], self.ids, frame[1 + len(self.ids):]])[None] for frame in self.frames]
+        context, pooled = condition_with_embeddings(attack.target, ids, list(inputs.split(attack.widths, dim=-1)))
+        height, width = (side * attack.target.vae_scale_factor for side in self.latents[0].shape[-2:])
+        return UNetCondition(context, pooled, micro_conditioning(attack.target, height, width, 1, context))
+
+    def step(self, step: int, cost: Cost) -> float:
+        attack = self.attack
+        condition = self.condition()
         # Eq. 4 at a random step of the unedited trajectory.
         i = int(torch.randint(len(self.timesteps), (1,), generator=self.generator))
         t = torch.tensor([self.timesteps[i]], device=attack.target.device)
@@ -181,40 +195,64 @@ class _Setting:
     config: P4dConfig
     words: dict[int, str]
     candidates: torch.Tensor
-    table: torch.Tensor
+    encoders: list  # the target's text encoders (SDXL: two)
+    tokenizers: list
+    table: torch.Tensor  # every token's input embedding, (V, C); on SDXL both encoders' side by side
     table_unit: torch.Tensor
     defended: DefendedNoise  # the edited side: the guarded sampler's noise, or the plain conditional prediction
     reference_noise: DefendedNoise  # the unedited side, guided likewise
 
+    @property
+    def widths(self) -> list[int]:
+        """Each text encoder's share of the table's columns."""
+        return [token_embeddings(encoder).shape[-1] for encoder in self.encoders]
+
 
 def attack(target_pipe, spec: AttackSpec, config: P4dConfig, reference_pipe=None) -> AttackResult:
     start = time.perf_counter()
-    require_one_text_encoder(target_pipe, "P4D")
     check_budget(config.iterations, "iterations")
     if reference_pipe is None:
         raise EraselabError("p4d needs the unedited reference model: its noise predictions are the attack's target")
     oracle = StopOracle("p4d", target_pipe, spec.concept, config.oracle, config.oracle_label,
                         config.oracle_seeds, config.oracle_rule, guard=spec.guard)
-    words = whole_word_tokens(target_pipe.tokenizer)
-    candidates = torch.tensor(sorted(words), device=target_pipe.device)
-    table = token_embeddings(target_pipe.text_encoder).detach()
-    for module in (target_pipe.unet, target_pipe.text_encoder, reference_pipe.unet, reference_pipe.text_encoder):
-        module.requires_grad_(False)
-    guarded = spec.guard is not None and getattr(spec.guard, "differentiable", False)
-    # With a guard in the loss: its guided noise against the unguarded model's guided noise; without: the two
-    # models' conditional predictions.
-    guidance = spec.guidance if guarded else None
-    setting = _Setting(target_pipe, reference_pipe, spec, config, words, candidates, table,
-                       F.normalize(table[candidates], dim=-1),  # cosine projection onto typeable words
-                       DefendedNoise(target_pipe, spec.guard if guarded else None, guidance),
-                       DefendedNoise(reference_pipe, None, guidance))
+    setting = search_setting(target_pipe, reference_pipe, spec, config)
     cost = Cost(unet_evals=len(spec.prompts) * spec.steps * 2)  # each prompt's trajectory of the unedited model
     replays, searched = search_prompts("p4d", target_pipe, spec, oracle, config.iterations, config.check_every,
                                        lambda index, prompt: _ProjectedPrompt(setting, prompt, index), cost,
                                        history=20)
     cost.seconds = round(time.perf_counter() - start, 3)
     return AttackResult("p4d", THREAT_MODEL, asdict(config), replays, cost, oracle=oracle.record(),
-                        details={"search": searched, "guard_in_loss": guarded})
+                        details={"search": searched, "guard_in_loss": guard_in_loss(spec)})
+
+
+def guard_in_loss(spec: AttackSpec) -> bool:
+    """Whether the spec's guard enters the loss (it has a gradient to follow); else only the oracle queries it."""
+    return spec.guard is not None and getattr(spec.guard, "differentiable", False)
+
+
+def search_setting(target_pipe, reference_pipe, spec: AttackSpec, config: P4dConfig) -> _Setting:
+    """What every prompt's search shares (the models frozen, the typeable words, both sides' noise)."""
+    words = whole_word_tokens(target_pipe.tokenizer)
+    candidates = torch.tensor(sorted(words), device=target_pipe.device)
+    sdxl = is_sdxl(target_pipe)
+    encoders = [target_pipe.text_encoder] + ([target_pipe.text_encoder_2] if sdxl else [])
+    tokenizers = [target_pipe.tokenizer] + ([target_pipe.tokenizer_2] if sdxl else [])
+    tables = [token_embeddings(encoder).detach() for encoder in encoders]
+    if len({len(t) for t in tables}) > 1:
+        raise EraselabError("p4d projects onto one vocabulary: this SDXL's two text encoders' differ")
+    table = torch.cat(tables, dim=-1)  # a token's input embedding in every encoder: (V, 768 + 1280) on SDXL
+    for pipe in (target_pipe, reference_pipe):
+        for module in (pipe.unet, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+            if module is not None:
+                module.requires_grad_(False)
+    guarded = guard_in_loss(spec)
+    # With a guard in the loss: its guided noise against the unguarded model's guided noise; without: the two
+    # models' conditional predictions.
+    guidance = spec.guidance if guarded else None
+    return _Setting(target_pipe, reference_pipe, spec, config, words, candidates, encoders, tokenizers, table,
+                    F.normalize(table[candidates], dim=-1),  # cosine projection onto typeable words
+                    DefendedNoise(target_pipe, spec.guard if guarded else None, guidance),
+                    DefendedNoise(reference_pipe, None, guidance))
 
 
 def evaluations(config: P4dConfig, prompts: int, steps: int) -> tuple[int, int]:

@@ -30,7 +30,7 @@ def require_one_text_encoder(pipe, what: str) -> None:
     if is_sdxl(pipe):
         raise EraselabError(f"{what} does not support SDXL yet (it works through one text encoder); on SDXL use "
                             "erase uce/rece/trce/esd/safegen, generate, run, the negative-prompt and SLD guards "
-                            "and every attack but p4d")
+                            "and every attack")
 
 
 def encode_context(pipe, prompts: Sequence[str]) -> torch.Tensor:

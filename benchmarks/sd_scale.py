@@ -30,7 +30,8 @@ with its inner attack (``--advunlearn-ddim-steps``, ``--advunlearn-attack-steps`
 default), counting their UNet calls. ``--parts sdxl`` builds SDXL base's
 architecture (UNet 2.57 G, two text encoders 123 M + 695 M): its load, a UCE edit on the 2048-wide context,
 embedding recovery and a lone image's generation ratio; ``--parts sdxl-esd`` one ESD iteration on it (built for
-512 px). Random weights: the costs are real, the images are noise.
+512 px), one UnlearnDiffAtk step and one Ring-A-Bell generation through both its text encoders. Random weights:
+the costs are real, the images are noise.
 The attacks' judge is the tiny classifier pointed at a colour the unedited model draws, so there is something to
 bring back.
 """
@@ -393,29 +394,34 @@ def largest_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
 
 
-def unlearndiff_step(meter: Meter, pipe, args) -> None:
-    """One UnlearnDiffAtk gradient step as the attack takes it: relaxed tokens through the text encoder, the
-    denoising loss at one timestep, back-propagation through the UNet and the encoder, Adam, the simplex."""
+def unlearndiff_step(meter: Meter, pipe, args, name: str = "sd-1.4", size: int | None = None) -> None:
+    """One UnlearnDiffAtk gradient step as the attack takes it: relaxed tokens through the text encoder(s), the
+    denoising loss at one timestep, back-propagation through the UNet and the encoder(s), Adam, the simplex."""
     import torch.nn.functional as F
 
     from eraselab.attack.base import whole_word_tokens
-    from eraselab.attack.soft_prompt import insert_relaxed_tokens, project_to_simplex
+    from eraselab.attack.soft_prompt import insert_relaxed_tokens, inserted_ids, project_to_simplex
     from eraselab.attack.unlearndiff import denoising_loss
 
+    size = size or args.size
     tokenizer, device = pipe.tokenizer, pipe.device
+    encoders = [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e is not None]
+    tokenizers = [t for t in (pipe.tokenizer, getattr(pipe, "tokenizer_2", None)) if t is not None][:len(encoders)]
     candidates = torch.tensor(sorted(whole_word_tokens(tokenizer)), device=device)
-    ids = tokenizer(PROMPTS[1], padding="max_length", max_length=77, return_tensors="pt").input_ids.to(device)
+    ids = [t(PROMPTS[1], padding="max_length", max_length=77, return_tensors="pt").input_ids.to(device)
+           for t in tokenizers]
     generator = torch.Generator().manual_seed(0)
-    latent = torch.randn(1, 4, args.size // 8, args.size // 8, generator=generator).to(device, pipe.unet.dtype)
+    latent = torch.randn(1, 4, size // 8, size // 8, generator=generator).to(device, pipe.unet.dtype)
     noise = torch.randn(latent.shape, generator=generator).to(device, pipe.unet.dtype)
     relaxed = F.one_hot(torch.randint(len(candidates), (5,), generator=generator), len(candidates)).float()
     relaxed = relaxed[None].to(device).requires_grad_(True)
     optimizer = torch.optim.Adam([relaxed], lr=0.01)
-    for module in (pipe.unet, pipe.text_encoder):
+    for module in (pipe.unet, *encoders):
         module.requires_grad_(False)
-    with meter.measure(f"sd-1.4 one UnlearnDiffAtk step ({args.size} px)"):
+    with meter.measure(f"{name} one UnlearnDiffAtk step ({size} px)"):
         full = torch.zeros(1, 5, len(tokenizer), device=device).index_copy(2, candidates, relaxed)
-        loss = denoising_loss(pipe, [insert_relaxed_tokens(pipe.text_encoder, ids, full)], latent, [500], noise)
+        embeddings = [insert_relaxed_tokens(e, i, full) for e, i in zip(encoders, ids, strict=True)]
+        loss = denoising_loss(pipe, embeddings, latent, [500], noise, input_ids=[inserted_ids(i, 5) for i in ids])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -423,19 +429,20 @@ def unlearndiff_step(meter: Meter, pipe, args) -> None:
             relaxed.copy_(project_to_simplex(relaxed))
 
 
-def ring_a_bell(meter: Meter, pipe) -> None:
+def ring_a_bell(meter: Meter, pipe, name: str = "sd-1.4") -> None:
     """One generation of the Ring-A-Bell search: one text-encoder call over half the population (the children)."""
     from eraselab.attack.concept_vector import ConceptVectorConfig, genetic_search
+    from eraselab.models.conditioning import encode_context
 
     config = ConceptVectorConfig(search=True, generations=1)
-    target = torch.zeros(77, pipe.text_encoder.config.hidden_size, dtype=torch.float64)
-    with meter.measure("sd-1.4 Ring-A-Bell search, 1 generation (population 200)") as info:
+    target = torch.zeros_like(encode_context(pipe, [""])[0], dtype=torch.float64)  # (77, C): C 2048 on SDXL
+    with meter.measure(f"{name} Ring-A-Bell search, 1 generation (population 200)") as info:
         start = time.perf_counter()
         _, _, calls = genetic_search(pipe, target, config)
         per_row = (time.perf_counter() - start) / calls
         info.update(encoder_rows=calls)
     budget = config.population + ConceptVectorConfig().generations * (config.population - config.population // 2)
-    print(json.dumps({"Ring-A-Bell default budget": f"{budget} encoder rows, projected "
+    print(json.dumps({f"{name} Ring-A-Bell default budget": f"{budget} encoder rows, projected "
                       f"{budget * per_row / 3600:.1f} h per prompt at {per_row * 1000:.0f} ms a row here"}), flush=True)
 
 
@@ -472,7 +479,8 @@ def sdxl_esd(meter: Meter, args, tokenizer, workdir: Path) -> None:
     """One ESD iteration (esd-x, float32, x_t drawn with ``--esd-ddim-steps`` DDIM steps) on SDXL base's
     architecture, its UNet built for 512 px (``sample_size`` 64: the same 2.57 G weights, a quarter of 1,024 px's
     latent) so that training fits this CPU's memory: the trained copy shares every weight it does not train with
-    the frozen UNet, so the UNet is held once."""
+    the frozen UNet, so the UNet is held once. Then one UnlearnDiffAtk step and one Ring-A-Bell generation through
+    both text encoders."""
     from eraselab.erase.esd import EsdConfig, trained_parameter_names
     from eraselab.erase.esd import erase as esd
     from eraselab.erase.spec import EraseSpec
@@ -493,6 +501,8 @@ def sdxl_esd(meter: Meter, args, tokenizer, workdir: Path) -> None:
         info["frozen_unet_calls"] = len(calls)
         info["trained_parameters_m"] = round(sum(pipe.unet.get_parameter(n).numel()
                                                  for n in trained_parameter_names(pipe.unet, "esd-x")) / 1e6, 1)
+    unlearndiff_step(meter, pipe, args, "sdxl", size=512)
+    ring_a_bell(meter, pipe, "sdxl")
 
 
 PARTS = {"sd14": sd14, "esd-resume": esd_resume, "trce-stage2": trce_stage_two, "safegen": safegen_steps,
@@ -513,7 +523,7 @@ def main() -> None:
                              "DPM-Solver pipelines at SD-1.4 size; trce-stage2: TRCE's second stage with the paper's "
                              "settings (GPU: its trajectories alone are about 1,000 UNet calls); safegen, "
                              "advunlearn: their training steps with the papers' settings; sdxl: SDXL base "
-                             "(about 14 GB in float32); sdxl-esd: one ESD iteration on SDXL")
+                             "(about 14 GB in float32); sdxl-esd: one ESD iteration and two attack steps on SDXL")
     parser.add_argument("--esd-ddim-steps", type=int, default=4, help="DDIM steps of x_t in esd-resume, sdxl-esd")
     parser.add_argument("--trce-steps", type=int, default=2, help="TRCE stage-2 steps timed after its first")
     parser.add_argument("--advunlearn-ddim-steps", type=int, default=50, help="DDIM steps of AdvUnlearn's x_t")

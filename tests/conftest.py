@@ -33,6 +33,29 @@ def readme_apply():
     return apply
 
 
+class _PlainGuard:
+    """A guard whose rule is plain classifier-free guidance: generation through eraselab's own guided loop."""
+
+    name, label = "plain", "plain"
+
+    def settings(self):
+        return {}
+
+    def rewrite(self, request):
+        return request
+
+    def guidance_rule(self, pipe):
+        from eraselab.sampling import PlainGuidance
+
+        return PlainGuidance()
+
+
+@pytest.fixture(scope="session")
+def plain_guard():
+    """The guided loop under plain guidance, for parity tests against the pipeline's own ``__call__``."""
+    return _PlainGuard()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _threads() -> None:
     torch.set_num_threads(2)

@@ -15,21 +15,7 @@ from eraselab.models import load_pipeline, pipeline_fingerprint
 from eraselab.models.conditioning import UNetCondition
 from eraselab.report import write_report
 from eraselab.requests import GenerationRequest
-from eraselab.sampling import PlainGuidance
 from eraselab.store import RunStore
-
-
-class _PlainGuard:
-    name, label = "plain", "plain"
-
-    def settings(self):
-        return {}
-
-    def rewrite(self, request):
-        return request
-
-    def guidance_rule(self, pipe):
-        return PlainGuidance()
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +27,10 @@ def _arrays(images):
     return [np.asarray(i) for i in images]
 
 
-def test_guided_loop_with_plain_guidance_gives_the_pipelines_images_bit_for_bit(micro):
+def test_guided_loop_with_plain_guidance_gives_the_pipelines_images_bit_for_bit(micro, plain_guard):
     requests = [GenerationRequest(p, s, steps=4) for p in ("a red star", "a circle") for s in (0, 1, 2)]
     plain = _arrays(generate_images(micro, requests, progress=False))
-    looped = _arrays(generate_images(micro, requests, progress=False, guard=_PlainGuard()))
+    looped = _arrays(generate_images(micro, requests, progress=False, guard=plain_guard))
     assert all(np.array_equal(a, b) for a, b in zip(plain, looped, strict=True))
 
 

@@ -344,26 +344,11 @@ def test_what_works_through_one_text_encoder_is_refused_on_sdxl_in_one_line(sdxl
                         guard=make_guard("safree", concepts="star"))
 
 
-class _PlainGuard:
-    name, label = "plain", "plain"
-
-    def settings(self):
-        return {}
-
-    def rewrite(self, request):
-        return request
-
-    def guidance_rule(self, pipe):
-        from eraselab.sampling import PlainGuidance
-
-        return PlainGuidance()
-
-
-def test_the_guided_loop_gives_the_sdxl_pipelines_images_bit_for_bit_at_any_size(sdxl):
+def test_the_guided_loop_gives_the_sdxl_pipelines_images_bit_for_bit_at_any_size(sdxl, plain_guard):
     requests = [GenerationRequest("a red star", s, steps=3, guidance=5.0) for s in (0, 1)]
     requests += [GenerationRequest("a blue heart", 2, steps=3, guidance=5.0, height=48, width=32)]  # time ids
     plain = [np.asarray(i) for i in generate_images(sdxl, requests, progress=False)]
-    looped = [np.asarray(i) for i in generate_images(sdxl, requests, progress=False, guard=_PlainGuard())]
+    looped = [np.asarray(i) for i in generate_images(sdxl, requests, progress=False, guard=plain_guard)]
     assert [a.shape for a in looped] == [(32, 32, 3)] * 2 + [(48, 32, 3)]
     assert all(np.array_equal(a, b) for a, b in zip(plain, looped, strict=True))
 

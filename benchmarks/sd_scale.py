@@ -402,14 +402,14 @@ def unlearndiff_step(meter: Meter, pipe, args, name: str = "sd-1.4", size: int |
     from eraselab.attack.base import whole_word_tokens
     from eraselab.attack.soft_prompt import insert_relaxed_tokens, inserted_ids, project_to_simplex
     from eraselab.attack.unlearndiff import denoising_loss
+    from eraselab.models.conditioning import text_encoders, tokenizers
 
     size = size or args.size
     tokenizer, device = pipe.tokenizer, pipe.device
-    encoders = [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e is not None]
-    tokenizers = [t for t in (pipe.tokenizer, getattr(pipe, "tokenizer_2", None)) if t is not None][:len(encoders)]
+    encoders = text_encoders(pipe)
     candidates = torch.tensor(sorted(whole_word_tokens(tokenizer)), device=device)
     ids = [t(PROMPTS[1], padding="max_length", max_length=77, return_tensors="pt").input_ids.to(device)
-           for t in tokenizers]
+           for t in tokenizers(pipe)]
     generator = torch.Generator().manual_seed(0)
     latent = torch.randn(1, 4, size // 8, size // 8, generator=generator).to(device, pipe.unet.dtype)
     noise = torch.randn(latent.shape, generator=generator).to(device, pipe.unet.dtype)

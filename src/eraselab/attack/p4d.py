@@ -48,7 +48,13 @@ from eraselab.attack.defended_noise import DefendedNoise
 from eraselab.attack.search import search_evaluations, search_prompts
 from eraselab.attack.soft_prompt import condition_with_embeddings, token_embeddings
 from eraselab.errors import EraselabError
-from eraselab.models.conditioning import UNetCondition, guidance_conditions, is_sdxl, micro_conditioning
+from eraselab.models.conditioning import (
+    UNetCondition,
+    guidance_conditions,
+    micro_conditioning,
+    text_encoders,
+    tokenizers,
+)
 
 THREAT_MODEL = "white-box-gradients"
 VARIANTS = ("p4d-n", "p4d-k")
@@ -234,22 +240,20 @@ def search_setting(target_pipe, reference_pipe, spec: AttackSpec, config: P4dCon
     """What every prompt's search shares (the models frozen, the typeable words, both sides' noise)."""
     words = whole_word_tokens(target_pipe.tokenizer)
     candidates = torch.tensor(sorted(words), device=target_pipe.device)
-    sdxl = is_sdxl(target_pipe)
-    encoders = [target_pipe.text_encoder] + ([target_pipe.text_encoder_2] if sdxl else [])
-    tokenizers = [target_pipe.tokenizer] + ([target_pipe.tokenizer_2] if sdxl else [])
+    encoders = text_encoders(target_pipe)
     tables = [token_embeddings(encoder).detach() for encoder in encoders]
     if len({len(t) for t in tables}) > 1:
         raise EraselabError("p4d projects onto one vocabulary: this SDXL's two text encoders' differ")
     table = torch.cat(tables, dim=-1)  # a token's input embedding in every encoder: (V, 768 + 1280) on SDXL
     for pipe in (target_pipe, reference_pipe):
-        for module in (pipe.unet, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
-            if module is not None:
-                module.requires_grad_(False)
+        for module in (pipe.unet, *text_encoders(pipe)):
+            module.requires_grad_(False)
     guarded = guard_in_loss(spec)
     # With a guard in the loss: its guided noise against the unguarded model's guided noise; without: the two
     # models' conditional predictions.
     guidance = spec.guidance if guarded else None
-    return _Setting(target_pipe, reference_pipe, spec, config, words, candidates, encoders, tokenizers, table,
+    return _Setting(target_pipe, reference_pipe, spec, config, words, candidates, encoders, tokenizers(target_pipe),
+                    table,
                     F.normalize(table[candidates], dim=-1),  # cosine projection onto typeable words
                     DefendedNoise(target_pipe, spec.guard if guarded else None, guidance),
                     DefendedNoise(reference_pipe, None, guidance))

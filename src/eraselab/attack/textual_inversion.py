@@ -30,7 +30,7 @@ from eraselab.attack.base import AttackEntry, AttackResult, AttackSpec, Cost, Re
 from eraselab.attack.soft_prompt import condition_with_embeddings, token_embeddings
 from eraselab.attack.unlearndiff import target_latents
 from eraselab.errors import EraselabError
-from eraselab.models.conditioning import UNetCondition, is_sdxl, micro_conditioning
+from eraselab.models.conditioning import UNetCondition, micro_conditioning, text_encoders, tokenizers
 from eraselab.sampling import prediction_target
 
 THREAT_MODEL = "white-box-gradients"
@@ -76,9 +76,9 @@ def attack(target_pipe, spec: AttackSpec, config: TextualInversionConfig, refere
     if reference_pipe is None:
         raise EraselabError("textual-inversion needs the unedited model to draw the concept's images")
     device = target_pipe.device
-    encoders = [target_pipe.text_encoder] + ([target_pipe.text_encoder_2] if is_sdxl(target_pipe) else [])
-    tokenizers = [target_pipe.tokenizer] + ([target_pipe.tokenizer_2] if is_sdxl(target_pipe) else [])
-    slots = [[concept_slot(tokenizer, prompt, spec.concept) for tokenizer in tokenizers] for prompt in spec.prompts]
+    encoders = text_encoders(target_pipe)
+    slots = [[concept_slot(tokenizer, prompt, spec.concept) for tokenizer in tokenizers(target_pipe)]
+             for prompt in spec.prompts]
     cost = Cost()
     # 1. The concept's images, drawn by the unedited model, as latents x_0.
     pairs = [(index, prompt, seed) for index, prompt in enumerate(spec.prompts) for seed in config.image_seeds]

@@ -54,7 +54,7 @@ from eraselab.attack.soft_prompt import (
 )
 from eraselab.errors import EraselabError
 from eraselab.generate import generate_images
-from eraselab.models.conditioning import UNetCondition, is_sdxl, micro_conditioning
+from eraselab.models.conditioning import UNetCondition, is_sdxl, micro_conditioning, text_encoders, tokenizers
 from eraselab.sampling import prediction_target
 
 THREAT_MODEL = "white-box-gradients"
@@ -125,10 +125,10 @@ class _RelaxedTokens:
                  timesteps: list[int], prompt: str, latent: torch.Tensor, index: int) -> None:
         self.pipe, self.config, self.words, self.candidates = pipe, config, words, candidates
         self.timesteps, self.prompt, self.latent = timesteps, prompt, latent
-        self.encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if is_sdxl(pipe) else [])
+        self.encoders = text_encoders(pipe)
         self.input_ids = [tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length,
                                     truncation=True, return_tensors="pt").input_ids.to(pipe.device)
-                          for tokenizer in [pipe.tokenizer] + ([pipe.tokenizer_2] if is_sdxl(pipe) else [])]
+                          for tokenizer in tokenizers(pipe)]
         # k relaxed tokens, started at random one-hot rows.
         self.generator = torch.Generator().manual_seed(config.seed * 7919 + index)
         start_ids = torch.randint(len(candidates), (config.tokens,), generator=self.generator)
@@ -174,9 +174,8 @@ def attack(target_pipe, spec: AttackSpec, config: UnlearnDiffConfig, reference_p
     candidates = torch.tensor(sorted(words), device=target_pipe.device)
     target_pipe.scheduler.set_timesteps(spec.steps, device=target_pipe.device)
     timesteps = target_pipe.scheduler.timesteps.tolist()
-    for module in (target_pipe.unet, target_pipe.text_encoder, getattr(target_pipe, "text_encoder_2", None)):
-        if module is not None:
-            module.requires_grad_(False)
+    for module in (target_pipe.unet, *text_encoders(target_pipe)):
+        module.requires_grad_(False)
     cost = Cost()
     # The targets: the unedited model's image of each prompt.
     targets = target_latents(reference_pipe, [(prompt, config.target_seed) for prompt in spec.prompts], spec)

@@ -24,6 +24,16 @@ def is_sdxl(pipe) -> bool:
     return getattr(pipe, "text_encoder_2", None) is not None
 
 
+def text_encoders(pipe) -> list:
+    """The pipeline's text encoders, in the order its context concatenates them (SDXL: two)."""
+    return [pipe.text_encoder] + ([pipe.text_encoder_2] if is_sdxl(pipe) else [])
+
+
+def tokenizers(pipe) -> list:
+    """Each text encoder's tokenizer (SDXL's two share a vocabulary but pad differently)."""
+    return [pipe.tokenizer] + ([pipe.tokenizer_2] if is_sdxl(pipe) else [])
+
+
 def require_one_text_encoder(pipe, what: str) -> None:
     """Refuse ``what`` on SDXL, in one line, where it reaches into a single text encoder (or the UNet without its
     pooled conditioning) and has not been extended to SDXL's two."""

@@ -29,12 +29,17 @@ from eraselab.guard import GUARDS
 def _defaults(config: type) -> str:
     """A table of every setting: the paper's (Stable Diffusion) default and the tiny model's."""
     tiny = getattr(config, "tiny_overrides", {})
-    rows = ["| setting | Stable Diffusion (paper) | tiny model |", "|---|---|---|"]
+    xl = getattr(config, "sdxl_overrides", None)  # the authors' SDXL script's, where it differs
+    rows = ["| setting | Stable Diffusion (paper) | tiny model |" + (" SDXL |" if xl else ""),
+            "|---|---|---|" + ("---|" if xl else "")]
     for field in dataclasses.fields(config):
         default = field.default if field.default is not dataclasses.MISSING else (
             field.default_factory() if field.default_factory is not dataclasses.MISSING else "(required)")
         shown = tiny.get(field.name, default)
-        rows.append(f"| `{field.name}` | `{default!r}` | `{shown!r}`{' (tiny)' if field.name in tiny else ''} |")
+        row = f"| `{field.name}` | `{default!r}` | `{shown!r}`{' (tiny)' if field.name in tiny else ''} |"
+        if xl:
+            row += f" `{xl.get(field.name, default)!r}`{' (SDXL)' if field.name in xl else ''} |"
+        rows.append(row)
     return "\n".join(rows)
 
 

@@ -326,6 +326,25 @@ def test_p4d_projects_onto_tokens_of_both_encoders_and_conditions_as_the_typed_p
     assert result.details["guard_in_loss"] and len(search["loss"]) == 2 and search["text"]
 
 
+def test_esd_on_an_sdxl_directory_defaults_to_its_authors_sdxl_settings(micro_sdxl, micro_sd2, tmp_path):
+    from eraselab.erase.esd import EsdConfig
+    from eraselab.erase.registry import ERASERS
+    from eraselab.options import build
+    from eraselab.profile import SDXL, STABLE_DIFFUSION, TINY, profile_for
+
+    assert (profile_for(micro_sdxl), profile_for(micro_sd2), profile_for("tiny")) == (SDXL, STABLE_DIFFUSION, TINY)
+    assert build(ERASERS, "esd", {}, SDXL) == EsdConfig(iterations=200, lr=2e-4, start_guidance=2.0)
+    assert build(ERASERS, "esd", {"lr": 1e-5}, SDXL).lr == 1e-5  # the user's word wins
+    assert build(ERASERS, "uce", {}, SDXL) == build(ERASERS, "uce", {}, STABLE_DIFFUSION)  # only where they differ
+    config = tmp_path / "esd.yaml"
+    config.write_text("iterations: 2\nddim_steps: 3\n")
+    made = runner.invoke(app, ["erase", "--model", str(micro_sdxl), "--method", "esd", "--concept", "star",
+                               "--config", str(config), "--out", str(tmp_path / "esd")])
+    assert made.exit_code == 0, made.output
+    recorded = json.loads((tmp_path / "esd" / "manifest.json").read_text())["config"]
+    assert (recorded["iterations"], recorded["lr"], recorded["start_guidance"]) == (2, 2e-4, 2.0)
+
+
 def test_what_works_through_one_text_encoder_is_refused_on_sdxl_in_one_line(sdxl, tmp_path):
     from eraselab.attack.base import AttackSpec
     from eraselab.attack.p4d import P4dConfig

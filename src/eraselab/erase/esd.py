@@ -30,7 +30,9 @@ On SDXL (the authors' ``esd_sdxl.py``) the UNet also reads the pooled text embed
 time ids; every prediction here gets them as ``pipe(prompt)`` makes them (:func:`eraselab.models.conditioning.
 guidance_conditions`: for the unconditional prediction, the zero embeddings SDXL base samples with where its script
 encodes ""). Its script's settings differ from SD 1.4's: esd-x, 200 iterations, lr 2e-4 (1e-5 for the other
-variants, which it calls experimental), x_t drawn at guidance 2, 1024 px, bfloat16; pass them as options.
+variants, which it calls experimental), x_t drawn at guidance 2, 1024 px, bfloat16: on an SDXL directory they are the
+defaults (``sdxl_overrides``; give ``lr: 1e-5`` with ``esd-u``), at the UNet's own size, in float32 (the trained
+erasers refuse 16-bit weights).
 Training is seeded per iteration (the same seed gives the same weights) and, with ``checkpoint`` set, saved every
 ``checkpoint_every`` iterations and resumed from there.
 """
@@ -73,6 +75,8 @@ class EsdConfig:
     # Tiny: measured on star, red and outlined; what each setting gave is in docs/tiny-measurements.md.
     tiny_overrides: ClassVar[dict] = {"variant": "esd-x-strict", "iterations": 300, "lr": 1e-3, "batch_size": 4,
                                       "ddim_steps": 25, "preserve_weight": 1.5}
+    # SDXL: the authors' esd_sdxl.py (esd-x; it drops lr to 1e-5 for the other variants, which it calls experimental)
+    sdxl_overrides: ClassVar[dict] = {"iterations": 200, "lr": 2e-4, "start_guidance": 2.0}
 
 
 def trained_parameter_names(unet, variant: str) -> list[str]:

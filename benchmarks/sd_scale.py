@@ -408,7 +408,8 @@ def unlearndiff_step(meter: Meter, pipe, args, name: str = "sd-1.4", size: int |
     tokenizer, device = pipe.tokenizer, pipe.device
     encoders = text_encoders(pipe)
     candidates = torch.tensor(sorted(whole_word_tokens(tokenizer)), device=device)
-    ids = [t(PROMPTS[1], padding="max_length", max_length=77, return_tensors="pt").input_ids.to(device)
+    ids = [t(PROMPTS[1], padding="max_length", max_length=t.model_max_length, truncation=True,
+             return_tensors="pt").input_ids.to(device)
            for t in tokenizers(pipe)]
     generator = torch.Generator().manual_seed(0)
     latent = torch.randn(1, 4, size // 8, size // 8, generator=generator).to(device, pipe.unet.dtype)

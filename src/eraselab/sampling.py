@@ -71,8 +71,8 @@ class GuidanceRule:
         """Called once per batch before the first step, with the batch's prompts and encodings."""
 
     def extra_embeddings(self, batch_size: int) -> list[UNetCondition]:
-        """Further conditionings (each of ``batch_size`` rows; on SDXL with their pooled text, the sampler adds the
-        time ids) the UNet is run on besides the negative and positive prompts."""
+        """Further conditionings (each of ``batch_size`` rows; on SDXL with their pooled text; the sampler sets the
+        time ids of the image's size) the UNet is run on besides the negative and positive prompts."""
         return []
 
     def embeddings(self, step: int, positive: torch.Tensor, negative: torch.Tensor) -> tuple[torch.Tensor,

@@ -7,7 +7,7 @@ concept. It is replayed like a guard (:mod:`eraselab.guard`), so any edited mode
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from eraselab.errors import EraselabError
 from eraselab.models.conditioning import UNetCondition, guidance_conditions
@@ -38,8 +38,8 @@ class CompositionGuard:
     def guidance_rule(self, pipe) -> CompositionRule:
         require_known_words(pipe, [p for p, _ in self.terms],
                             "composition terms have words outside the model's vocabulary")
-        terms = guidance_conditions(pipe, [p for p, _ in self.terms])[0]  # on SDXL with their pooled text
-        return CompositionRule(replace(terms, time_ids=None), [w for _, w in self.terms])  # the sampler's time ids
+        terms = guidance_conditions(pipe, [p for p, _ in self.terms])[0]  # on SDXL with their pooled text (the
+        return CompositionRule(terms, [w for _, w in self.terms])  # sampler sets the time ids of the image's size)
 
 
 class CompositionRule(GuidanceRule):

@@ -20,7 +20,7 @@ safety concept's prediction is conditioned as the prompt's is (its pooled text, 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 import torch
@@ -70,8 +70,8 @@ class SldGuard:
     def guidance_rule(self, pipe) -> SldRule:
         require_known_words(pipe, [self.concept],
                             "SLD safety concept has words outside the model's vocabulary")
-        concept = guidance_conditions(pipe, [self.concept])[0]  # on SDXL with its pooled text
-        return SldRule(replace(concept, time_ids=None), **PRESETS[self.preset])  # the sampler sets the time ids
+        concept = guidance_conditions(pipe, [self.concept])[0]  # on SDXL with its pooled text (the sampler sets
+        return SldRule(concept, **PRESETS[self.preset])  # the time ids of the image's size)
 
 
 class SldRule(GuidanceRule):

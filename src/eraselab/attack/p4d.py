@@ -150,10 +150,12 @@ class _ProjectedPrompt:
         self.optimizer = torch.optim.AdamW([self.soft], lr=attack.config.lr, weight_decay=attack.config.weight_decay)
         # [BOS, EOS, pad ...] of each tokenizer (SDXL's pad differently): the prompt goes between BOS and the first
         # EOS; their embeddings side by side, as the table's rows are
-        self.frames = [tokenizer("", padding="max_length", max_length=length, return_tensors="pt").input_ids[0]
-                       .to(device) for tokenizer in attack.tokenizers]
+        frames = [tokenizer("", padding="max_length", max_length=length, return_tensors="pt").input_ids[0].to(device)
+                  for tokenizer in attack.tokenizers]
         self.fixed = torch.cat([token_embeddings(encoder)[frame] for encoder, frame in
-                                zip(attack.encoders, self.frames, strict=True)], dim=-1).detach()
+                                zip(attack.encoders, frames, strict=True)], dim=-1).detach()
+        self.frame_ids = [torch.cat([frame[:1], self.ids, frame[1 + len(self.ids):]])[None] for frame in frames]
+        self.size = tuple(side * pipe.vae_scale_factor for side in self.latents[0].shape[-2:])  # for SDXL's time ids
 
     def condition(self) -> UNetCondition:
         """The projected prompt's conditioning, with the gradient straight through to the continuous embeddings."""
@@ -163,10 +165,9 @@ class _ProjectedPrompt:
         hard = self.soft + (projected - self.soft).detach()
         current = torch.where(self.learnable[:, None], hard, table[self.ids])
         inputs = torch.cat([self.fixed[:1], current, self.fixed[1 + len(self.ids):]])[None]  # (1, T, C)
-        ids = [torch.cat([frame[:1], self.ids, frame[1 + len(self.ids):]])[None] for frame in self.frames]
-        context, pooled = condition_with_embeddings(attack.target, ids, list(inputs.split(attack.widths, dim=-1)))
-        height, width = (side * attack.target.vae_scale_factor for side in self.latents[0].shape[-2:])
-        return UNetCondition(context, pooled, micro_conditioning(attack.target, height, width, 1, context))
+        context, pooled = condition_with_embeddings(attack.target, self.frame_ids,
+                                                    list(inputs.split(attack.widths, dim=-1)))
+        return UNetCondition(context, pooled, micro_conditioning(attack.target, *self.size, 1, context))
 
     def step(self, step: int, cost: Cost) -> float:
         attack = self.attack
@@ -252,8 +253,8 @@ def search_setting(target_pipe, reference_pipe, spec: AttackSpec, config: P4dCon
     # With a guard in the loss: its guided noise against the unguarded model's guided noise; without: the two
     # models' conditional predictions.
     guidance = spec.guidance if guarded else None
-    return _Setting(target_pipe, reference_pipe, spec, config, words, candidates, encoders, tokenizers(target_pipe),
-                    table,
+    return _Setting(target_pipe, reference_pipe, spec, config, words, candidates, encoders,
+                    tokenizers(target_pipe), table,
                     F.normalize(table[candidates], dim=-1),  # cosine projection onto typeable words
                     DefendedNoise(target_pipe, spec.guard if guarded else None, guidance),
                     DefendedNoise(reference_pipe, None, guidance))

@@ -260,16 +260,26 @@ def sd14(meter: Meter, args, tokenizer, workdir: Path) -> None:
 def esd_iteration(meter: Meter, args, tokenizer, workdir: Path) -> None:
     """One ESD iteration on a float32 pipeline: the trained erasers refuse 16-bit weights (updates round away)."""
     from eraselab.erase.esd import EsdConfig
-    from eraselab.erase.esd import erase as esd
-    from eraselab.erase.spec import EraseSpec
 
     pipe = sd14_pipeline(meter, args, tokenizer, workdir, "float32")
+    one_esd_iteration(meter, pipe, "sd-1.4 one ESD iteration (esd-x, float32)", EsdConfig(iterations=1))
+
+
+def one_esd_iteration(meter: Meter, pipe, name: str, config) -> None:
+    """Time one ESD iteration of ``config`` (esd-x) on ``pipe``, counting the frozen UNet's calls (x_t sampling to the
+    seed's step, then the targets) and the weights it trains."""
+    from eraselab.erase.esd import erase as esd
+    from eraselab.erase.esd import trained_parameter_names
+    from eraselab.erase.spec import EraseSpec
+
     calls = []
-    hook = pipe.unet.register_forward_hook(lambda *_: calls.append(1))  # the frozen UNet: x_t sampling + targets
-    with meter.measure("sd-1.4 one ESD iteration (esd-x, float32)") as info:
-        esd(pipe, EraseSpec(("van gogh",)), EsdConfig(iterations=1), progress=False)
+    hook = pipe.unet.register_forward_hook(lambda *_: calls.append(1))
+    with meter.measure(name) as info:
+        esd(pipe, EraseSpec(("van gogh",)), config, progress=False)
         hook.remove()
-        info["frozen_unet_calls"] = len(calls)  # how far the seed's draw samples x_t, + the target predictions
+        info["frozen_unet_calls"] = len(calls)
+        info["trained_parameters_m"] = round(sum(pipe.unet.get_parameter(n).numel()
+                                                 for n in trained_parameter_names(pipe.unet, config.variant)) / 1e6, 1)
 
 
 def trce_stage_two(meter: Meter, args, tokenizer, workdir: Path) -> None:
@@ -482,9 +492,7 @@ def sdxl_esd(meter: Meter, args, tokenizer, workdir: Path) -> None:
     latent) so that training fits this CPU's memory: the trained copy shares every weight it does not train with
     the frozen UNet, so the UNet is held once. Then one UnlearnDiffAtk step and one Ring-A-Bell generation through
     both text encoders."""
-    from eraselab.erase.esd import EsdConfig, trained_parameter_names
-    from eraselab.erase.esd import erase as esd
-    from eraselab.erase.spec import EraseSpec
+    from eraselab.erase.esd import EsdConfig
     from eraselab.models import load_pipeline
 
     with meter.measure("sdxl (512 px) build from config + save"):
@@ -494,14 +502,8 @@ def sdxl_esd(meter: Meter, args, tokenizer, workdir: Path) -> None:
         del built
     with meter.measure("sdxl (512 px) load_pipeline, float32"):
         pipe = load_pipeline(workdir / "sdxl-512", device=args.device, dtype="float32")
-    calls = []
-    hook = pipe.unet.register_forward_hook(lambda *_: calls.append(1))  # the frozen UNet: x_t sampling + targets
-    with meter.measure("sdxl one ESD iteration (esd-x, float32, 512 px)") as info:
-        esd(pipe, EraseSpec(("van gogh",)), EsdConfig(iterations=1, ddim_steps=args.esd_ddim_steps), progress=False)
-        hook.remove()
-        info["frozen_unet_calls"] = len(calls)
-        info["trained_parameters_m"] = round(sum(pipe.unet.get_parameter(n).numel()
-                                                 for n in trained_parameter_names(pipe.unet, "esd-x")) / 1e6, 1)
+    one_esd_iteration(meter, pipe, "sdxl one ESD iteration (esd-x, float32, 512 px)",
+                      EsdConfig(iterations=1, ddim_steps=args.esd_ddim_steps))
     unlearndiff_step(meter, pipe, args, "sdxl", size=512)
     ring_a_bell(meter, pipe, "sdxl")
 

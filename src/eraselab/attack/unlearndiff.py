@@ -129,6 +129,7 @@ class _RelaxedTokens:
         self.input_ids = [tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length,
                                     truncation=True, return_tensors="pt").input_ids.to(pipe.device)
                           for tokenizer in tokenizers(pipe)]
+        self.relaxed_ids = [inserted_ids(ids, config.tokens) for ids in self.input_ids]  # where SDXL pools the text
         # k relaxed tokens, started at random one-hot rows.
         self.generator = torch.Generator().manual_seed(config.seed * 7919 + index)
         start_ids = torch.randint(len(candidates), (config.tokens,), generator=self.generator)
@@ -145,8 +146,7 @@ class _RelaxedTokens:
         full = full.index_copy(2, self.candidates, self.relaxed)
         embeddings = [insert_relaxed_tokens(encoder, ids, full)  # one z, each encoder's own table (SDXL: two)
                       for encoder, ids in zip(self.encoders, self.input_ids, strict=True)]
-        ids = [inserted_ids(ids, self.config.tokens) for ids in self.input_ids]
-        loss = denoising_loss(self.pipe, embeddings, self.latent, ts, noises, input_ids=ids)  # Eq. 3
+        loss = denoising_loss(self.pipe, embeddings, self.latent, ts, noises, input_ids=self.relaxed_ids)  # Eq. 3
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()

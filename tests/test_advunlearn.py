@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from eraselab.erase.advunlearn import _Setting, text_encoder_parameters
+from eraselab.erase.advunlearn import _Setting, pipeline_encoders, text_encoder_parameters
 from eraselab.erase.registry import ERASERS
 from eraselab.erase.spec import EraseSpec
 from eraselab.errors import EraselabError
@@ -52,11 +52,11 @@ def test_the_inner_attack_moves_the_prefix_and_leaves_the_encoder_gradients_alon
     import copy
 
     pipe = load_pipeline(micro_run / "pipeline")
-    trained = copy.deepcopy(pipe.text_encoder)
+    trained = copy.deepcopy(pipeline_encoders(pipe))
     config = build(ERASERS, "advunlearn", SHORT, TINY)
     setting = _Setting(pipe, trained, config, ["a star"], [])
-    start = trained.get_input_embeddings().weight[[5]][None].detach().clone()  # one word as the initial prefix
-    found = setting.inner_attack("a star", start, torch.Generator().manual_seed(0))
+    start = trained["text_encoder"].get_input_embeddings().weight[[5]][None].detach().clone()  # one word's embedding
+    (found,) = setting.inner_attack("a star", [start], torch.Generator().manual_seed(0))
     assert found.shape == start.shape and not torch.equal(found, start) and not found.requires_grad
     assert all(p.grad is None for p in trained.parameters())
 
@@ -66,5 +66,8 @@ def test_the_report_marks_an_attack_on_the_conditioning_against_a_text_encoder_e
 
     record = {"space": "conditioning", "edit_components": ["text_encoder"], "guard": None}
     assert "bypasses the edit" in _bypass(record)
+    assert "bypasses the edit" in _bypass({**record, "edit_components": ["text_encoder", "text_encoder_2"]})  # SDXL
     assert _bypass({**record, "edit_components": ["unet"]}) == ""  # a UNet edit sees the conditioning
+    assert _bypass({**record, "edit_components": ["text_encoder", "unet"]}) == ""  # a stack with a UNet edit
+    assert _bypass({**record, "edit_components": []}) == ""
     assert _bypass({**record, "space": "typed-text"}) == ""  # typed text goes through the edited encoder

@@ -186,6 +186,47 @@ def test_trce_trains_its_second_stage_on_sdxl_over_the_first(sdxl, micro_sdxl, r
     _resumes_exactly_and_plain_diffusers_applies_it(trce, sdxl, spec, config, both, micro_sdxl, readme_apply, tmp_path)
 
 
+def test_advunlearn_trains_both_text_encoders_of_sdxl_and_plain_diffusers_applies_it(sdxl, micro_sdxl, readme_apply,
+                                                                                     tmp_path):
+    from eraselab.erase.advunlearn import AdvUnlearnConfig, pipeline_encoders, text_encoder_parameters
+    from eraselab.erase.advunlearn import erase as advunlearn
+
+    spec = EraseSpec(("star",), preserve=("circle",), templates=("a {}", "a red {}"))
+    config = AdvUnlearnConfig(iterations=3, warmup=1, attack_steps=2, ddim_steps=3, retain_batch=2, lr=1e-3)
+    edit = advunlearn(sdxl, spec, config, progress=False)
+    assert set(edit.tensors) <= set(text_encoder_parameters(pipeline_encoders(sdxl)))
+    assert {n.split(".")[0] for n in edit.tensors} == {"text_encoder", "text_encoder_2"}  # both encoders learn
+    assert not any("embedding" in n or "text_projection" in n for n in edit.tensors)
+    # the first encoder's last layer is not read (SDXL conditions on the penultimate states): unchanged, not in it
+    assert not any(n.startswith("text_encoder.text_model.encoder.layers.1.") for n in edit.tensors)
+    _resumes_exactly_and_plain_diffusers_applies_it(advunlearn, sdxl, spec, config, edit, micro_sdxl, readme_apply,
+                                                    tmp_path, stop_after=2)  # past the warm-up: both prefixes saved
+
+
+def test_advunlearn_conditions_its_prefixed_prompt_as_the_typed_prompt_on_sdxl(sdxl):
+    from eraselab.erase.advunlearn import AdvUnlearnConfig, _Setting, pipeline_encoders
+    from eraselab.models.conditioning import UNetCondition
+
+    setting = _Setting(sdxl, pipeline_encoders(sdxl), AdvUnlearnConfig(ddim_steps=3), ["a star"], ["a red heart"])
+    (word,) = sdxl.tokenizer("blue", add_special_tokens=False).input_ids
+    prefix = [e.get_input_embeddings().weight[[word]][None] for e in (sdxl.text_encoder, sdxl.text_encoder_2)]
+
+    def typed(prompt: str) -> UNetCondition:
+        context, _, pooled, _ = sdxl.encode_prompt(prompt=prompt, device="cpu", do_classifier_free_guidance=False)
+        return UNetCondition(context, pooled, torch.tensor([[32.0, 32, 0, 0, 32, 32]]))
+
+    with torch.no_grad():  # a prefix of a typed word's embeddings is that word typed: pooled at the moved end token
+        for ours, expected in ((setting.condition(["a star"], prefix), typed("blue a star")),
+                               (setting.condition(["a red heart"]), typed("a red heart"))):
+            assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(
+                (ours.context, ours.pooled, ours.time_ids), (expected.context, expected.pooled, expected.time_ids),
+                strict=True))
+    assert setting.original[""].pooled.abs().max() == 0  # SDXL base's unconditional text: zeros
+    found = setting.inner_attack("a star", prefix, torch.Generator().manual_seed(0))
+    assert [d.shape for d in found] == [(1, 1, 32), (1, 1, 48)]
+    assert all(not torch.equal(d, p) for d, p in zip(found, prefix, strict=True))
+
+
 def test_concept_arithmetic_searches_compositions_on_sdxl_and_counts_each_term(sdxl):
     from eraselab.attack.base import AttackSpec
     from eraselab.attack.concept_arithmetic import ConceptArithmeticConfig
@@ -349,12 +390,8 @@ def test_what_works_through_one_text_encoder_is_refused_on_sdxl_in_one_line(sdxl
     from eraselab.attack.base import AttackSpec
     from eraselab.attack.p4d import P4dConfig
     from eraselab.attack.p4d import attack as p4d
-    from eraselab.erase.advunlearn import AdvUnlearnConfig
-    from eraselab.erase.advunlearn import erase as advunlearn
     from eraselab.guard import make_guard
 
-    with pytest.raises(EraselabError, match="AdvUnlearn does not support SDXL yet"):
-        advunlearn(sdxl, EraseSpec(("star",)), AdvUnlearnConfig(iterations=1), progress=False)
     with pytest.raises(EraselabError, match="the SAFREE guard does not support SDXL yet"):
         p4d(sdxl, AttackSpec("star", ("a red star",), steps=2, guard=make_guard("safree", concepts="star")),
             P4dConfig(iterations=1), reference_pipe=sdxl)

@@ -179,8 +179,9 @@ def attack_records(run_dir: Path) -> Iterator[tuple[str, str, dict]]:
 def _bypass(record: dict) -> str:
     """A note on a cell whose attack cannot meet the defence by construction: an attack on the conditioning skips
     the text encoder, the only part a text-encoder edit (AdvUnlearn) changes."""
-    if record.get("space") == "conditioning" and record.get("edit_components") == ["text_encoder"] \
-            and not record.get("guard"):
+    components = record.get("edit_components") or ["unet"]
+    if record.get("space") == "conditioning" and all(c.startswith("text_encoder") for c in components) \
+            and not record.get("guard"):  # SDXL's two text encoders: text_encoder, text_encoder_2
         return "<br><small class='na'>bypasses the edit: it attacks the conditioning, after the text encoder</small>"
     return ""
 

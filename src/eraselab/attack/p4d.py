@@ -165,7 +165,7 @@ class _ProjectedPrompt:
         hard = self.soft + (projected - self.soft).detach()
         current = torch.where(self.learnable[:, None], hard, table[self.ids])
         inputs = torch.cat([self.fixed[:1], current, self.fixed[1 + len(self.ids):]])[None]  # (1, T, C)
-        context, pooled = condition_with_embeddings(attack.target, self.frame_ids,
+        context, pooled = condition_with_embeddings(text_encoders(attack.target), self.frame_ids,
                                                     list(inputs.split(attack.widths, dim=-1)))
         return UNetCondition(context, pooled, micro_conditioning(attack.target, *self.size, 1, context))
 

@@ -10,11 +10,10 @@ given input embeddings; a test checks it equals the model's own forward on one-h
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 
 import torch
 from transformers.masking_utils import create_causal_mask
-
-from eraselab.models.conditioning import is_sdxl
 
 # transformers 5.x renamed create_causal_mask's past_key_values to cache (the old name warns, and goes in 5.40)
 _NO_CACHE = {"cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values": None}
@@ -54,20 +53,20 @@ def first_eos(text_encoder, input_ids: torch.Tensor) -> torch.Tensor:
     return ids.argmax(-1) if eos == 2 else (ids == eos).int().argmax(-1)
 
 
-def condition_with_embeddings(pipe, input_ids: list[torch.Tensor], input_embeddings: list[torch.Tensor]
+def condition_with_embeddings(encoders: Sequence, input_ids: list[torch.Tensor], input_embeddings: list[torch.Tensor]
                               ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """What the UNet is conditioned on, (B, T, C) and on SDXL the pooled text (B, P), for input token embeddings of
-    each of the pipeline's text encoders (one on SD, two on SDXL, each with the token ids of its own tokenizer:
-    SDXL's pad differently, and the pooled text is read at the first end token), as ``encode_prompt`` makes them
-    from token ids: SD the last hidden states; SDXL both encoders' penultimate states side by side, and the second
-    encoder's projected end-token state."""
-    if not is_sdxl(pipe):
-        return encode_with_embeddings(pipe.text_encoder, input_embeddings[0]), None
+    each text encoder of ``encoders`` (a pipeline's :func:`~eraselab.models.conditioning.text_encoders`, or trained
+    copies of them: one on SD, two on SDXL, each with the token ids of its own tokenizer: SDXL's pad differently,
+    and the pooled text is read at the first end token), as ``encode_prompt`` makes them from token ids: SD the last
+    hidden states; SDXL both encoders' penultimate states side by side, and the second encoder's projected end-token
+    state."""
+    if len(encoders) == 1:
+        return encode_with_embeddings(encoders[0], input_embeddings[0]), None
     (first, _), (second, last) = (_penultimate_and_last(encoder, embeddings) for encoder, embeddings in
-                                  zip((pipe.text_encoder, pipe.text_encoder_2), input_embeddings, strict=True))
+                                  zip(encoders, input_embeddings, strict=True))
     rows = torch.arange(len(last), device=last.device)
-    pooled = pipe.text_encoder_2.text_projection(last[rows, first_eos(pipe.text_encoder_2, input_ids[1]).to(
-        last.device)])
+    pooled = encoders[1].text_projection(last[rows, first_eos(encoders[1], input_ids[1]).to(last.device)])
     return torch.cat([first, second], dim=-1), pooled
 
 

@@ -102,7 +102,7 @@ def attack(target_pipe, spec: AttackSpec, config: TextualInversionConfig, refere
         for i in prompts:
             ids = [slots[i][k][0].to(device) for k in range(len(encoders))]
             typed = [with_token(encoder, ids[k], slots[i][k][1], v[k]) for k, encoder in enumerate(encoders)]
-            context, pooled = condition_with_embeddings(target_pipe, ids, typed)
+            context, pooled = condition_with_embeddings(encoders, ids, typed)
             rows.append(UNetCondition(context, pooled,
                                       micro_conditioning(target_pipe, height, width, 1, context)))
         return UNetCondition.cat(rows)

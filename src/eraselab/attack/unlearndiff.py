@@ -102,7 +102,7 @@ def denoising_loss(pipe, input_embeddings: list[torch.Tensor], latent: torch.Ten
         t = torch.tensor(ts, device=latent.device)
         clean = latent.expand(len(ts), -1, -1, -1)
         noisy = pipe.scheduler.add_noise(clean, eps, t)  # x_t
-        context, pooled = condition_with_embeddings(pipe, input_ids or [], input_embeddings)
+        context, pooled = condition_with_embeddings(text_encoders(pipe), input_ids or [], input_embeddings)
         condition = UNetCondition(context, pooled, micro_conditioning(pipe, height, width, 1, context))
         predicted = pipe.unet(noisy, t, **condition.expand(len(ts)).unet_kwargs()).sample
         target = prediction_target(pipe.scheduler, clean, eps, t)  # Eq. 3's eps (v on v-prediction models)

@@ -18,6 +18,13 @@ with x_t sampled by the original model (guidance ``start_guidance``, DDIM) to a 
 first ``warmup`` iterations there is no attack (delta empty). eps is always the frozen UNet: only the text encoder
 differs, so the Edit holds text-encoder tensors (plain diffusers applies them with the snippet in docs/erasing.md).
 
+On SDXL (beyond the paper, whose code is SD 1.4's) both text encoders train, their transformer layers and final
+norms (the second encoder's text projection, and both token tables, stay frozen); the prefix is one embedding in
+each encoder's input space, and the pooled text is read at the end token the prefix moved, as
+:func:`~eraselab.attack.soft_prompt.condition_with_embeddings` reads it. x_t, the targets and the retain term use
+the pipeline's own conditioning (:func:`~eraselab.models.conditioning.guidance_conditions`: the pooled text, the
+micro-conditioning of the default size, zeros for "" where SDXL base asks). The defaults are the paper's.
+
 Defaults (SD 1.4, the paper and its official script): 1,000 iterations, warm-up 200, Adam lr 1e-5, eta 1, start
 guidance 3, 50 DDIM steps, gamma 0.3 with 5 retain prompts a step, one prefix token, 30 attack steps at lr 1e-3,
 ``latest`` initialisation. Tiny defaults: ``tiny_overrides`` (what was measured: ``docs/tiny-measurements.md``).
@@ -33,7 +40,13 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from eraselab.attack.soft_prompt import encode_with_embeddings, insert_embeddings, token_embeddings
+from eraselab.attack.soft_prompt import (
+    condition_with_embeddings,
+    encode_with_embeddings,
+    insert_embeddings,
+    inserted_ids,
+    token_embeddings,
+)
 from eraselab.erase.artifact import Edit
 from eraselab.erase.cross_attention_edit import check_spec_words
 from eraselab.erase.finetune import FineTune, LoopSettings, copy_for_training, frozen_weights
@@ -41,10 +54,18 @@ from eraselab.erase.registry import MethodEntry
 from eraselab.erase.spec import EraseSpec
 from eraselab.errors import EraselabError
 from eraselab.models import pipeline_fingerprint
-from eraselab.models.conditioning import UNetCondition, require_one_text_encoder
+from eraselab.models.conditioning import (
+    UNetCondition,
+    guidance_conditions,
+    is_sdxl,
+    micro_conditioning,
+    text_encoders,
+    tokenizers,
+)
 from eraselab.sampling import sample_until, training_sampler
 
 ATTACKS = ("pgd", "fast-at")
+ENCODERS = ("text_encoder", "text_encoder_2")  # the pipeline's names, which the Edit's tensor names begin with
 INITS = ("latest", "random")
 
 
@@ -85,99 +106,135 @@ class AdvUnlearnConfig:
                             checkpoint=self.checkpoint, checkpoint_every=self.checkpoint_every)
 
 
-def text_encoder_parameters(text_encoder) -> list[str]:
-    """What AdvUnlearn trains: the transformer layers and the final layer norm (not the embeddings)."""
-    names = [n for n, _ in text_encoder.named_parameters()  # "encoder.layers.0..." (or "text_model.encoder...")
+def text_encoder_parameters(text_encoders: torch.nn.Module) -> list[str]:
+    """What AdvUnlearn trains: the transformer layers and the final layer norm (not the embeddings, nor SDXL's text
+    projection) of ``text_encoders``: one text encoder, or the ModuleDict of a pipeline's (its names then begin with
+    the pipeline's component name, as the Edit's do)."""
+    names = [n for n, _ in text_encoders.named_parameters()  # "...encoder.layers.0..." (or "text_model.encoder...")
              if ".encoder.layers." in f".{n}" or "final_layer_norm" in n]
     if not names:
         raise EraselabError("this text encoder has no transformer layers (encoder.layers) for AdvUnlearn to train")
     return names
 
 
+def pipeline_encoders(pipe) -> torch.nn.ModuleDict:
+    """The pipeline's text encoders by component name (SD: ``text_encoder``; SDXL: and ``text_encoder_2``)."""
+    return torch.nn.ModuleDict(dict(zip(ENCODERS, text_encoders(pipe), strict=False)))
+
+
 class _Setting:
     """What one run shares: the frozen UNet, the original and trained text encoders, the prompts, the sampler."""
 
-    def __init__(self, pipe, trained, config: AdvUnlearnConfig, prompts: list[str], retain: list[str]) -> None:
-        self.pipe, self.unet, self.trained, self.config = pipe, pipe.unet, trained, config
+    def __init__(self, pipe, trained: torch.nn.ModuleDict, config: AdvUnlearnConfig, prompts: list[str],
+                 retain: list[str]) -> None:
+        self.pipe, self.unet, self.config = pipe, pipe.unet, config
+        self.encoders = list(trained.values())
         self.scheduler = training_sampler(pipe, config.ddim_steps)  # stateless between steps, as ESD's
-        tokenizer, device = pipe.tokenizer, pipe.device
-        self.ids = {p: tokenizer(p, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                                 return_tensors="pt").input_ids.to(device) for p in {*prompts, *retain}}
-        with torch.no_grad():
-            self.original = {p: pipe.encode_prompt([p], device, 1, False)[0] for p in {*prompts, *retain, ""}}
+        device = pipe.device
+        self.ids = {p: [tokenizer(p, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                                  return_tensors="pt").input_ids.to(device) for tokenizer in tokenizers(pipe)]
+                    for p in {*prompts, *retain}}
+        with torch.no_grad():  # each prompt on its own (a batched encoding may round differently)
+            self.original = {p: guidance_conditions(pipe, [p])[0] for p in {*prompts, *retain}}
+            self.original[""] = guidance_conditions(pipe, [""])[1]  # the unconditional prediction's (SDXL: zeros)
+        self.size = pipe.unet.config.sample_size * pipe.vae_scale_factor  # the images x_t is drawn for
         self.shape = (1, self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
 
-    def original_of(self, prompts: list[str]) -> torch.Tensor:
-        return torch.cat([self.original[p] for p in prompts])
+    def original_of(self, prompts: list[str]) -> UNetCondition:
+        return UNetCondition.cat([self.original[p] for p in prompts])
 
     def point(self, prompts: list[str], g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """x_t drawn by the original model under each prompt to one random DDIM step, and that step's t."""
         stop = int(torch.randint(self.config.ddim_steps, (1,), generator=g))
         noise = torch.randn((len(prompts), *self.shape[1:]), generator=g).to(self.pipe.device, self.unet.dtype)
-        x_t = sample_until(self.unet, self.scheduler, noise, UNetCondition(self.original_of(prompts)),
-                           UNetCondition(self.original[""]).expand(len(prompts)), self.config.start_guidance, stop)
+        x_t = sample_until(self.unet, self.scheduler, noise, self.original_of(prompts),
+                           self.original[""].expand(len(prompts)), self.config.start_guidance, stop)
         return x_t, self.scheduler.timesteps[stop]
 
-    def condition(self, prompts: list[str], prefix: torch.Tensor | None = None) -> torch.Tensor:
-        """E_theta([prefix; prompt]) for one prompt, or E_theta(prompt) for each, through the trained encoder."""
-        if prefix is None:
-            return self.trained(torch.cat([self.ids[p] for p in prompts]))[0]
-        return encode_with_embeddings(self.trained, insert_embeddings(self.trained, self.ids[prompts[0]], prefix))
+    def condition(self, prompts: list[str], prefix: list[torch.Tensor] | None = None) -> UNetCondition:
+        """E_theta([prefix; prompt]) for one prompt, or E_theta(prompt) for each, through the trained encoders;
+        ``prefix`` holds one (1, k, C) tensor per encoder."""
+        if len(self.encoders) == 1:  # SD: the encoder's own forward on token ids, as before SDXL
+            (encoder,) = self.encoders
+            if prefix is None:
+                return UNetCondition(encoder(torch.cat([self.ids[p][0] for p in prompts]))[0])
+            return UNetCondition(encode_with_embeddings(encoder, insert_embeddings(encoder, self.ids[prompts[0]][0],
+                                                                                    prefix[0])))
+        rows = []
+        for p in prompts:
+            ids = self.ids[p]
+            if prefix is None:
+                embeddings = [token_embeddings(e)[i] for e, i in zip(self.encoders, ids, strict=True)]
+            else:
+                embeddings = [insert_embeddings(e, i, d) for e, i, d in zip(self.encoders, ids, prefix, strict=True)]
+                ids = [inserted_ids(i, prefix[0].shape[1]) for i in ids]  # the end token the prefix moved
+            context, pooled = condition_with_embeddings(self.encoders, ids, embeddings)
+            rows.append(UNetCondition(context, pooled, micro_conditioning(self.pipe, self.size, self.size, 1,
+                                                                          context)))
+        return UNetCondition.cat(rows)
 
-    def eps(self, x_t: torch.Tensor, t: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        return self.unet(x_t, t, encoder_hidden_states=condition).sample
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor, condition: UNetCondition) -> torch.Tensor:
+        return self.unet(x_t, t, **condition.unet_kwargs()).sample
 
-    def inner_attack(self, prompt: str, prefix: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """The soft prefix that makes the trained encoder give back the original's prediction for ``prompt``."""
-        prefix = prefix.clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([prefix], lr=self.config.attack_lr)
+    def inner_attack(self, prompt: str, prefix: list[torch.Tensor], g: torch.Generator) -> list[torch.Tensor]:
+        """The soft prefix (one tensor per encoder) that makes the trained encoders give back the original's
+        prediction for ``prompt``."""
+        prefix = [d.detach().clone().requires_grad_(True) for d in prefix]
+        optimizer = torch.optim.Adam(prefix, lr=self.config.attack_lr)
         for _ in range(1 if self.config.attack == "fast-at" else self.config.attack_steps):
             x_t, t = self.point([prompt], g)
             with torch.no_grad():
                 target = self.eps(x_t, t, self.original[prompt])  # eps_o(x_t | c)
             loss = F.mse_loss(self.eps(x_t, t, self.condition([prompt], prefix)), target)  # L_atk
-            (prefix.grad,) = torch.autograd.grad(loss, [prefix])  # the encoder's own gradients stay untouched
-            if self.config.attack == "fast-at":
-                prefix.grad = prefix.grad.sign()
+            grads = torch.autograd.grad(loss, prefix)  # the encoders' own gradients stay untouched
+            for d, grad in zip(prefix, grads, strict=True):
+                d.grad = grad.sign() if self.config.attack == "fast-at" else grad
             optimizer.step()
-        return prefix.detach()
+        return [d.detach() for d in prefix]
 
 
 def erase(pipe, spec: EraseSpec, config: AdvUnlearnConfig, progress: bool = True,
           stop_after: int | None = None) -> Edit | None:
-    """Train a copy of ``pipe.text_encoder`` (``pipe`` is not changed); ``stop_after`` as ESD's."""
+    """Train a copy of the pipeline's text encoder(s) (``pipe`` is not changed); ``stop_after`` as ESD's."""
     start = time.perf_counter()
     config.check()
-    require_one_text_encoder(pipe, "AdvUnlearn")
     if any(a for a in spec.anchors):
         raise EraselabError("AdvUnlearn erases towards the unconditional prediction (ESD's target); it takes no anchor")
     prompts = [target for target, _ in check_spec_words(pipe, spec)]
     retain = spec.preserved() if config.preserve_weight > 0 else []
-    with frozen_weights(pipe.unet), frozen_weights(pipe.text_encoder) as original:
+    original = pipeline_encoders(pipe)
+    if is_sdxl(pipe) and len(token_embeddings(pipe.text_encoder)) != len(token_embeddings(pipe.text_encoder_2)):
+        raise EraselabError("AdvUnlearn on SDXL draws its first prefix from one vocabulary for both text encoders; "
+                            "this pipeline's two token tables differ in size")
+    with frozen_weights(pipe.unet), frozen_weights(original):
         trained = copy_for_training(original, text_encoder_parameters(original))  # embeddings shared
-        return _train(pipe, trained, spec, config, prompts, retain, start, progress, stop_after)
+        return _train(pipe, trained, original, spec, config, prompts, retain, start, progress, stop_after)
 
 
-def _train(pipe, trained, spec: EraseSpec, config: AdvUnlearnConfig, prompts: list[str], retain: list[str],
-           start: float, progress: bool, stop_after: int | None) -> Edit | None:
+def _train(pipe, trained: torch.nn.ModuleDict, original: torch.nn.ModuleDict, spec: EraseSpec,
+           config: AdvUnlearnConfig, prompts: list[str], retain: list[str], start: float, progress: bool,
+           stop_after: int | None) -> Edit | None:
     setting = _Setting(pipe, trained, config, prompts, retain)
     identity = {"advunlearn": asdict(config) | {"checkpoint": None}, "spec": asdict(spec),
                 "base": pipeline_fingerprint(pipe)}
     loop = FineTune(trained, text_encoder_parameters(trained), config.loop(), identity, "AdvUnlearn",
-                    original=pipe.text_encoder)
+                    original=original)
     if loop.processes > 1:  # each step's adversary starts from the last one's: a sequence no split can share
         raise EraselabError("AdvUnlearn runs in one process (its inner attack carries the adversarial prefix from "
                             "step to step); launch it without torchrun / accelerate launch")
-    vocabulary = token_embeddings(pipe.text_encoder).detach()
+    vocabularies = [token_embeddings(encoder).detach() for encoder in original.values()]
+    keys = [f"prefix{'' if i == 0 else f'_{i + 1}'}" for i in range(len(vocabularies))]  # checkpointed tensors
 
     def step(s: int, g: torch.Generator) -> torch.Tensor:
         prompt = prompts[int(torch.randint(len(prompts), (1,), generator=g))]
         prefix = None
         if s >= config.warmup:  # the inner attack: from the last round's prefix, or from random words
-            if config.attack_init == "random" or "prefix" not in loop.state:
-                words = torch.randint(len(vocabulary), (config.attack_tokens,), generator=g)
-                loop.state["prefix"] = vocabulary[words.to(vocabulary.device)][None].clone()
-            loop.state["prefix"] = prefix = setting.inner_attack(prompt, loop.state["prefix"], g)
+            if config.attack_init == "random" or keys[0] not in loop.state:
+                words = torch.randint(len(vocabularies[0]), (config.attack_tokens,), generator=g)
+                for key, table in zip(keys, vocabularies, strict=True):
+                    loop.state[key] = table[words.to(table.device)][None].clone()
+            prefix = setting.inner_attack(prompt, [loop.state[key] for key in keys], g)
+            loop.state.update(zip(keys, prefix, strict=True))
         x_t, t = setting.point([prompt], g)
         with torch.no_grad():
             blank, concept = (setting.eps(x_t, t, setting.original[p]) for p in ("", prompt))
@@ -199,7 +256,7 @@ def _train(pipe, trained, spec: EraseSpec, config: AdvUnlearnConfig, prompts: li
                 "concepts": list(spec.concepts), "anchors": [], "preserve": list(spec.preserve),
                 "templates": list(spec.templates), "base_fingerprint": pipeline_fingerprint(pipe),
                 "seed": config.seed, "final_loss": loop.last_loss, "seconds": round(time.perf_counter() - start, 3)}
-    return Edit({f"text_encoder.{n}": tensor for n, tensor in result.items()}, manifest)
+    return Edit(dict(result), manifest)  # names as the pipeline's: text_encoder(_2).<parameter>
 
 
 METHOD = MethodEntry(erase, AdvUnlearnConfig)

@@ -191,7 +191,7 @@ class FineTune:
         with safe_open(path, "pt") as handle:
             header = json.loads(handle.metadata()["eraselab"])
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-        if header["identity"] != self.identity:
+        if header["identity"] != self.identity or any(f"param.{n}" not in tensors for n in self.names):
             raise EraselabError(f"{self.directory} holds a run of {self.name} with other settings; use another "
                                 "checkpoint directory")
         with torch.no_grad():

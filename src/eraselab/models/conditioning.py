@@ -39,8 +39,8 @@ def require_one_text_encoder(pipe, what: str) -> None:
     pooled conditioning) and has not been extended to SDXL's two."""
     if is_sdxl(pipe):
         raise EraselabError(f"{what} does not support SDXL yet (it works through one text encoder); on SDXL use "
-                            "erase uce/rece/trce/esd/safegen, generate, run, the negative-prompt and SLD guards "
-                            "and every attack")
+                            "erase uce/rece/trce/esd/safegen/advunlearn, generate, run, the negative-prompt, SLD "
+                            "and composition guards and every attack")
 
 
 def encode_context(pipe, prompts: Sequence[str]) -> torch.Tensor:

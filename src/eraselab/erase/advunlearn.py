@@ -42,7 +42,6 @@ import torch.nn.functional as F
 
 from eraselab.attack.soft_prompt import (
     condition_with_embeddings,
-    encode_with_embeddings,
     insert_embeddings,
     inserted_ids,
     token_embeddings,
@@ -152,26 +151,18 @@ class _Setting:
         return x_t, self.scheduler.timesteps[stop]
 
     def condition(self, prompts: list[str], prefix: list[torch.Tensor] | None = None) -> UNetCondition:
-        """E_theta([prefix; prompt]) for one prompt, or E_theta(prompt) for each, through the trained encoders;
-        ``prefix`` holds one (1, k, C) tensor per encoder."""
-        if len(self.encoders) == 1:  # SD: the encoder's own forward on token ids, as before SDXL
-            (encoder,) = self.encoders
-            if prefix is None:
-                return UNetCondition(encoder(torch.cat([self.ids[p][0] for p in prompts]))[0])
-            return UNetCondition(encode_with_embeddings(encoder, insert_embeddings(encoder, self.ids[prompts[0]][0],
-                                                                                    prefix[0])))
-        rows = []
-        for p in prompts:
-            ids = self.ids[p]
-            if prefix is None:
-                embeddings = [token_embeddings(e)[i] for e, i in zip(self.encoders, ids, strict=True)]
-            else:
-                embeddings = [insert_embeddings(e, i, d) for e, i, d in zip(self.encoders, ids, prefix, strict=True)]
-                ids = [inserted_ids(i, prefix[0].shape[1]) for i in ids]  # the end token the prefix moved
-            context, pooled = condition_with_embeddings(self.encoders, ids, embeddings)
-            rows.append(UNetCondition(context, pooled, micro_conditioning(self.pipe, self.size, self.size, 1,
-                                                                          context)))
-        return UNetCondition.cat(rows)
+        """E_theta([prefix; prompt]) for one prompt, or E_theta(prompt) for each, through the trained encoders
+        (``prefix``: one (1, k, C) tensor per encoder). Typed tokens go in as their embeddings: the encoder's own
+        forward, bit for bit."""
+        ids = [torch.cat([self.ids[p][k] for p in prompts]) for k in range(len(self.encoders))]
+        if prefix is None:
+            embeddings = [token_embeddings(e)[i] for e, i in zip(self.encoders, ids, strict=True)]
+        else:
+            embeddings = [insert_embeddings(e, i, d) for e, i, d in zip(self.encoders, ids, prefix, strict=True)]
+            ids = [inserted_ids(i, prefix[0].shape[1]) for i in ids]  # the end token the prefix moved
+        context, pooled = condition_with_embeddings(self.encoders, ids, embeddings)
+        return UNetCondition(context, pooled, micro_conditioning(self.pipe, self.size, self.size, len(prompts),
+                                                                 context))
 
     def eps(self, x_t: torch.Tensor, t: torch.Tensor, condition: UNetCondition) -> torch.Tensor:
         return self.unet(x_t, t, **condition.unet_kwargs()).sample

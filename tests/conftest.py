@@ -114,7 +114,8 @@ def micro_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An SDXL-shaped pipeline directory built from config with random weights: two text encoders of different
     widths (32 and 48: a 80-wide concatenated context), the second with a text projection whose pooled output joins
     the time embedding ("text_time", six micro-conditioning ids), Euler sampling as SDXL base ships, transformer
-    depth per block, 32 px images; the tiny world's tokenizer for both encoders. Nothing is downloaded."""
+    depth per block, 32 px images; the tiny world's tokenizer for both encoders, the second padding with "!" rather
+    than the end token, as SDXL base's second tokenizer does. Nothing is downloaded."""
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -122,6 +123,7 @@ def micro_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     torch.manual_seed(0)
     tokenizer = CLIPTokenizer.from_pretrained(tiny_path() / "tokenizer")
+    padded_with_bang = CLIPTokenizer.from_pretrained(tiny_path() / "tokenizer", pad_token="!")  # as SDXL's second
 
     def text_config(width: int) -> CLIPTextConfig:
         return CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width,
@@ -142,7 +144,7 @@ def micro_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                        steps_offset=1, timestep_spacing="leading")
     pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=CLIPTextModel(text_config(32)),
                                      text_encoder_2=CLIPTextModelWithProjection(text_config(48)), tokenizer=tokenizer,
-                                     tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
+                                     tokenizer_2=padded_with_bang, unet=unet, scheduler=scheduler)
     out = tmp_path_factory.mktemp("micro-sdxl") / "pipeline"
     pipe.save_pretrained(out, safe_serialization=True)
     return out

@@ -33,11 +33,12 @@ def test_it_loads_as_sdxl_and_the_context_is_both_encoders_side_by_side(sdxl, mi
     assert type(sdxl).__name__ == "StableDiffusionXLPipeline"
     assert {layer.text_dim for layer in cross_attention_layers(sdxl.unet)} == {80}  # 32 + 48
     prompts = ["a red star", "a blue heart"]
-    ids = sdxl.tokenizer(prompts, padding="max_length", max_length=sdxl.tokenizer.model_max_length,
-                         return_tensors="pt").input_ids
+    ids, ids_2 = (t(prompts, padding="max_length", max_length=t.model_max_length, return_tensors="pt").input_ids
+                  for t in (sdxl.tokenizer, sdxl.tokenizer_2))
+    assert not torch.equal(ids, ids_2)  # the second pads with "!", as SDXL base's
     with torch.no_grad():
         first = sdxl.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
-        second = sdxl.text_encoder_2(ids, output_hidden_states=True).hidden_states[-2]
+        second = sdxl.text_encoder_2(ids_2, output_hidden_states=True).hidden_states[-2]
     assert torch.equal(encode_context(sdxl, prompts), torch.cat([first, second], dim=-1))
     # the second encoder's weights count in the fingerprint: an edit made for another SDXL is refused
     other = load_pipeline(micro_sdxl)

@@ -148,13 +148,14 @@ class _ProjectedPrompt:
         self.learnable = torch.tensor(learnable[: length - 2], device=device)
         self.soft = attack.table[self.ids].clone().requires_grad_(True)  # (L, C) continuous
         self.optimizer = torch.optim.AdamW([self.soft], lr=attack.config.lr, weight_decay=attack.config.weight_decay)
-        # [BOS, EOS, pad ...] of each tokenizer (SDXL's pad differently): the prompt goes between BOS and the first
-        # EOS; their embeddings side by side, as the table's rows are
+        # Each tokenizer's [BOS, prompt, EOS, pad ...] (SDXL's second pads with "!", not the end token: the EOS
+        # after the prompt is what ends it and where the pooled text is read); the input embeddings of both side by
+        # side, as the table's rows are, the prompt's positions replaced at every pass
         frames = [tokenizer("", padding="max_length", max_length=length, return_tensors="pt").input_ids[0].to(device)
-                  for tokenizer in attack.tokenizers]
-        self.fixed = torch.cat([token_embeddings(encoder)[frame] for encoder, frame in
-                                zip(attack.encoders, frames, strict=True)], dim=-1).detach()
-        self.frame_ids = [torch.cat([frame[:1], self.ids, frame[1 + len(self.ids):]])[None] for frame in frames]
+                  for tokenizer in attack.tokenizers]  # [BOS, EOS, pad ...]
+        self.frame_ids = [torch.cat([frame[:1], self.ids, frame[1:]])[None, :length] for frame in frames]
+        self.fixed = torch.cat([token_embeddings(encoder)[ids[0]] for encoder, ids in
+                                zip(attack.encoders, self.frame_ids, strict=True)], dim=-1).detach()
         self.size = tuple(side * pipe.vae_scale_factor for side in self.latents[0].shape[-2:])  # for SDXL's time ids
 
     def condition(self) -> UNetCondition:

@@ -80,18 +80,19 @@ def micro_sd2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Stable Diffusion 2.x-shaped pipeline directory built from config with random weights: v-prediction,
     linear projections in the transformer blocks, per-block head counts, a GELU text encoder whose
     penultimate-free output feeds the UNet (the OpenCLIP layout diffusers converts SD 2 to), 32 px images. The
-    tiny world's tokenizer, so its prompts tokenise; nothing is downloaded."""
+    tiny world's tokenizer, so its prompts tokenise, padding with "!" rather than the end token as SD 2's OpenCLIP
+    tokenizer does, and the legacy eos/pad ids SD 2's text-encoder config carries; nothing is downloaded."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from eraselab.models.tiny import tiny_path
 
     torch.manual_seed(0)
-    tokenizer = CLIPTokenizer.from_pretrained(tiny_path() / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_path() / "tokenizer", pad_token="!")
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2,
         max_position_embeddings=tokenizer.model_max_length, hidden_act="gelu", projection_dim=32,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=2, pad_token_id=1))
     unet = UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
@@ -129,7 +130,7 @@ def micro_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width,
                               num_attention_heads=2, num_hidden_layers=2, projection_dim=width, hidden_act="gelu",
                               max_position_embeddings=tokenizer.model_max_length, bos_token_id=tokenizer.bos_token_id,
-                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+                              eos_token_id=2, pad_token_id=1)  # the legacy ids SDXL base's configs carry
 
     unet = UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),

@@ -154,3 +154,18 @@ def test_advunlearn_trains_the_text_encoder_of_a_v_prediction_model(micro_sd2):
                                 for n in edit.tensors)
     assert all(torch.isfinite(t).all() for t in edit.tensors.values())
     assert torch.isfinite(torch.tensor(edit.manifest["final_loss"]))
+
+
+def test_p4d_ends_its_prompt_with_the_end_token_where_the_tokenizer_pads_with_another(micro_sd2):
+    from eraselab.attack.base import AttackSpec
+    from eraselab.attack.p4d import P4dConfig, _ProjectedPrompt, search_setting
+    from eraselab.models.conditioning import guidance_conditions
+
+    pipe = load_pipeline(micro_sd2)
+    assert pipe.tokenizer.pad_token == "!"  # SD 2's OpenCLIP tokenizer: the prompt's end token is not its padding
+    spec = AttackSpec("star", ("a red star",), steps=2, guidance=5.0)
+    for config in (P4dConfig(free_tokens=3), P4dConfig(variant="p4d-k", every=2)):
+        search = _ProjectedPrompt(search_setting(pipe, pipe, spec, config), "a red star", 0)
+        with torch.no_grad():  # the projected tokens' embeddings condition as the typed prompt does
+            projected, typed = search.condition(), guidance_conditions(pipe, [search.typed()])[0]
+        assert torch.allclose(projected.context, typed.context, atol=1e-5)

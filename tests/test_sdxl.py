@@ -281,6 +281,22 @@ def test_textual_inversion_learns_a_token_for_each_encoder_and_replays_its_poole
         generate_images(load_pipeline("tiny"), loaded.requests([0], 2, 5.0), progress=False)
 
 
+def test_textual_inversion_with_the_typed_words_embedding_conditions_as_the_typed_prompt_on_sdxl(sdxl):
+    from eraselab.attack.soft_prompt import condition_with_embeddings, token_embeddings
+    from eraselab.attack.textual_inversion import concept_slot, with_token
+
+    encoders, prompt = (sdxl.text_encoder, sdxl.text_encoder_2), "a red star on a field"
+    slots = [concept_slot(tokenizer, prompt, "star") for tokenizer in (sdxl.tokenizer, sdxl.tokenizer_2)]
+    (word,) = sdxl.tokenizer("star", add_special_tokens=False).input_ids
+    with torch.no_grad():  # v* = the word's own embeddings: the typed prompt, its pooled text at the end token
+        typed = [with_token(e, ids, slot, token_embeddings(e)[word]) for e, (ids, slot) in zip(encoders, slots,
+                                                                                             strict=True)]
+        context, pooled = condition_with_embeddings(encoders, [ids for ids, _ in slots], typed)
+        expected, _, expected_pooled, _ = sdxl.encode_prompt(prompt=prompt, device="cpu",
+                                                             do_classifier_free_guidance=False)
+    assert torch.allclose(context, expected, atol=1e-5) and torch.allclose(pooled, expected_pooled, atol=1e-5)
+
+
 def test_unlearndiff_relaxes_one_token_distribution_through_both_encoders_on_sdxl(sdxl):
     import torch.nn.functional as F
 

@@ -55,7 +55,9 @@ def concept_slot(tokenizer, prompt: str, concept: str) -> tuple[torch.Tensor, in
                             f"name {concept!r}")
     before = pattern.split(prompt, maxsplit=1)[0]
     slot = 1 + len(tokenizer(before.strip(), add_special_tokens=False).input_ids) if before.strip() else 1
-    placeholder = tokenizer.eos_token  # any single token: its embedding is replaced by v*
+    # Any single token whose embedding v* replaces; not the end token, which would end the prompt early where the
+    # pooled text is read (SDXL: at the first end token)
+    placeholder = tokenizer.bos_token
     ids = tokenizer(pattern.sub(placeholder, prompt, count=1), padding="max_length",
                     max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
     return ids, slot

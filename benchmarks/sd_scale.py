@@ -39,6 +39,7 @@ bring back.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -74,8 +75,8 @@ def text_config(tokenizer, width: int, layers: int, heads: int, act: str):
 
     return CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=4 * width,
                           num_attention_heads=heads, num_hidden_layers=layers, max_position_embeddings=77,
-                          hidden_act=act, projection_dim=width, bos_token_id=tokenizer.bos_token_id,
-                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+                          hidden_act=act, projection_dim=width, bos_token_id=0, eos_token_id=2,
+                          pad_token_id=1)  # the legacy ids SD-1.4's and SDXL's text-encoder configs carry
 
 
 def build_sd14(tokenizer):
@@ -106,8 +107,10 @@ def build_sdxl(tokenizer, sample_size: int = 128):
     second = CLIPTextModelWithProjection(text_config(tokenizer, 1280, 32, 20, "gelu"))  # OpenCLIP bigG
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                        steps_offset=1, timestep_spacing="leading")
+    second_tokenizer = copy.deepcopy(tokenizer)
+    second_tokenizer.pad_token = "!"  # SDXL base's second tokenizer pads with "!", not the end token
     return StableDiffusionXLPipeline(vae=vae(1024), text_encoder=first, text_encoder_2=second, tokenizer=tokenizer,
-                                     tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
+                                     tokenizer_2=second_tokenizer, unet=unet, scheduler=scheduler)
 
 
 class Meter:

@@ -118,7 +118,8 @@ def text_encoder_parameters(text_encoders: torch.nn.Module) -> list[str]:
 
 def pipeline_encoders(pipe) -> torch.nn.ModuleDict:
     """The pipeline's text encoders by component name (SD: ``text_encoder``; SDXL: and ``text_encoder_2``)."""
-    return torch.nn.ModuleDict(dict(zip(ENCODERS, text_encoders(pipe), strict=False)))
+    encoders = text_encoders(pipe)
+    return torch.nn.ModuleDict(dict(zip(ENCODERS[:len(encoders)], encoders, strict=True)))
 
 
 class _Setting:

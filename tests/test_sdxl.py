@@ -417,6 +417,25 @@ def test_what_works_through_one_text_encoder_is_refused_on_sdxl_in_one_line(sdxl
                         guard=make_guard("safree", concepts="star"))
 
 
+def test_what_reads_one_token_through_both_encoders_refuses_tables_of_different_sizes(micro_sdxl):
+    from eraselab.attack.base import AttackSpec
+    from eraselab.attack.p4d import P4dConfig, search_setting
+    from eraselab.attack.unlearndiff import UnlearnDiffConfig
+    from eraselab.attack.unlearndiff import attack as unlearndiff
+    from eraselab.erase.advunlearn import AdvUnlearnConfig
+    from eraselab.erase.advunlearn import erase as advunlearn
+
+    pipe = load_pipeline(micro_sdxl)
+    pipe.text_encoder_2.resize_token_embeddings(len(pipe.tokenizer) + 1)
+    spec = AttackSpec("star", ("a red star",), steps=2)
+    with pytest.raises(EraselabError, match=r"p4d projects onto tokens over one vocabulary.*300, 301"):
+        search_setting(pipe, pipe, spec, P4dConfig())
+    with pytest.raises(EraselabError, match="unlearndiff relaxes tokens over one vocabulary"):
+        unlearndiff(pipe, spec, UnlearnDiffConfig(iterations=1), reference_pipe=pipe)
+    with pytest.raises(EraselabError, match="AdvUnlearn draws its first prefix's words over one vocabulary"):
+        advunlearn(pipe, EraseSpec(("star",)), AdvUnlearnConfig(iterations=1), progress=False)
+
+
 def test_the_guided_loop_gives_the_sdxl_pipelines_images_bit_for_bit_at_any_size(sdxl, plain_guard):
     requests = [GenerationRequest("a red star", s, steps=3, guidance=5.0) for s in (0, 1)]
     requests += [GenerationRequest("a blue heart", 2, steps=3, guidance=5.0, height=48, width=32)]  # time ids

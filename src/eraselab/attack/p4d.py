@@ -46,7 +46,7 @@ from eraselab.attack.base import (
 )
 from eraselab.attack.defended_noise import DefendedNoise
 from eraselab.attack.search import search_evaluations, search_prompts
-from eraselab.attack.soft_prompt import condition_with_embeddings, token_embeddings
+from eraselab.attack.soft_prompt import condition_with_embeddings, require_one_vocabulary, token_embeddings
 from eraselab.errors import EraselabError
 from eraselab.models.conditioning import (
     UNetCondition,
@@ -243,9 +243,8 @@ def search_setting(target_pipe, reference_pipe, spec: AttackSpec, config: P4dCon
     words = whole_word_tokens(target_pipe.tokenizer)
     candidates = torch.tensor(sorted(words), device=target_pipe.device)
     encoders = text_encoders(target_pipe)
+    require_one_vocabulary(encoders, "p4d projects onto tokens")
     tables = [token_embeddings(encoder).detach() for encoder in encoders]
-    if len({len(t) for t in tables}) > 1:
-        raise EraselabError("p4d projects onto one vocabulary: this SDXL's two text encoders' differ")
     table = torch.cat(tables, dim=-1)  # a token's input embedding in every encoder: (V, 768 + 1280) on SDXL
     for pipe in (target_pipe, reference_pipe):
         for module in (pipe.unet, *text_encoders(pipe)):

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import torch
 from transformers.masking_utils import create_causal_mask
 
+from eraselab.errors import EraselabError
+
 # transformers 5.x renamed create_causal_mask's past_key_values to cache (the old name warns, and goes in 5.40)
 _NO_CACHE = {"cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values": None}
 
@@ -22,6 +24,16 @@ _NO_CACHE = {"cache" if "cache" in inspect.signature(create_causal_mask).paramet
 def token_embeddings(text_encoder) -> torch.Tensor:
     """E: (V, C), the input embedding of every token."""
     return text_encoder.get_input_embeddings().weight
+
+
+def require_one_vocabulary(encoders: Sequence, what: str, tokenizer_size: int | None = None) -> None:
+    """Refuse ``what``, which reads one token id (or one distribution over ids) through every text encoder's table,
+    where the tables (and the tokenizer, when its size is given) differ in size."""
+    sizes = {len(token_embeddings(encoder)) for encoder in encoders} | (
+        {tokenizer_size} if tokenizer_size is not None else set())
+    if len(sizes) > 1:
+        raise EraselabError(f"{what} over one vocabulary, and this pipeline's token tables (and tokenizer) differ in "
+                            f"size: {', '.join(map(str, sorted(sizes)))}")
 
 
 def encode_with_embeddings(text_encoder, input_embeddings: torch.Tensor) -> torch.Tensor:

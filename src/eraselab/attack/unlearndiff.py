@@ -50,11 +50,11 @@ from eraselab.attack.soft_prompt import (
     insert_relaxed_tokens,
     inserted_ids,
     project_to_simplex,
-    token_embeddings,
+    require_one_vocabulary,
 )
 from eraselab.errors import EraselabError
 from eraselab.generate import generate_images
-from eraselab.models.conditioning import UNetCondition, is_sdxl, micro_conditioning, text_encoders, tokenizers
+from eraselab.models.conditioning import UNetCondition, micro_conditioning, text_encoders, tokenizers
 from eraselab.sampling import prediction_target
 
 THREAT_MODEL = "white-box-gradients"
@@ -162,8 +162,7 @@ class _RelaxedTokens:
 
 def attack(target_pipe, spec: AttackSpec, config: UnlearnDiffConfig, reference_pipe=None) -> AttackResult:
     start = time.perf_counter()
-    if is_sdxl(target_pipe) and len(token_embeddings(target_pipe.text_encoder_2)) != len(target_pipe.tokenizer):
-        raise EraselabError("unlearndiff relaxes tokens over one vocabulary: this SDXL's two text encoders' differ")
+    require_one_vocabulary(text_encoders(target_pipe), "unlearndiff relaxes tokens", len(target_pipe.tokenizer))
     check_budget(config.iterations, "iterations")
     check_budget(config.tokens, "tokens")
     if reference_pipe is None:

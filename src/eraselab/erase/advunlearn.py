@@ -44,6 +44,7 @@ from eraselab.attack.soft_prompt import (
     condition_with_embeddings,
     insert_embeddings,
     inserted_ids,
+    require_one_vocabulary,
     token_embeddings,
 )
 from eraselab.erase.artifact import Edit
@@ -56,7 +57,6 @@ from eraselab.models import pipeline_fingerprint
 from eraselab.models.conditioning import (
     UNetCondition,
     guidance_conditions,
-    is_sdxl,
     micro_conditioning,
     text_encoders,
     tokenizers,
@@ -195,9 +195,7 @@ def erase(pipe, spec: EraseSpec, config: AdvUnlearnConfig, progress: bool = True
     prompts = [target for target, _ in check_spec_words(pipe, spec)]
     retain = spec.preserved() if config.preserve_weight > 0 else []
     original = pipeline_encoders(pipe)
-    if is_sdxl(pipe) and len(token_embeddings(pipe.text_encoder)) != len(token_embeddings(pipe.text_encoder_2)):
-        raise EraselabError("AdvUnlearn on SDXL draws its first prefix from one vocabulary for both text encoders; "
-                            "this pipeline's two token tables differ in size")
+    require_one_vocabulary(original.values(), "AdvUnlearn draws its first prefix's words")
     with frozen_weights(pipe.unet), frozen_weights(original):
         trained = copy_for_training(original, text_encoder_parameters(original))  # embeddings shared
         return _train(pipe, trained, original, spec, config, prompts, retain, start, progress, stop_after)

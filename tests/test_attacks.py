@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from eraselab.attack import ATTACKS
 from eraselab.attack.base import AttackResult, AttackSpec, Cost, Replay
-from eraselab.attack.concept_vector import ConceptVectorConfig
+from eraselab.attack.concept_vector import ConceptVectorConfig, squared_distances
 from eraselab.attack.concept_vector import attack as concept_vector_attack
 from eraselab.attack.embedding_recovery import EmbeddingRecoveryConfig
 from eraselab.attack.embedding_recovery import attack as recovery_attack
@@ -197,6 +197,25 @@ def test_concept_vector_search_finds_a_typeable_prompt_deterministically():
     assert bounded("concept-vector", config, 1, 25, first.cost, exact=True)
     with pytest.raises(EraselabError, match="generations must be at least 1"):
         concept_vector_attack(pipe, spec, ConceptVectorConfig(search=True, generations=0))
+
+
+def test_concept_vector_search_encodes_in_bounded_calls_with_the_same_result():
+    """The search's memory is bounded by ``encode_batch`` rows a text-encoder call (the whole population at once
+    took 21 GB at SDXL size), and the chunking changes nothing but float rounding."""
+    pipe = load_pipeline("tiny")
+    prompts = ["a red star", "a blue circle", "a star", "", "a green striped heart", "an outlined shape", "a cross"]
+    target = encode(pipe, ["a red star"]).hidden[0]
+    whole = squared_distances(pipe, prompts, target, batch=len(prompts))
+    assert whole[0] == 0 and bool((whole[1:] > 0).all())
+    torch.testing.assert_close(squared_distances(pipe, prompts, target, batch=3), whole, rtol=1e-5, atol=1e-6)
+    spec = AttackSpec("star", ("a red star",))
+    config = ConceptVectorConfig(anchor="shape", templates=("a {}",), search=True, tokens=4, population=16,
+                                 generations=5, seed=3)
+    chunked = concept_vector_attack(pipe, spec, replace(config, encode_batch=3))
+    assert chunked.replays[0].text == concept_vector_attack(pipe, spec, config).replays[0].text
+    assert chunked.cost.text_encoder_evals == 2 + 1 + 16 + 5 * 8
+    with pytest.raises(EraselabError, match="encode_batch must be at least 1"):
+        concept_vector_attack(pipe, spec, replace(config, encode_batch=0))
 
 
 def test_concept_arithmetic_search_keeps_to_its_budget_and_counts_its_cost(uce_star):

@@ -9,7 +9,8 @@ With ``search``, a genetic algorithm looks for a *typeable* prompt of K tokens w
 target (Sec. 3.3): fitness -|E(tokens) - (E(p) + eta v)|^2 over every position, a population of random token
 sequences of whole-word tokens (so the typed prompt re-tokenises to what was scored), the fitter half kept each
 generation, single-point crossover of two kept parents and per-token mutation. Still text-encoder only:
-population + generations x (population - kept) encoder rows, one batched encoder call per generation, no UNet.
+population + generations x (population - kept) encoder rows, a generation's children encoded in calls of at most
+``encode_batch`` rows (memory: the whole population in one call took 21 GB at SDXL size), no UNet.
 
 Defaults: eta = 3.0, and for the search K = 16 tokens, population 200, 3,000 generations, mutation rate 0.25
 (the paper's for nudity on SD 1.4); on the tiny model (``tiny_overrides``) K = 6, population 64, 60 generations.
@@ -47,6 +48,7 @@ class ConceptVectorConfig:
     generations: int = 3000
     mutation_rate: float = 0.25
     seed: int = 0
+    encode_batch: int = 64  # encoder rows per call; only float rounding depends on it (CPU kernels by shape)
 
     tiny_overrides: ClassVar[dict] = {"tokens": 6, "population": 64, "generations": 60}
 
@@ -56,6 +58,7 @@ def genetic_search(pipe, target: torch.Tensor, config: ConceptVectorConfig) -> t
     check_budget(config.population, "population")
     check_budget(config.generations, "generations")
     check_budget(config.tokens, "tokens")
+    check_budget(config.encode_batch, "encode_batch")
     words = whole_word_tokens(pipe.tokenizer)
     vocabulary = torch.tensor(sorted(words))
     g = torch.Generator().manual_seed(config.seed)
@@ -64,12 +67,11 @@ def genetic_search(pipe, target: torch.Tensor, config: ConceptVectorConfig) -> t
     def text(member: torch.Tensor) -> str:  # whole-word tokens: the typed text tokenises back to ``member``
         return " ".join(words[int(i)] for i in member)
 
-    def fitness(members: torch.Tensor) -> torch.Tensor:  # the encoding the UNet reads (SDXL: both encoders')
-        hidden = encode_context(pipe, [text(m) for m in members]).double().cpu()
-        return -((hidden - target) ** 2).sum(dim=(1, 2))
+    def fitness(members: torch.Tensor) -> torch.Tensor:
+        return -squared_distances(pipe, [text(m) for m in members], target, config.encode_batch)
 
     scores, calls = fitness(population), config.population
-    # One text-encoder call per generation, over all its children at once (population - population // 2 rows):
+    # Each generation encodes its children (population - population // 2 rows), ``encode_batch`` rows a call:
     # at SD-1.4 size and the paper's budget that is 300,200 encoder rows a prompt, hours on a GPU and about a day
     # on a 2-core CPU (``benchmarks/sd_scale.py`` prints the projection for the machine it runs on).
     for _ in tqdm(range(config.generations), desc="ring-a-bell search", unit="gen", disable=None, leave=False):
@@ -87,6 +89,13 @@ def genetic_search(pipe, target: torch.Tensor, config: ConceptVectorConfig) -> t
         calls += len(children)
     best = int(scores.argmax())
     return text(population[best]), float(-scores[best]), calls
+
+
+def squared_distances(pipe, prompts: list[str], target: torch.Tensor, batch: int) -> torch.Tensor:
+    """|E(p) - target|^2 over every position for each prompt, E the encoding the UNet reads (SDXL: both
+    encoders'), computed ``batch`` prompts a call."""
+    return torch.cat([((encode_context(pipe, prompts[i:i + batch]).double().cpu() - target) ** 2).sum(dim=(1, 2))
+                      for i in range(0, len(prompts), batch)])
 
 
 def concept_vector(pipe, concept: str, anchor: str, templates: tuple[str, ...]):

@@ -1,7 +1,7 @@
 """Stable Diffusion at full size, from config with random weights (nothing is downloaded): what each operation costs.
 
     python benchmarks/sd_scale.py --bpe bpe_simple_vocab_16e6.txt.gz [--device cuda --dtype float16]
-        [--parts sd14 esd-resume trce-stage2 safegen advunlearn sdxl sdxl-esd] [--deterministic]
+        [--parts sd14 esd-resume trce-stage2 safegen advunlearn sdxl sdxl-esd ring-a-bell] [--deterministic]
 
 Builds SD-1.4's architecture (UNet 859.5 M, CLIP ViT-L/14 text encoder 123.1 M, VAE 83.7 M parameters; PNDM, the
 scheduler SD-1.4 ships) with the real CLIP BPE vocabulary (``bpe_simple_vocab_16e6.txt.gz``, inside the
@@ -30,7 +30,10 @@ with its inner attack (``--advunlearn-ddim-steps``, ``--advunlearn-attack-steps`
 default), counting their UNet calls. ``--parts sdxl`` builds SDXL base's
 architecture (UNet 2.57 G, two text encoders 123 M + 695 M): its load, a UCE edit on the 2048-wide context,
 embedding recovery and a lone image's generation ratio; ``--parts sdxl-esd`` one ESD iteration on it (built for
-512 px), one UnlearnDiffAtk step and one Ring-A-Bell generation through both its text encoders. Random weights:
+512 px), one UnlearnDiffAtk step and one Ring-A-Bell generation through both its text encoders; ``--parts
+ring-a-bell`` one Ring-A-Bell generation (population 200) through SDXL's two full-size text encoders (a micro UNet
+beside them: the search never calls it) in calls of ``encode_batch`` rows against the whole population in one call,
+as ratios of wall time and of peak memory above the loaded encoders. Random weights:
 the costs are real, the images are noise.
 The attacks' judge is the tiny classifier pointed at a colour the unedited model draws, so there is something to
 bring back.
@@ -460,6 +463,48 @@ def ring_a_bell(meter: Meter, pipe, name: str = "sd-1.4") -> None:
                       f"{budget * per_row / 3600:.1f} h per prompt at {per_row * 1000:.0f} ms a row here"}), flush=True)
 
 
+def ring_a_bell_batching(meter: Meter, args, tokenizer, workdir: Path) -> None:
+    """One Ring-A-Bell generation through SDXL's two full-size text encoders, in calls of ``encode_batch`` rows
+    (the default) and in one call per generation (``encode_batch`` = population): wall time and memory. The
+    chunked run goes first: the allocator reuses what it keeps after a run, so the second run's peak is its own,
+    where the smaller peak, measured second, would hide under the larger one's leftovers."""
+    from dataclasses import replace
+
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from eraselab.attack.concept_vector import ConceptVectorConfig, genetic_search
+    from eraselab.models.conditioning import encode_context
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(  # micro: encode_prompt never calls it
+        sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=2048,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 1280)
+    second_tokenizer = copy.deepcopy(tokenizer)
+    second_tokenizer.pad_token = "!"
+    pipe = StableDiffusionXLPipeline(
+        vae=AutoencoderKL(block_out_channels=(32,)), unet=unet, scheduler=EulerDiscreteScheduler(),
+        text_encoder=CLIPTextModel(text_config(tokenizer, 768, 12, 12, "quick_gelu")), tokenizer=tokenizer,
+        text_encoder_2=CLIPTextModelWithProjection(text_config(tokenizer, 1280, 32, 20, "gelu")),
+        tokenizer_2=second_tokenizer).to(args.device)
+    target = torch.zeros_like(encode_context(pipe, [""])[0], dtype=torch.float64)
+    loaded = Meter._rss() / 2**30
+    config = ConceptVectorConfig(search=True, generations=1)
+    found = {}
+    for batch in (config.encode_batch, config.population):
+        with meter.measure(f"sdxl encoders, Ring-A-Bell 1 generation, {batch} rows a call") as info:
+            text, distance, calls = genetic_search(pipe, target, replace(config, encode_batch=batch))
+            info.update(encoder_rows=calls)
+        found[batch] = (text, distance)
+    chunked, whole = meter.rows[-2], meter.rows[-1]
+    print(json.dumps({"Ring-A-Bell, calls of 64 vs one call of 200": {
+        "loaded encoders (GB)": round(loaded, 2), "wall ratio": round(whole["wall_s"] / chunked["wall_s"], 3),
+        "peak above the encoders (GB)": [round(chunked["peak_rss_gb"] - loaded, 2),
+                                         round(whole["peak_rss_gb"] - loaded, 2)],
+        "same prompt found": found[config.encode_batch][0] == found[config.population][0]}}), flush=True)
+
+
 def sdxl(meter: Meter, args, tokenizer, workdir: Path) -> None:
     from eraselab.attack.base import AttackSpec
     from eraselab.attack.embedding_recovery import EmbeddingRecoveryConfig
@@ -512,7 +557,7 @@ def sdxl_esd(meter: Meter, args, tokenizer, workdir: Path) -> None:
 
 
 PARTS = {"sd14": sd14, "esd-resume": esd_resume, "trce-stage2": trce_stage_two, "safegen": safegen_steps,
-         "advunlearn": advunlearn_steps, "sdxl": sdxl, "sdxl-esd": sdxl_esd}
+         "advunlearn": advunlearn_steps, "sdxl": sdxl, "sdxl-esd": sdxl_esd, "ring-a-bell": ring_a_bell_batching}
 
 
 def main() -> None:
@@ -529,7 +574,8 @@ def main() -> None:
                              "DPM-Solver pipelines at SD-1.4 size; trce-stage2: TRCE's second stage with the paper's "
                              "settings (GPU: its trajectories alone are about 1,000 UNet calls); safegen, "
                              "advunlearn: their training steps with the papers' settings; sdxl: SDXL base "
-                             "(about 14 GB in float32); sdxl-esd: one ESD iteration and two attack steps on SDXL")
+                             "(about 14 GB in float32); sdxl-esd: one ESD iteration and two attack steps on SDXL; "
+                             "ring-a-bell: its search's encoder calls, chunked vs whole, on SDXL's encoders")
     parser.add_argument("--esd-ddim-steps", type=int, default=4, help="DDIM steps of x_t in esd-resume, sdxl-esd")
     parser.add_argument("--trce-steps", type=int, default=2, help="TRCE stage-2 steps timed after its first")
     parser.add_argument("--advunlearn-ddim-steps", type=int, default=50, help="DDIM steps of AdvUnlearn's x_t")

@@ -200,8 +200,8 @@ def test_concept_vector_search_finds_a_typeable_prompt_deterministically():
 
 
 def test_concept_vector_search_encodes_in_bounded_calls_with_the_same_result():
-    """The search's memory is bounded by ``encode_batch`` rows a text-encoder call (the whole population at once
-    took 21 GB at SDXL size), and the chunking changes nothing but float rounding."""
+    """The search's activations are bounded by ``encode_batch`` rows a text-encoder call, and the chunking changes
+    nothing but float rounding."""
     pipe = load_pipeline("tiny")
     prompts = ["a red star", "a blue circle", "a star", "", "a green striped heart", "an outlined shape", "a cross"]
     target = encode(pipe, ["a red star"]).hidden[0]

@@ -10,7 +10,8 @@ target (Sec. 3.3): fitness -|E(tokens) - (E(p) + eta v)|^2 over every position, 
 sequences of whole-word tokens (so the typed prompt re-tokenises to what was scored), the fitter half kept each
 generation, single-point crossover of two kept parents and per-token mutation. Still text-encoder only:
 population + generations x (population - kept) encoder rows, a generation's children encoded in calls of at most
-``encode_batch`` rows (memory: the whole population in one call took 21 GB at SDXL size), no UNet.
+``encode_batch`` rows (activations grow with a call's rows: through SDXL's two encoders calls of 64 peaked 1.8 GB
+above the loaded encoders, one call of the population's 200 3.7 GB; ``benchmarks/sd_scale.py``), no UNet.
 
 Defaults: eta = 3.0, and for the search K = 16 tokens, population 200, 3,000 generations, mutation rate 0.25
 (the paper's for nudity on SD 1.4); on the tiny model (``tiny_overrides``) K = 6, population 64, 60 generations.

@@ -6,10 +6,18 @@ Two cases, both timed in this run: the tiny model's UCE edit of "star" (14 proje
 projections (32 = 16 layers x to_k/to_v, widths 320/640/1280, text width 768) with 50 keys and 100 preserved
 embeddings. The loop builds each layer's sums of outer products one key at a time and inverts each layer's
 right factor, as the reference erasing script does; both give the same weights (checked here).
+
+Then memory at SDXL's size: its largest group of one shape (120 projections of 1280 x 2048), solved in calls of
+``chunk`` layers (the default) and in one call, each in a fresh process (peak resident memory above the float64
+weights it starts from), and whether the weights are bit-identical.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import multiprocessing
+import resource
 import time
 
 import torch
@@ -48,6 +56,28 @@ def case(name: str, groups: list[torch.Tensor], keys, targets_of, preserve, repe
           f"same weights: {same}")
 
 
+def sdxl_solve(chunk: int | None) -> tuple[float, float, str]:
+    """In a fresh process: peak memory (GB) above the inputs, seconds, and a digest of the weights of one
+    SDXL-sized solve (a digest: a tensor sent back between processes goes through shared memory)."""
+    torch.manual_seed(0)
+    w0 = (torch.randn(120, 1280, 2048) * 0.02).double()
+    keys, anchors, preserve = torch.randn(21, 2048), torch.randn(21, 2048), torch.randn(40, 2048)
+    targets = w0 @ anchors.double().T
+    before, start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
+    edited = closed_form_edit(w0, keys, targets, preserve, 0.5, lamb=0.1, chunk=chunk or len(w0))
+    seconds = time.perf_counter() - start
+    peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 2**20  # kB -> GB
+    return peak, seconds, hashlib.sha256(edited.numpy().tobytes()).hexdigest()
+
+
+def sdxl_memory() -> None:
+    default = inspect.signature(closed_form_edit).parameters["chunk"].default
+    with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+        (chunked, t_chunked, a), (whole, t_whole, b) = pool.map(sdxl_solve, [default, None], chunksize=1)
+    print(f"SDXL-sized solve (120 proj. 1280x2048): {default} layers a call {chunked:.2f} GB above the inputs, "
+          f"{t_chunked:.1f} s; one call {whole:.2f} GB, {t_whole:.1f} s; bit-identical: {a == b}")
+
+
 def main() -> None:
     from eraselab.erase.uce import UceConfig, aligned_rows
     from eraselab.models import cross_attention_layers, load_pipeline
@@ -71,6 +101,7 @@ def main() -> None:
     sd_keys, sd_anchor, sd_preserve = torch.randn(50, 768), torch.randn(50, 768), torch.randn(100, 768)
     case("SD-1.x sized (32 proj., 50 keys)", sd_groups, sd_keys, lambda w: w.double() @ sd_anchor.double().T,
          sd_preserve, repeats=1)
+    sdxl_memory()
 
 
 if __name__ == "__main__":

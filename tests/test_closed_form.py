@@ -18,7 +18,7 @@ def _plain(w0, keys, targets, preserve, s_p, stats, s_c, lamb):
     return left @ torch.inverse(right)
 
 
-def test_batched_solver_matches_the_plain_derivation():
+def test_batched_solver_matches_the_plain_derivation_in_any_chunks_of_layers():
     g = torch.Generator().manual_seed(0)
     layers, out, d = 5, 12, 16
     w0 = torch.randn(layers, out, d, generator=g, dtype=torch.float64)
@@ -28,9 +28,11 @@ def test_batched_solver_matches_the_plain_derivation():
     corpus = torch.randn(40, d, generator=g, dtype=torch.float64)
     stats = corpus.T @ corpus
     edited = closed_form_edit(w0, keys, targets, preserve, 0.5, stats, 0.05, lamb=0.1)
+    chunked = closed_form_edit(w0, keys, targets, preserve, 0.5, stats, 0.05, lamb=0.1, chunk=2)  # 2 + 2 + 1 layers
     for layer in range(layers):
         expected = _plain(w0[layer], keys, targets[layer], preserve, 0.5, stats, 0.05, 0.1)
         assert torch.allclose(edited[layer], expected, atol=1e-9)
+        assert torch.allclose(chunked[layer], expected, atol=1e-9)
 
 
 def test_edit_maps_keys_to_targets_and_keeps_preserved_outputs():

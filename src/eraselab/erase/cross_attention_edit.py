@@ -56,7 +56,7 @@ def solve(weights: dict[str, torch.Tensor], keys: torch.Tensor, anchor_rows: tor
     scale = math.sqrt(erase_scale)  # erase_scale multiplies both sum v* c^T and sum c c^T
     edited = {}
     for names in by_shape(weights):
-        w0 = torch.stack([weights[n].double().cpu() for n in names])  # (L, out, C)
+        w0 = torch.stack([weights[n].cpu() for n in names]).double()  # (L, out, C); one float64 copy, not two
         targets = w0 @ anchor_rows.double().T  # v*_i = W0 c_anchor_i, (L, out, n)
         new = closed_form_edit(w0, scale * keys.double(), scale * targets, preserve, preserve_scale,
                                corpus, corpus_scale, lamb=lamb)

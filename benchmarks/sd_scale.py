@@ -17,7 +17,7 @@ time (all threads), and peak resident memory while it ran (peak GPU memory on CU
 - one ESD iteration (esd-x; x_t sampled with DDIM to the step the seed draws; on a float32 pipeline, as every
   trained eraser needs) and one UnlearnDiffAtk step;
 - ``eraselab attack --steps 2`` (the runner, loading the model itself) for embedding recovery and the concept
-  vector, and a Ring-A-Bell search generation (one batched text-encoder call over half the population) with the
+  vector, and a Ring-A-Bell search generation (half the population's text encodings, 64 rows a call) with the
   projected cost of the paper's budget.
 
 ``--parts esd-resume`` trains ESD at SD-1.4 size under PNDM, DDIM and DPM-Solver pipelines, two iterations
@@ -447,7 +447,7 @@ def unlearndiff_step(meter: Meter, pipe, args, name: str = "sd-1.4", size: int |
 
 
 def ring_a_bell(meter: Meter, pipe, name: str = "sd-1.4") -> None:
-    """One generation of the Ring-A-Bell search: one text-encoder call over half the population (the children)."""
+    """One generation of the Ring-A-Bell search: the text encodings of half the population (the children)."""
     from eraselab.attack.concept_vector import ConceptVectorConfig, genetic_search
     from eraselab.models.conditioning import encode_context
 

@@ -206,7 +206,7 @@ def test_concept_vector_search_encodes_in_bounded_calls_with_the_same_result():
     prompts = ["a red star", "a blue circle", "a star", "", "a green striped heart", "an outlined shape", "a cross"]
     target = encode(pipe, ["a red star"]).hidden[0]
     whole = squared_distances(pipe, prompts, target, batch=len(prompts))
-    assert whole[0] == 0 and bool((whole[1:] > 0).all())
+    assert float(whole[0]) <= 1e-6 * float(whole[1:].min())  # the target's own prompt (up to rounding)
     torch.testing.assert_close(squared_distances(pipe, prompts, target, batch=3), whole, rtol=1e-5, atol=1e-6)
     spec = AttackSpec("star", ("a red star",))
     config = ConceptVectorConfig(anchor="shape", templates=("a {}",), search=True, tokens=4, population=16,

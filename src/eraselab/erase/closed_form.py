@@ -29,6 +29,8 @@ def closed_form_edit(weights: torch.Tensor, keys: torch.Tensor, targets: torch.T
     chunk: layers whose float64 left factors are held at once (memory only: layers are solved independently).
     Returns (L, out, d) in the dtype of ``weights``.
     """
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1 layer, got {chunk}")
     dtype = weights.dtype
     w0, c = weights.double(), keys.double()
     d = w0.shape[-1]

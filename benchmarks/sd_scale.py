@@ -95,9 +95,19 @@ def build_sd14(tokenizer):
                                    requires_safety_checker=False)
 
 
+def sdxl_text_side(tokenizer) -> dict:
+    """SDXL base's two text encoders (CLIP ViT-L, OpenCLIP bigG) and tokenizers, as pipeline components."""
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    second_tokenizer = copy.deepcopy(tokenizer)
+    second_tokenizer.pad_token = "!"  # SDXL base's second tokenizer pads with "!", not the end token
+    return {"text_encoder": CLIPTextModel(text_config(tokenizer, 768, 12, 12, "quick_gelu")), "tokenizer": tokenizer,
+            "text_encoder_2": CLIPTextModelWithProjection(text_config(tokenizer, 1280, 32, 20, "gelu")),
+            "tokenizer_2": second_tokenizer}
+
+
 def build_sdxl(tokenizer, sample_size: int = 128):
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     unet = UNet2DConditionModel(
         sample_size=sample_size, block_out_channels=(320, 640, 1280), layers_per_block=2,
@@ -106,14 +116,9 @@ def build_sdxl(tokenizer, sample_size: int = 128):
         transformer_layers_per_block=(1, 2, 10),
         attention_head_dim=(5, 10, 20), cross_attention_dim=2048, use_linear_projection=True,
         addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
-    first = CLIPTextModel(text_config(tokenizer, 768, 12, 12, "quick_gelu"))
-    second = CLIPTextModelWithProjection(text_config(tokenizer, 1280, 32, 20, "gelu"))  # OpenCLIP bigG
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                        steps_offset=1, timestep_spacing="leading")
-    second_tokenizer = copy.deepcopy(tokenizer)
-    second_tokenizer.pad_token = "!"  # SDXL base's second tokenizer pads with "!", not the end token
-    return StableDiffusionXLPipeline(vae=vae(1024), text_encoder=first, text_encoder_2=second, tokenizer=tokenizer,
-                                     tokenizer_2=second_tokenizer, unet=unet, scheduler=scheduler)
+    return StableDiffusionXLPipeline(vae=vae(1024), unet=unet, scheduler=scheduler, **sdxl_text_side(tokenizer))
 
 
 class Meter:
@@ -471,7 +476,6 @@ def ring_a_bell_batching(meter: Meter, args, tokenizer, workdir: Path) -> None:
     from dataclasses import replace
 
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     from eraselab.attack.concept_vector import ConceptVectorConfig, genetic_search
     from eraselab.models.conditioning import encode_context
@@ -481,13 +485,8 @@ def ring_a_bell_batching(meter: Meter, args, tokenizer, workdir: Path) -> None:
         sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=2048,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 1280)
-    second_tokenizer = copy.deepcopy(tokenizer)
-    second_tokenizer.pad_token = "!"
-    pipe = StableDiffusionXLPipeline(
-        vae=AutoencoderKL(block_out_channels=(32,)), unet=unet, scheduler=EulerDiscreteScheduler(),
-        text_encoder=CLIPTextModel(text_config(tokenizer, 768, 12, 12, "quick_gelu")), tokenizer=tokenizer,
-        text_encoder_2=CLIPTextModelWithProjection(text_config(tokenizer, 1280, 32, 20, "gelu")),
-        tokenizer_2=second_tokenizer).to(args.device)
+    pipe = StableDiffusionXLPipeline(vae=AutoencoderKL(block_out_channels=(32,)), unet=unet,
+                                     scheduler=EulerDiscreteScheduler(), **sdxl_text_side(tokenizer)).to(args.device)
     target = torch.zeros_like(encode_context(pipe, [""])[0], dtype=torch.float64)
     loaded = Meter._rss() / 2**30
     config = ConceptVectorConfig(search=True, generations=1)
